@@ -1,0 +1,79 @@
+"""The errors lazytrain shows users: one paragraph naming where (file:line / config key) and what to do.
+
+Errors are raised once, where the facts are known; the CLI prints them without a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Optional
+
+__all__ = ["ConfigError", "LazytrainError", "RankFailedError", "TrainingError", "did_you_mean"]
+
+
+class LazytrainError(Exception):
+    """Base class of errors that the CLI prints as one paragraph. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 1
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: Optional[str] = None,
+        line: Optional[int] = None,
+        key: Optional[str] = None,
+        hint: Optional[str] = None,
+    ) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        self.hint = hint
+        super().__init__(self.format())
+
+    def with_key(self, key: str) -> LazytrainError:
+        """The same error, naming ``key`` if it names no key yet (an error from deep inside a build)."""
+        if self.key is None:
+            self.key = key
+            self.args = (self.format(),)
+        return self
+
+    def __str__(self) -> str:
+        return self.format()
+
+    def format(self) -> str:
+        parts = []
+        if self.file:
+            parts.append(f"{self.file}:{self.line}" if self.line else self.file)
+        if self.key:
+            parts.append(self.key)
+        text = ": ".join([*parts, self.message])
+        if self.hint:
+            text = f"{text} {self.hint}"
+        return text
+
+
+class ConfigError(LazytrainError):
+    """A config file, an override or a config value is wrong; the user fixes the config (exit code 2)."""
+
+    exit_code = 2
+
+
+class TrainingError(LazytrainError):
+    """Training cannot go on: a bad model output, a non-finite loss, a broken dataset file (exit code 1)."""
+
+
+class RankFailedError(LazytrainError):
+    """One process of a distributed run failed; the others were stopped (exit code 1)."""
+
+
+def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
+    """`` Did you mean 'x'?`` for the closest candidates, or an empty string when none is close."""
+    matches = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    if not matches:
+        return ""
+    if len(matches) == 1:
+        return f"Did you mean '{matches[0]}'?"
+    return "Did you mean one of " + ", ".join(f"'{m}'" for m in matches) + "?"

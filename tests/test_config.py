@@ -1,0 +1,319 @@
+"""LazyCall / instantiate / LazyConfig: what a user writing and overriding configs sees."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from lazytrain.config import ConfigError, L, LazyConfig, instantiate
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+BASE = """
+    import torch
+    from lazytrain.config import L
+
+    num_classes = 5
+    model = L(torch.nn.Linear)(8, "${num_classes}")
+    optimizer = L(torch.optim.SGD)(lr=0.1)
+    train = dict(max_iter=10, amp=dict(enabled=False, dtype="bf16"))
+"""
+
+
+def test_lazycall_records_a_call_and_instantiate_makes_it():
+    cfg = L(torch.nn.Linear)(3, out_features=2)
+    assert isinstance(cfg, DictConfig)
+    assert cfg.in_features == 3  # positional argument bound to its name
+    layer = instantiate(cfg)
+    assert isinstance(layer, torch.nn.Linear) and layer.out_features == 2
+
+
+def test_instantiate_nested_lists_and_dicts():
+    cfg = as_config(
+        dict(
+            layers=[L(torch.nn.Linear)(2, 3), dict(act=L(torch.nn.ReLU)(), n=[1, L(torch.nn.Identity)()])],
+            plain=dict(a=1),
+        )
+    )
+    built = instantiate(cfg)
+    assert isinstance(built["layers"][0], torch.nn.Linear)
+    assert isinstance(built["layers"][1]["act"], torch.nn.ReLU)
+    assert built["layers"][1]["n"][0] == 1 and isinstance(built["layers"][1]["n"][1], torch.nn.Identity)
+    assert built["plain"] == {"a": 1}
+
+
+def as_config(d: dict) -> DictConfig:
+    """What a loaded config looks like: one DictConfig root that may hold objects."""
+    return OmegaConf.create(d, flags={"allow_objects": True})
+
+
+def test_load_collects_config_values_not_imports(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    assert set(cfg.keys()) == {"num_classes", "model", "optimizer", "train"}
+    assert cfg.train.amp.dtype == "bf16"
+
+
+def test_interpolation_has_one_source(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    LazyConfig.apply_overrides(cfg, ["num_classes=20"])
+    assert cfg.model.out_features == 20
+    assert instantiate(cfg.model).out_features == 20
+
+
+def test_relative_imports_three_levels_deep(tmp_path):
+    write(tmp_path, "base.py", BASE)
+    write(
+        tmp_path,
+        "common/data.py",
+        """
+        from ..base import num_classes
+        dataset = dict(num_classes=num_classes, root="data")
+        """,
+    )
+    write(
+        tmp_path,
+        "common/models/deep.py",
+        """
+        from ...base import model, train
+        from ..data import dataset
+        train.max_iter = 3
+        model.out_features = "${dataset.num_classes}"
+        """,
+    )
+    top = write(
+        tmp_path,
+        "exps/a/b/top.py",
+        """
+        from ....common.models.deep import model, train, dataset
+        from ....base import optimizer
+        from .... import common
+        train.max_iter *= 2
+        """,
+    )
+    cfg = LazyConfig.load(top)
+    assert cfg.train.max_iter == 6  # loaded values are DictConfigs: attribute access works
+    assert cfg.model.out_features == 5
+    assert cfg.optimizer.lr == 0.1
+    assert "common" not in cfg  # a module is not part of a config
+
+
+def test_overrides_parse_literals_and_accept_target_arguments(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    LazyConfig.apply_overrides(
+        cfg,
+        ["optimizer.lr=1e-3", "train.amp.enabled=true", "optimizer.momentum=0.9", "+train.note=hello world"],
+    )
+    assert cfg.optimizer.lr == 1e-3 and cfg.train.amp.enabled is True
+    assert cfg.optimizer.momentum == 0.9  # SGD takes momentum, though the config did not set it
+    assert cfg.train.note == "hello world"
+
+
+def test_save_then_load_gives_equal_config_that_builds_the_same(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    LazyConfig.apply_overrides(cfg, ["train.max_iter=7"])
+    out = tmp_path / "saved.yaml"
+    LazyConfig.save(cfg, out)
+    assert "_target_: torch.nn.Linear" in out.read_text()
+    assert "${num_classes}" in out.read_text()  # interpolations survive a save
+    loaded = LazyConfig.load(out)
+    assert loaded == cfg
+    a, b = instantiate(cfg.model), instantiate(loaded.model)
+    assert type(a) is type(b) and a.weight.shape == b.weight.shape
+
+
+def test_value_yaml_cannot_hold_is_pickled_beside_with_a_warning(tmp_path):
+    cfg = as_config({"fn": L(torch.nn.Sequential)(), "scale": dict(f=lambda x: x * 3)})
+    out = tmp_path / "cfg.yaml"
+    with pytest.warns(UserWarning, match=r"'scale\.f'.*cloudpickle"):
+        LazyConfig.save(cfg, out)
+    assert (tmp_path / "cfg.pkl").exists()
+    loaded = LazyConfig.load(out)
+    assert loaded.scale.f(2) == 6
+
+
+def test_lambda_target_round_trips_through_side_file(tmp_path):
+    def make(x):
+        return {"made": x}
+
+    cfg = as_config({"thing": L(make)(x=4)})
+    with pytest.warns(UserWarning, match="thing._target_"):
+        LazyConfig.save(cfg, tmp_path / "c.yaml")
+    assert instantiate(LazyConfig.load(tmp_path / "c.yaml").thing) == {"made": 4}
+
+
+# ---------------------------------------------------------------- errors users see
+
+
+def error_of(fn, *args) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        fn(*args)
+    text = str(info.value)
+    assert "\n" not in text.strip(), "an error is one paragraph"
+    return info.value
+
+
+def test_syntax_error_names_file_and_line(tmp_path):
+    path = write(tmp_path, "bad.py", "x = 1\ny = dict(a=1,\nz = 3 3\n")
+    e = error_of(LazyConfig.load, path)
+    assert "bad.py:" in str(e) and "syntax error" in str(e)
+    assert e.line in (2, 3)
+
+
+def test_missing_module_names_file_line_and_module(tmp_path):
+    path = write(tmp_path, "exp.py", "import os\nfrom not_a_real_pkg.models import Net\n")
+    e = error_of(LazyConfig.load, path)
+    assert "exp.py:2" in str(e) and "not_a_real_pkg" in str(e) and "PYTHONPATH" in str(e)
+
+
+def test_misspelled_import_name_suggests(tmp_path):
+    path = write(tmp_path, "exp.py", "from lazytrain.config import LazyCal\n")
+    e = error_of(LazyConfig.load, path)
+    assert "exp.py:1" in str(e) and "'LazyCall'" in str(e)
+
+
+def test_missing_relative_config_import(tmp_path):
+    path = write(tmp_path, "exp.py", "x = 1\nfrom .common.nothere import model\n")
+    e = error_of(LazyConfig.load, path)
+    assert "exp.py:2" in str(e) and "nothere.py" in str(e)
+
+
+def test_import_of_undefined_name_from_config_suggests(tmp_path):
+    write(tmp_path, "base.py", BASE)
+    path = write(tmp_path, "exp.py", "from .base import optimiser\n")
+    e = error_of(LazyConfig.load, path)
+    assert "exp.py:1" in str(e) and "Did you mean 'optimizer'" in str(e)
+
+
+def test_import_cycle_names_the_cycle(tmp_path):
+    write(tmp_path, "a.py", "from .b import y\nx = 1\n")
+    write(tmp_path, "b.py", "from .c import z\ny = 2\n")
+    write(tmp_path, "c.py", "from .a import x\nz = 3\n")
+    e = error_of(LazyConfig.load, tmp_path / "a.py")
+    assert "a.py -> " in str(e) and "b.py -> " in str(e) and "c.py -> " in str(e)
+    assert str(e).count("a.py") >= 2
+
+
+def test_unknown_argument_names_file_line_key_and_suggests(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(
+        tmp_path,
+        "exp.py",
+        "import torch\nfrom lazytrain.config import L\n\noptimizer = L(torch.optim.SGD)(lrr=0.1)\n",
+    )
+    e = error_of(LazyConfig.load, path)
+    msg = str(e)
+    assert msg.startswith("exp.py:4: optimizer: torch.optim.SGD() got an unexpected argument 'lrr'")
+    assert "Did you mean 'lr'?" in msg
+
+
+def test_unknown_argument_added_later_is_caught_before_the_call():
+    cfg = L(torch.optim.SGD)(lr=0.1)
+    cfg.lrr = 3
+    e = error_of(instantiate, as_config({"optimizer": cfg}))
+    assert "optimizer" in str(e) and "'lrr'" in str(e) and "Did you mean 'lr'" in str(e)
+
+
+def test_exception_in_constructor_names_key_path_and_target():
+    cfg = as_config({"model": dict(head=L(torch.nn.Linear)(in_features=-3, out_features=2))})
+    e = error_of(instantiate, cfg)
+    assert "model.head" in str(e) and "torch.nn.Linear" in str(e)
+
+
+def test_bad_interpolation_names_key_reference_and_line(tmp_path):
+    path = write(tmp_path, "exp.py", 'dataset = dict(num_classes=3)\nmodel = dict(n="${dataset.num_clases}")\n')
+    e = error_of(LazyConfig.load, path)
+    msg = str(e)
+    assert "exp.py:2" in msg and "model.n" in msg and "'dataset.num_clases'" in msg
+    assert "Did you mean 'dataset.num_classes'" in msg
+
+
+def test_unknown_override_key_suggests_close_matches(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    e = error_of(LazyConfig.apply_overrides, cfg, ["train.max_iters=3"])
+    assert "train.max_iters" in str(e) and "Did you mean 'train.max_iter'" in str(e)
+    e = error_of(LazyConfig.apply_overrides, cfg, ["optimizer.lrr=3"])
+    assert "'lrr'" in str(e) and "Did you mean 'lr'" in str(e)
+
+
+def test_override_without_equals_is_an_error(tmp_path):
+    cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
+    e = error_of(LazyConfig.apply_overrides, cfg, ["train.max_iter"])
+    assert "KEY=VALUE" in str(e)
+
+
+def test_missing_config_file():
+    e = error_of(LazyConfig.load, "no/such/config.py")
+    assert "no/such/config.py" in str(e)
+
+
+# ---------------------------------------------------------------- CLI and outside users
+
+
+def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+def test_cli_config_prints_resolved_yaml_and_saves(tmp_path):
+    path = write(tmp_path, "exp.py", BASE)
+    out = tmp_path / "out.yaml"
+    r = run_cli("config", str(path), "num_classes=9", "--save", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "out_features: 9" in r.stdout
+    assert LazyConfig.load(out).model.out_features == 9
+
+
+def test_cli_config_error_is_one_paragraph_with_exit_code_2(tmp_path):
+    path = write(tmp_path, "exp.py", BASE)
+    r = run_cli("config", str(path), "optimizer.lrr=1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: optimizer.lrr:") and "Traceback" not in r.stderr
+    r = run_cli("config", str(path), "optimizer.lrr=1", "--traceback")
+    assert r.returncode == 2 and "Traceback" in r.stderr
+
+
+def test_config_of_an_outside_project_with_its_own_package(tmp_path):
+    write(
+        tmp_path,
+        "src/myproj/models.py",
+        """
+        import torch
+        class TinyNet(torch.nn.Module):
+            def __init__(self, width: int, depth: int = 1):
+                super().__init__()
+                self.body = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(depth)])
+        """,
+    )
+    write(tmp_path, "src/myproj/__init__.py", "")
+    write(
+        tmp_path,
+        "configs/exp.py",
+        """
+        from lazytrain.config import L
+        from myproj.models import TinyNet
+        model = L(TinyNet)(width=4, depth=2)
+        """,
+    )
+    script = (
+        "from lazytrain.config import LazyConfig, instantiate\n"
+        "m = instantiate(LazyConfig.load('configs/exp.py').model)\n"
+        "print(type(m).__name__, len(m.body))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "src")}
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "TinyNet 2"
