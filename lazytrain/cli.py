@@ -31,6 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    p = sub.add_parser("train", help="train (and evaluate) the model a config describes")
+    _config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last_checkpoint")
+    p.add_argument("--eval-only", action="store_true", help="only evaluate (the resumed or init_checkpoint weights)")
+    p.add_argument("--output-dir", help="where logs, metrics and checkpoints go (train.output_dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint; print and save the metrics")
+    _config_args(p)
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
+    p.add_argument("--output-dir", help="where log.txt and metrics.jsonl go (train.output_dir)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("hooks", help="print the trainer's hook list, in order, with periods")
+    _config_args(p)
+    p.set_defaults(func=cmd_hooks)
+
     p = sub.add_parser("config", help="print the resolved config as YAML")
     _config_args(p)
     p.add_argument("--save", metavar="OUT.yaml", help="also save the config (loadable with LazyConfig.load)")
@@ -38,10 +55,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_config(args: argparse.Namespace) -> Any:
+    """The config of a command: the file, the ``train`` defaults, the overrides, then ``--output-dir``."""
+    from .config import LazyConfig
+    from .engine.defaults import add_train_defaults
+
+    cfg = LazyConfig.load(args.config, check=False)
+    add_train_defaults(cfg, args.config)  # before the check: configs may refer to ${train.seed} and the like
+    LazyConfig.apply_overrides(cfg, args.overrides)
+    LazyConfig.check(cfg)
+    if getattr(args, "output_dir", None):
+        cfg.train.output_dir = args.output_dir
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.defaults import train_main
+
+    train_main(load_config(args), resume=args.resume, eval_only=args.eval_only)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.defaults import evaluate_main
+
+    evaluate_main(load_config(args), args.weights)
+    return 0
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from .engine.defaults import build_hooks
+
+    cfg = load_config(args)
+    for i, hook in enumerate(build_hooks(cfg)):
+        print(f"{i:>2}  {hook!r}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from .config import LazyConfig
 
-    cfg = LazyConfig.apply_overrides(LazyConfig.load(args.config), args.overrides)
+    cfg = load_config(args)
     sys.stdout.write(LazyConfig.to_yaml(cfg, resolve=True))
     if args.save:
         LazyConfig.save(cfg, args.save)

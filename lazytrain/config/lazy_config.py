@@ -8,6 +8,7 @@ import os
 import re
 import tempfile
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Union
 
@@ -24,6 +25,8 @@ __all__ = ["LazyConfig"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 _YAML_SCALARS = (int, float, str, bool, type(None))
+# the config files each loaded root came from, to put file:line on interpolation errors found later
+_SOURCE_FILES: dict[int, tuple[weakref.ref, list[str]]] = {}
 _PICKLED = "<cloudpickle>"
 
 
@@ -31,10 +34,11 @@ class LazyConfig:
     """Load, override and save lazytrain configs. All methods are static; configs are plain DictConfigs."""
 
     @staticmethod
-    def load(path: PathLike) -> DictConfig:
+    def load(path: PathLike, check: bool = True) -> DictConfig:
         """Load a ``.py`` config (executed, relative imports allowed) or a ``.yaml`` saved by :meth:`save`.
 
-        Interpolations are checked against the whole config: a reference to a missing key is an error.
+        With ``check``, interpolations are checked against the whole config: a reference to a missing key is
+        an error naming file:line. Pass ``check=False`` to add keys first, then call :meth:`check`.
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -46,8 +50,16 @@ class LazyConfig:
             cfg, files = load_python_config(path)
         else:
             raise ConfigError(f"config file '{path}' must end in .py or .yaml.")
-        check_interpolations(cfg, files)
+        _SOURCE_FILES[id(cfg)] = (weakref.ref(cfg), files)
+        if check:
+            LazyConfig.check(cfg)
         return cfg
+
+    @staticmethod
+    def check(cfg: DictConfig) -> None:
+        """Raise a ConfigError for the first interpolation that does not resolve (key, file:line, close matches)."""
+        ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
+        check_interpolations(cfg, files if ref is not None and ref() is cfg else [])
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -72,7 +84,6 @@ class LazyConfig:
                 OmegaConf.update(cfg, key, value, merge=False, force_add=True)
             except Exception as e:
                 raise ConfigError(f"cannot set this key to {value!r}: {e}", key=key) from None
-        check_interpolations(cfg, files=[])
         return cfg
 
     @staticmethod

@@ -1,0 +1,1 @@
+"""A small outside project trained with lazytrain: Gaussian blobs classified by an MLP."""

@@ -1,0 +1,70 @@
+"""Thin helpers over torch.distributed that also work when no process group exists (one process)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "all_gather",
+    "get_local_rank",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "reduce_sum",
+    "synchronize",
+]
+
+_LOCAL_RANK = 0  # set by the launcher in each worker
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_local_rank() -> int:
+    return _LOCAL_RANK
+
+
+def set_local_rank(rank: int) -> None:
+    global _LOCAL_RANK
+    _LOCAL_RANK = rank
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def synchronize() -> None:
+    """A barrier across ranks; nothing with one process."""
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` (any picklable object), in rank order, on every rank."""
+    world = get_world_size()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of ``tensor`` over ranks (a new tensor; the input is not changed)."""
+    if get_world_size() == 1:
+        return tensor.clone()
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out

@@ -1,0 +1,269 @@
+"""Data loading: an infinite, seeded, rank-sharded train stream that resumes exactly; a test loader that sees
+each sample once across ranks; `to_device` for nested batches.
+
+Every training sample is drawn with the Python, NumPy and torch RNGs seeded from (seed, its position in the
+stream), so random augmentations give the same sample whatever the worker count and after a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from collections.abc import Iterator, Mapping
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from . import comm
+
+__all__ = [
+    "InferenceSampler",
+    "TrainLoader",
+    "TrainingSampler",
+    "build_test_loader",
+    "build_train_loader",
+    "to_device",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingSampler(Sampler):
+    """Infinite stream of ``(index, sample_seed)``: a fresh seeded permutation per epoch over the dataset;
+    rank ``r`` of ``W`` takes stream positions ``r, r+W, r+2W, ...`` starting at its ``start``-th one."""
+
+    def __init__(
+        self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
+    ) -> None:
+        if size <= 0:
+            raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}.")
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size, self.start = rank, world_size, start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position = self.start * self.world_size + self.rank
+        epoch, order = -1, torch.arange(self.size)
+        while True:
+            if position // self.size != epoch:
+                epoch = position // self.size
+                if self.shuffle:
+                    order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+            yield int(order[position % self.size]), _mix(self.seed, position, 0x5EED)
+            position += self.world_size
+
+
+class InferenceSampler(Sampler):
+    """Indices ``0..size-1`` split into contiguous parts, one per rank: every sample exactly once, no padding."""
+
+    def __init__(self, size: int, rank: Optional[int] = None, world_size: Optional[int] = None) -> None:
+        rank = comm.get_rank() if rank is None else rank
+        world_size = comm.get_world_size() if world_size is None else world_size
+        per_rank, extra = divmod(size, world_size)
+        begin = rank * per_rank + min(rank, extra)
+        self.indices = range(begin, begin + per_rank + (1 if rank < extra else 0))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _SeededSamples(Dataset):
+    """``dataset[(index, seed)]``: the sample drawn with the global RNGs seeded by ``seed``.
+
+    In the main process (``num_workers=0``) the RNG states are restored after each batch, so loading data does
+    not change what the training process draws (dropout, ...); worker processes need no restore.
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
+        in_main_process = torch.utils.data.get_worker_info() is None
+        if in_main_process:
+            states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        try:
+            samples = []
+            for index, seed in keys:
+                random.seed(seed)
+                np.random.seed(seed)
+                torch.default_generator.manual_seed(seed)
+                samples.append(self.dataset[index])
+            return samples
+        finally:
+            if in_main_process:
+                random.setstate(states[0])
+                np.random.set_state(states[1])
+                torch.default_generator.set_state(states[2])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+class TrainLoader:
+    """Iterable of training batches without end. Its ``state_dict`` is the stream position, saved in checkpoints;
+    after ``load_state_dict`` the next ``iter()`` continues where the checkpointed run stopped."""
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        *,
+        num_workers: int = 0,
+        collate_fn: Optional[Callable[[list[Any]], Any]] = None,
+        drop_last: bool = True,
+        pin_memory: Optional[bool] = None,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.collate_fn = collate_fn
+        self.drop_last = drop_last  # the stream has no end, so every batch is full either way
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
+        self.consumed = 0  # samples this rank has handed out
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = TrainingSampler(
+            len(self.dataset),
+            shuffle=self.shuffle,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            start=self.consumed,
+        )
+        loader = DataLoader(
+            _SeededSamples(self.dataset),
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate_fn,
+            pin_memory=self.pin_memory,
+            drop_last=self.drop_last,
+            # a generator of its own, so making workers does not draw from the global torch RNG
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                self.consumed += self.batch_size
+                yield batch
+        finally:
+            del batches  # stops the worker processes now, not whenever the garbage collector runs
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"consumed": self.consumed, "world_size": self.world_size, "seed": self.seed}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["world_size"] != self.world_size:
+            logger.warning(
+                "the checkpoint was written with %d processes and this run has %d: the data stream resumes at "
+                "the same total sample count, but not with the same samples per rank.",
+                state["world_size"],
+                self.world_size,
+            )
+        self.consumed = state["consumed"] * state["world_size"] // self.world_size
+
+
+def build_train_loader(
+    dataset: Any,
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
+    drop_last: bool = True,
+    pin_memory: Optional[bool] = None,
+    shuffle: bool = True,
+    seed: int = 0,
+) -> TrainLoader:
+    """An infinite, seeded, shuffled loader; ``batch_size`` is per process; resumable (see :class:`TrainLoader`).
+
+    ``pin_memory=None`` pins when CUDA is available.
+    """
+    return TrainLoader(
+        dataset,
+        batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        shuffle=shuffle,
+        seed=seed,
+    )
+
+
+def build_test_loader(
+    dataset: Any,
+    batch_size: int = 1,
+    *,
+    num_workers: int = 0,
+    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
+    pin_memory: Optional[bool] = None,
+) -> DataLoader:
+    """A loader over this rank's part of ``dataset``, in order: across ranks each sample is seen exactly once."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=InferenceSampler(len(dataset)),
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=False,
+    )
+
+
+def to_device(batch: Any, device: torch.device | str, non_blocking: Optional[bool] = None) -> Any:
+    """Move every tensor inside dicts, lists, tuples, named tuples and dataclasses to ``device``.
+
+    Copies are non-blocking when the tensor is pinned (set ``non_blocking`` to force either way).
+    """
+    if isinstance(batch, torch.Tensor):
+        nb = batch.is_pinned() if non_blocking is None else non_blocking
+        return batch.to(device, non_blocking=nb)
+    if isinstance(batch, Mapping):
+        moved = {k: to_device(v, device, non_blocking) for k, v in batch.items()}
+        return moved if type(batch) is dict else _rebuild_mapping(batch, moved)
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):
+        return type(batch)(*(to_device(v, device, non_blocking) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device, non_blocking) for v in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        changes = {
+            f.name: to_device(getattr(batch, f.name), device, non_blocking) for f in dataclasses.fields(batch) if f.init
+        }
+        return dataclasses.replace(batch, **changes)
+    return batch
+
+
+def _rebuild_mapping(original: Mapping, moved: dict) -> Mapping:
+    try:
+        return type(original)(moved)  # type: ignore[call-arg]
+    except TypeError:
+        return moved
+
+
+def _mix(*values: int) -> int:
+    """A well-spread 31-bit seed from integers (seed, epoch / position, salt): splitmix64 steps, cheap enough
+    to run once per sample."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (value & _MASK64)) * 0xBF58476D1CE4E5B9 & _MASK64
+        state = (state ^ (state >> 31)) * 0x94D049BB133111EB & _MASK64
+        state ^= state >> 29
+    return state & 0x7FFFFFFF
+
+
+_MASK64 = (1 << 64) - 1

@@ -1,0 +1,42 @@
+"""The `lazytrain` logger: terminal output on every rank (warnings only off rank 0), log.txt on rank 0."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+__all__ = ["setup_logger"]
+
+_OURS = "_lazytrain_handler"
+
+
+def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "lazytrain") -> logging.Logger:
+    """Configure ``name`` (and fvcore's checkpoint messages) once per run; calling it again replaces the
+    handlers it added before, so several runs in one process do not print twice."""
+    fmt = logging.Formatter(
+        "[%(asctime)s %(name)s]: %(message)s" if rank == 0 else f"[rank {rank} %(asctime)s]: %(message)s",
+        datefmt="%m/%d %H:%M:%S",
+    )
+    handlers: list[logging.Handler] = []
+    stream = logging.StreamHandler(sys.stdout)
+    stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    handlers.append(stream)
+    if output_dir is not None:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+        file_handler.setLevel(logging.DEBUG)
+        handlers.append(file_handler)
+    for logger_name in (name, "fvcore"):
+        logger = logging.getLogger(logger_name)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
+            logger.removeHandler(old)
+            old.close()
+        for handler in handlers:
+            handler.setFormatter(fmt)
+            setattr(handler, _OURS, True)
+            logger.addHandler(handler)
+    return logging.getLogger(name)

@@ -1,0 +1,126 @@
+"""`TrainerBase` runs the loop and calls its hooks, in the order of the list, around each step."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Optional
+
+from ..errors import TrainingError
+from ..events import EventStorage
+
+__all__ = ["HookBase", "TrainerBase"]
+
+logger = logging.getLogger("lazytrain")
+
+
+class HookBase:
+    """A hook: override any of the four methods; ``self.trainer`` is the trainer that runs it.
+
+    The trainer gives hooks ``iter``, ``max_iter``, ``model``, ``optimizer``, ``cfg`` and ``storage``.
+    ``__repr__`` (shown by ``lazytrain hooks``) names the hook and its period.
+    """
+
+    trainer: Any = None
+
+    def before_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        period = getattr(self, "period", None)
+        return f"{type(self).__name__}(period={period})" if period is not None else f"{type(self).__name__}()"
+
+
+class TrainerBase:
+    """``before_train``; per iteration ``before_step`` / :meth:`run_step` / ``after_step``; ``after_train``.
+
+    ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished.
+    Subclasses implement :meth:`run_step`.
+    """
+
+    def __init__(self) -> None:
+        self._hooks: list[HookBase] = []
+        self.iter = 0
+        self.start_iter = 0
+        self.max_iter = 0
+        self.completed = False
+        self.storage: Optional[EventStorage] = None
+
+    @property
+    def hooks(self) -> list[HookBase]:
+        return list(self._hooks)
+
+    def register_hooks(self, hooks: Sequence[Optional[HookBase]]) -> None:
+        for hook in hooks:
+            if hook is None:
+                continue
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"hooks must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.")
+            hook.trainer = self
+            self._hooks.append(hook)
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        self.iter = self.start_iter = start_iter
+        self.max_iter = max_iter
+        self.completed = False
+        logger.info("Starting training from iteration %d to %d", start_iter, max_iter)
+        with EventStorage(start_iter) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start_iter, max_iter):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter = max_iter
+                self.check_finite()
+                self.completed = True
+            finally:
+                self.after_train()
+
+    def check_finite(self) -> None:
+        """Raise if a loss put with ``check_finite=True`` was NaN or infinite (checked lazily, without a sync
+        per step): hooks call this before they save or log, so no checkpoint holds a diverged state."""
+        assert self.storage is not None
+        self.storage.flush()
+        if self.storage.first_nonfinite is None:
+            return
+        iteration, terms = self.storage.first_nonfinite
+        values = ", ".join(f"{name}={value}" for name, value in terms.items())
+        raise TrainingError(
+            f"non-finite loss at iteration {iteration}: {values}. Training stopped; no checkpoint of this state was "
+            "written.",
+            hint="Lower optimizer.lr, clip gradients (train.clip_grad.max_norm=1.0), or check the inputs.",
+        )
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+    def before_train(self) -> None:
+        for h in self._hooks:
+            h.before_train()
+
+    def before_step(self) -> None:
+        assert self.storage is not None
+        self.storage.iter = self.iter
+        for h in self._hooks:
+            h.before_step()
+
+    def after_step(self) -> None:
+        for h in self._hooks:
+            h.after_step()
+
+    def after_train(self) -> None:
+        assert self.storage is not None
+        # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran
+        self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter)
+        for h in self._hooks:
+            h.after_train()

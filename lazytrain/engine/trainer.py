@@ -1,0 +1,176 @@
+"""`Trainer`: the train step (AMP, gradient accumulation, clipping) on top of TrainerBase."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Optional
+
+import torch
+
+from ..data import to_device
+from ..errors import TrainingError
+from ..evaluation import format_results, inference_on_dataset
+from .train_loop import TrainerBase, logger
+
+__all__ = ["Trainer", "as_loss_dict", "autocast_context"]
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class Trainer(TrainerBase):
+    """One iteration = ``grad_accum`` micro-batches, forward and backward each, then one optimizer step.
+
+    Each micro-batch's loss is divided by ``grad_accum``, so the update equals that of one batch
+    ``grad_accum`` times larger. ``amp_dtype="fp16"`` adds a GradScaler; ``"bf16"`` needs none.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        data_loader: Iterable[Any],
+        optimizer: torch.optim.Optimizer,
+        *,
+        device: torch.device | str = "cpu",
+        amp_enabled: bool = False,
+        amp_dtype: str = "bf16",
+        grad_accum: int = 1,
+        clip_max_norm: Optional[float] = None,
+        clip_norm_type: float = 2.0,
+        cfg: Any = None,
+    ) -> None:
+        super().__init__()
+        if grad_accum < 1:
+            raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}.")
+        if amp_dtype not in _AMP_DTYPES:
+            raise ValueError(f"train.amp.dtype must be 'bf16' or 'fp16', got {amp_dtype!r}.")
+        self.model = model
+        self.data_loader = data_loader
+        self.optimizer = optimizer
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.grad_accum = grad_accum
+        self.clip_max_norm = clip_max_norm
+        self.clip_norm_type = clip_norm_type
+        self.amp_enabled = amp_enabled
+        self.amp_dtype = _AMP_DTYPES[amp_dtype]
+        use_scaler = amp_enabled and self.amp_dtype is torch.float16
+        self.grad_scaler: Optional[torch.amp.GradScaler] = (
+            torch.amp.GradScaler(self.device.type) if use_scaler else None
+        )
+        self._data_iter: Optional[Iterator[Any]] = None
+        # set by whoever builds the trainer (see engine.defaults.build_trainer); hooks read them
+        self.lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
+        self.checkpointer: Any = None
+        self.evaluator: Any = None
+        self.test_loader: Optional[Iterable[Any]] = None
+        self.config_yaml = ""
+        self.num_threads = torch.get_num_threads()
+
+    def train(self, start_iter: int, max_iter: int) -> None:
+        try:
+            super().train(start_iter, max_iter)
+        finally:
+            if hasattr(self._data_iter, "close"):
+                self._data_iter.close()  # a generator such as TrainLoader's: stops its worker processes
+            self._data_iter = None
+
+    def test(self) -> dict[str, Any]:
+        """Evaluate the model on the test loader with the evaluator (``{}`` when the config has none)."""
+        if self.evaluator is None or self.test_loader is None:
+            return {}
+        results = inference_on_dataset(
+            self.model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
+        )
+        if results:
+            iteration = self.storage.iter if self.storage is not None else self.iter
+            logger.info("Evaluation after iteration %d:\n%s", iteration, format_results(results))
+        return results
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of this run (a no-op without AMP); evaluation uses it too."""
+        return autocast_context(self.device, self.amp_enabled, self.amp_dtype)
+
+    def run_step(self) -> None:
+        assert self.model.training, "the model was left in eval mode by a hook"
+        if self._data_iter is None:
+            self._data_iter = iter(self.data_loader)
+        data_time = 0.0
+        total_loss: Optional[torch.Tensor] = None
+        terms: dict[str, torch.Tensor] = {}
+        for micro in range(self.grad_accum):
+            start = time.perf_counter()
+            batch = next(self._data_iter)
+            data_time += time.perf_counter() - start
+            batch = to_device(batch, self.device)
+            # DDP: reduce gradients only on the last micro-batch
+            sync = micro == self.grad_accum - 1 or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync(), self.autocast():
+                losses = as_loss_dict(self.model(batch), self.model)
+            loss = sum(losses.values()) / self.grad_accum
+            if self.grad_scaler is not None:
+                self.grad_scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            detached = loss.detach()
+            total_loss = detached if total_loss is None else total_loss + detached
+            if len(losses) > 1:
+                for name, value in losses.items():
+                    value = value.detach() / self.grad_accum
+                    terms[name] = terms[name] + value if name in terms else value
+
+        if self.clip_max_norm is not None:
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm, self.clip_norm_type)
+            self.storage.put_scalar("grad_norm", grad_norm)  # type: ignore[union-attr]
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+        storage = self.storage
+        assert storage is not None and total_loss is not None
+        storage.put_scalar("data_time", data_time)
+        storage.put_scalars(total_loss=total_loss, **terms, check_finite=True)
+
+
+def autocast_context(
+    device: torch.device, enabled: bool, dtype: str | torch.dtype
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``train.amp`` settings (``dtype`` "bf16" / "fp16")."""
+    dtype = _AMP_DTYPES[dtype] if isinstance(dtype, str) else dtype
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def as_loss_dict(output: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's train-mode output as ``{name: scalar tensor}``; anything else is a TrainingError."""
+    if isinstance(output, torch.Tensor) and output.numel() == 1:
+        return {"loss": output.reshape(())}
+    model_name = type(getattr(model, "module", model)).__name__
+    if isinstance(output, Mapping) and output:
+        bad = {k: v for k, v in output.items() if not (isinstance(v, torch.Tensor) and v.numel() == 1)}
+        if not bad:
+            return {str(k): v.reshape(()) for k, v in output.items()}
+        what = ", ".join(f"'{k}': {_describe(v)}" for k, v in bad.items())
+        raise TrainingError(
+            f"{model_name}.forward returned a dict whose values must be scalar loss tensors, but has {what}.",
+            hint="In train mode return {'loss_name': scalar_tensor, ...} (they are summed) or one scalar tensor.",
+        )
+    raise TrainingError(
+        f"{model_name}.forward returned {_describe(output)} in train mode; lazytrain needs a dict of scalar loss "
+        "tensors or one scalar tensor.",
+        hint="Compute the loss inside forward when self.training is True (see examples/).",
+    )
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return "an empty dict" if not value else f"a dict with keys {list(value)}"
+    return f"a {type(value).__name__}"

@@ -1,0 +1,87 @@
+"""Evaluation: the evaluator protocol, the inference loop, and a results table for the log."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from .comm import all_gather, reduce_sum
+from .data import to_device
+
+__all__ = ["DatasetEvaluator", "all_gather", "format_results", "inference_on_dataset", "reduce_sum"]
+
+
+@runtime_checkable
+class DatasetEvaluator(Protocol):
+    """``reset()`` before a pass, ``process(batch, outputs)`` per batch, ``evaluate()`` the metrics.
+
+    With several processes each rank sees its part of the data; ``evaluate`` combines them (for instance with
+    :func:`reduce_sum` on a confusion matrix) and returns the same dict on every rank.
+    """
+
+    def reset(self) -> None: ...
+
+    def process(self, batch: Any, outputs: Any) -> None: ...
+
+    def evaluate(self) -> dict[str, Any]: ...
+
+
+def inference_on_dataset(
+    model: torch.nn.Module,
+    data_loader: Iterable[Any],
+    evaluator: DatasetEvaluator,
+    *,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, Any]:
+    """Run ``model`` in eval mode without gradients over ``data_loader``; return ``evaluator.evaluate()``.
+
+    The model's mode and every RNG state are restored afterwards, so an evaluation in the middle of training
+    does not change what training does next (exact resume depends on it).
+    """
+    evaluator.reset()
+    with _preserved_rng(), _eval_mode(model), torch.inference_mode():
+        for batch in data_loader:
+            batch = to_device(batch, device)
+            with autocast if autocast is not None else contextlib.nullcontext():
+                outputs = model(batch)
+            evaluator.process(batch, outputs)
+    return evaluator.evaluate()
+
+
+def format_results(results: Mapping[str, Any]) -> str:
+    """A two-column table of (possibly nested) results for the log."""
+    from .engine.hooks import flatten_results
+
+    flat = flatten_results(results)
+    if not flat:
+        return "(no results)"
+    width = max(len(k) for k in flat)
+    return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in flat.items())
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def _preserved_rng() -> Iterator[None]:
+    states = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])

@@ -1,0 +1,242 @@
+"""Metric storage for one run and the writers that read it: terminal (with ETA), JSON lines, TensorBoard.
+
+Scalars may be put as device tensors: they are turned into floats together, once per write, so logging
+costs one host-device sync per log period instead of one per value per step.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import statistics
+import time
+from collections import defaultdict, deque
+from typing import Any, Optional, Union
+
+import torch
+
+__all__ = [
+    "EventStorage",
+    "EventWriter",
+    "JSONWriter",
+    "TensorboardWriter",
+    "TerminalWriter",
+    "get_event_storage",
+]
+
+_CURRENT_STORAGE: list[EventStorage] = []  # the one per-run storage, a context (innermost last)
+Number = Union[float, int, torch.Tensor]
+
+
+def get_event_storage() -> EventStorage:
+    """The storage of the run in progress (inside ``with EventStorage(...)``)."""
+    if not _CURRENT_STORAGE:
+        raise RuntimeError("get_event_storage() called outside of a training run (no EventStorage is open).")
+    return _CURRENT_STORAGE[-1]
+
+
+class EventStorage:
+    """Per-run scalars: ``put_scalar(name, value)`` at ``storage.iter``; writers read histories and latest values.
+
+    ``check_finite=True`` marks a value that must be finite (the losses): :meth:`flush` remembers the first
+    iteration where one was not, in :attr:`first_nonfinite`.
+    """
+
+    def __init__(self, start_iter: int = 0, history_length: int = 10000) -> None:
+        self.iter = start_iter
+        self._history: dict[str, deque[tuple[float, int]]] = defaultdict(lambda: deque(maxlen=history_length))
+        self._latest: dict[str, tuple[float, int]] = {}
+        self._smoothing: dict[str, bool] = {}
+        self._pending: list[tuple[str, torch.Tensor, int, bool]] = []
+        self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
+
+    def put_scalar(self, name: str, value: Number, smoothing_hint: bool = True, check_finite: bool = False) -> None:
+        """Record ``value`` for ``name`` at the current iteration; tensors are converted later, in bulk."""
+        self._smoothing.setdefault(name, smoothing_hint)
+        if isinstance(value, torch.Tensor):
+            self._pending.append((name, value.detach(), self.iter, check_finite))
+        else:
+            self._record([(name, float(value), self.iter, check_finite)])
+
+    def put_scalars(self, *, smoothing_hint: bool = True, check_finite: bool = False, **values: Number) -> None:
+        for name, value in values.items():
+            self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite)
+
+    def flush(self) -> None:
+        """Turn pending tensors into floats: one device-to-host copy for all of them."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        by_device: dict[torch.device, list[int]] = defaultdict(list)
+        for i, (_, tensor, _, _) in enumerate(pending):
+            by_device[tensor.device].append(i)
+        values: list[float] = [0.0] * len(pending)
+        for indices in by_device.values():
+            stacked = torch.stack([pending[i][1].float().reshape(()) for i in indices]).cpu().tolist()
+            for i, v in zip(indices, stacked):
+                values[i] = v
+        self._record([(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)])
+
+    def _record(self, entries: list[tuple[str, float, int, bool]]) -> None:
+        bad = [it for _, value, it, check in entries if check and not math.isfinite(value)]
+        if bad and (self.first_nonfinite is None or min(bad) < self.first_nonfinite[0]):
+            first = min(bad)
+            self.first_nonfinite = (first, {n: v for n, v, it, check in entries if check and it == first})
+        for name, value, iteration, _ in entries:
+            self._history[name].append((value, iteration))
+            self._latest[name] = (value, iteration)
+
+    def history(self, name: str) -> list[tuple[float, int]]:
+        self.flush()
+        return list(self._history[name])
+
+    def latest(self) -> dict[str, tuple[float, int]]:
+        """``{name: (value, iteration)}`` of the newest value of every scalar."""
+        self.flush()
+        return dict(self._latest)
+
+    def new_values(self, written: dict[str, int]) -> dict[str, tuple[float, int]]:
+        """The latest value of each scalar newer than ``written[name]``; updates ``written`` (a writer's own)."""
+        fresh = {name: (v, it) for name, (v, it) in self.latest().items() if it > written.get(name, -1)}
+        written.update({name: it for name, (_, it) in fresh.items()})
+        return fresh
+
+    def median(self, name: str, window: int) -> float:
+        self.flush()
+        values = [v for v, _ in list(self._history[name])[-window:]]
+        return statistics.median(values) if values else float("nan")
+
+    def latest_with_smoothing(self, window: int) -> dict[str, tuple[float, int]]:
+        """Like :meth:`latest`, with values that asked for smoothing replaced by their median over ``window``."""
+        self.flush()
+        out = {}
+        for name, (value, iteration) in self._latest.items():
+            if self._smoothing.get(name, True):
+                recent = [v for v, it in list(self._history[name])[-window:] if it <= iteration]
+                value = statistics.median(recent) if recent else value
+            out[name] = (value, iteration)
+        return out
+
+    def __enter__(self) -> EventStorage:
+        _CURRENT_STORAGE.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        assert _CURRENT_STORAGE[-1] is self
+        _CURRENT_STORAGE.pop()
+
+
+class EventWriter:
+    """Writes what the storage holds; called by the PeriodicWriter hook."""
+
+    def write(self, storage: EventStorage) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONWriter(EventWriter):
+    """One JSON object per line with ``"iteration"`` and the exact value of each scalar new since the last
+    write (no smoothing: the file is a record). Appends, so a resumed run continues the same file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: Optional[Any] = None  # opened at the first write: building a writer creates no file
+        self._written: dict[str, int] = {}  # name -> newest iteration written
+
+    def write(self, storage: EventStorage) -> None:
+        rows: dict[int, dict[str, float]] = defaultdict(dict)
+        for name, (value, iteration) in storage.new_values(self._written).items():
+            rows[iteration][name] = value
+        if rows and self._file is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        for iteration in sorted(rows):
+            self._file.write(json.dumps({"iteration": iteration, **rows[iteration]}, sort_keys=False) + "\n")
+        if rows:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class TensorboardWriter(EventWriter):
+    """Scalars to TensorBoard event files with the real ``tensorboard`` SummaryWriter (exact values;
+    TensorBoard smooths in its UI)."""
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self._writer: Optional[Any] = None  # made at the first write: building a writer creates no file
+        self._written: dict[str, int] = {}
+
+    def write(self, storage: EventStorage) -> None:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
+
+            self._writer = SummaryWriter(self.log_dir)
+        for name, (value, iteration) in storage.new_values(self._written).items():
+            self._writer.add_scalar(name, value, iteration)
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class TerminalWriter(EventWriter):
+    """The log line: iteration/max, ETA, each loss, lr, step and data time, peak memory."""
+
+    def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
+        self._max_iter = max_iter
+        self._window = window
+        self._logger = logger or logging.getLogger("lazytrain")
+        self._last: Optional[tuple[int, float]] = None
+
+    def write(self, storage: EventStorage) -> None:
+        iteration = storage.iter
+        if self._last is not None and iteration <= self._last[0]:
+            return  # already printed (the final write after training repeats the last period's)
+        latest = storage.latest_with_smoothing(self._window)
+        step_time = storage.median("time", self._window) if "time" in latest else None
+        data_time = storage.median("data_time", self._window) if "data_time" in latest else None
+        eta = self._eta(iteration, step_time)
+        losses = "  ".join(
+            f"{name}: {value:.4g}" for name, (value, it) in latest.items() if "loss" in name and it == iteration
+        )
+        lr = latest.get("lr")
+        parts = [
+            f"iter: {iteration + 1}/{self._max_iter}",
+            f"eta: {eta}" if eta else "",
+            losses,
+            f"time: {step_time:.4f}" if step_time is not None else "",
+            f"data_time: {data_time:.4f}" if data_time is not None else "",
+            f"lr: {lr[0]:.4g}" if lr else "",
+            _peak_memory(),
+        ]
+        self._logger.info("  ".join(p for p in parts if p))
+
+    def _eta(self, iteration: int, step_time: Optional[float]) -> str:
+        now = time.perf_counter()
+        seconds = None
+        if step_time is not None and math.isfinite(step_time):
+            seconds = step_time * (self._max_iter - iteration - 1)
+        elif self._last is not None and iteration > self._last[0]:
+            seconds = (now - self._last[1]) / (iteration - self._last[0]) * (self._max_iter - iteration - 1)
+        self._last = (iteration, now)
+        return str(datetime.timedelta(seconds=int(seconds))) if seconds is not None else ""
+
+
+def _peak_memory() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M"
+    try:
+        import resource
+
+        return f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}M"
+    except ImportError:  # Windows
+        return ""

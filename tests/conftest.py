@@ -1,0 +1,43 @@
+"""Shared fixtures: the example project is importable, and configs load the way the CLI loads them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "examples" / "toy_project"
+sys.path.insert(0, str(TOY))
+
+
+def load_config(path: str | os.PathLike, *overrides: str):
+    """What `lazytrain train PATH OVERRIDES...` builds before it trains."""
+    from lazytrain.config import LazyConfig
+    from lazytrain.engine.defaults import add_train_defaults
+
+    cfg = LazyConfig.load(path, check=False)
+    add_train_defaults(cfg, str(path))
+    LazyConfig.apply_overrides(cfg, list(overrides))
+    LazyConfig.check(cfg)
+    return cfg
+
+
+@pytest.fixture
+def toy_config(tmp_path):
+    """The example project's config, writing into a temp folder, small enough for a unit test."""
+
+    def make(*overrides: str):
+        return load_config(
+            TOY / "configs" / "toy.py", f"train.output_dir={tmp_path / 'out'}", "train.max_iter=10", *overrides
+        )
+
+    return make
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TOY), str(REPO), env.get("PYTHONPATH", "")])
+    return env

@@ -1,0 +1,100 @@
+"""Samplers and loaders: sharding, exactly-once evaluation, resumable streams, nested device moves."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import namedtuple
+
+import numpy as np
+import torch
+
+from lazytrain.data import InferenceSampler, TrainingSampler, build_train_loader, to_device
+
+
+def take(sampler, n):
+    return [index for index, _ in itertools.islice(iter(sampler), n)]
+
+
+def test_training_sampler_shards_are_disjoint_and_cover_each_epoch():
+    shards = [take(TrainingSampler(10, seed=3, rank=r, world_size=2), 5) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(10))
+    assert take(TrainingSampler(10, seed=3), 10) != list(range(10))  # shuffled
+    assert take(TrainingSampler(10, seed=3), 10) == take(TrainingSampler(10, seed=3), 10)  # seeded
+
+
+def test_training_sampler_start_continues_the_same_stream():
+    whole = list(itertools.islice(iter(TrainingSampler(7, seed=1, rank=1, world_size=3)), 20))
+    tail = list(itertools.islice(iter(TrainingSampler(7, seed=1, rank=1, world_size=3, start=12)), 8))
+    assert whole[12:] == tail
+
+
+def test_inference_sampler_sees_each_sample_exactly_once_without_padding():
+    for size, world in [(10, 3), (2, 4), (0, 2), (7, 1)]:
+        parts = [list(InferenceSampler(size, rank=r, world_size=world)) for r in range(world)]
+        assert sorted(itertools.chain(*parts)) == list(range(size))
+
+
+class NoisyRange(torch.utils.data.Dataset):
+    """Index plus an augmentation drawn from all three global RNGs."""
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, i):
+        import random
+
+        return torch.tensor([i + torch.rand(()).item(), np.random.rand(), random.random()])
+
+
+def test_train_loader_resumes_the_same_batches_and_augmentations():
+    loader = build_train_loader(NoisyRange(), batch_size=2, seed=5)
+    it = iter(loader)
+    first = [next(it) for _ in range(7)]
+    state = loader.state_dict()
+    later = [next(it) for _ in range(3)]
+
+    resumed = build_train_loader(NoisyRange(), batch_size=2, seed=5)
+    resumed.load_state_dict(state)
+    again = list(itertools.islice(iter(resumed), 3))
+    for a, b in zip(later, again):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], first[3])  # a new epoch draws new noise
+
+
+def test_loading_data_leaves_the_training_rng_untouched():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    next(iter(build_train_loader(NoisyRange(), batch_size=4)))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_same_samples_with_and_without_workers():
+    a = list(itertools.islice(iter(build_train_loader(NoisyRange(), batch_size=3, num_workers=0)), 4))
+    b = list(itertools.islice(iter(build_train_loader(NoisyRange(), batch_size=3, num_workers=2)), 4))
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@dataclasses.dataclass
+class Sample:
+    points: torch.Tensor
+    name: str
+
+
+def test_to_device_moves_tensors_inside_nested_containers():
+    Pair = namedtuple("Pair", "a b")
+    batch = {
+        "x": torch.ones(2),
+        "list": [torch.zeros(1), ("s", torch.ones(1))],
+        "pair": Pair(torch.ones(1), 3),
+        "sample": Sample(torch.ones(3), "scan0"),
+    }
+    moved = to_device(batch, "meta")
+    assert moved["x"].device.type == "meta"
+    assert moved["list"][0].device.type == "meta" and moved["list"][1][0] == "s"
+    assert moved["list"][1][1].device.type == "meta"
+    assert isinstance(moved["pair"], Pair) and moved["pair"].a.device.type == "meta" and moved["pair"].b == 3
+    assert isinstance(moved["sample"], Sample) and moved["sample"].points.device.type == "meta"
+    assert moved["sample"].name == "scan0"

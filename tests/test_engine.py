@@ -1,0 +1,401 @@
+"""The trainer: a run's outputs, hooks, AMP, accumulation, clipping, exact resume, failures users see."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO, TOY, cli_env, load_config
+
+from lazytrain.config import ConfigError, L
+from lazytrain.engine import HookBase, Trainer, train_main
+from lazytrain.errors import TrainingError
+from lazytrain.events import EventStorage
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_cli_run_writes_every_output_file(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lazytrain.cli",
+            "train",
+            str(TOY / "configs" / "toy.py"),
+            "train.max_iter=12",
+            "train.log_period=4",
+            "train.checkpoint_period=5",
+            f"--output-dir={out}",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr + r.stdout
+    names = set(os.listdir(out))
+    assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    ckpts = set(os.listdir(out / "checkpoints"))
+    assert {"model_0000004.pth", "model_0000009.pth", "model_final.pth", "last_checkpoint"} <= ckpts
+    assert (out / "checkpoints" / "last_checkpoint").read_text() == "model_final.pth"
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [3, 7, 11]
+    assert any("accuracy" in r and r["iteration"] == 11 for r in rows)  # the final evaluation
+    assert "iter: 12/12" in (out / "log.txt").read_text() and "accuracy" in r.stdout
+    # config.yaml is the resolved config and loads back
+    from lazytrain.config import LazyConfig
+
+    assert LazyConfig.load(out / "config.yaml").model.num_classes == 4
+
+
+def test_tensorboard_event_file_holds_the_scalars(toy_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = toy_config("train.log_period=5")
+    train_main(cfg)
+    acc = EventAccumulator(str(tmp_path / "out"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"total_loss", "lr", "accuracy"} <= set(tags)
+    assert [e.step for e in acc.Scalars("total_loss")] == [4, 9]
+
+
+def test_hooks_command_prints_the_list_in_order_with_periods():
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "hooks", str(TOY / "configs" / "toy.py"), "train.log_period=7"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert [line.split()[1].split("(")[0] for line in lines] == [
+        "IterationTimer",
+        "LRScheduler",
+        "PeriodicCheckpointer",
+        "EvalHook",
+        "PeriodicWriter",
+        "ParamNormLogger",
+    ]
+    assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
+
+
+def test_hooks_replace_keeps_only_the_config_hooks(toy_config):
+    from lazytrain.engine.defaults import build_hooks
+
+    hooks = build_hooks(toy_config("train.hooks_replace=True"))
+    assert [type(h).__name__ for h in hooks] == ["ParamNormLogger"]
+
+
+class Recorder(torch.nn.Module):
+    """A linear regression model that records the autocast dtype its forward ran under."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 1)
+        self.seen_dtypes = []
+
+    def forward(self, batch):
+        out = self.lin(batch["x"])
+        self.seen_dtypes.append(out.dtype)
+        return {"loss_mse": ((out.float() - batch["y"]) ** 2).mean()}
+
+
+def batches(n, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"x": torch.randn(size, 4, generator=g), "y": torch.randn(size, 1, generator=g)} for _ in range(n)]
+
+
+def run_trainer(trainer, iters):
+    trainer.train(0, iters)
+    return trainer
+
+
+def test_amp_bf16_on_cpu_runs_the_forward_in_bf16():
+    torch.manual_seed(0)
+    model = Recorder()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = run_trainer(Trainer(model, batches(3, 8), opt, amp_enabled=True, amp_dtype="bf16"), 3)
+    assert model.seen_dtypes == [torch.bfloat16] * 3
+    assert trainer.grad_scaler is None
+    losses = [v for v, _ in trainer.storage.history("total_loss")]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+
+
+def test_amp_fp16_uses_a_grad_scaler():
+    model = Recorder()
+    trainer = Trainer(
+        model, batches(2, 8), torch.optim.SGD(model.parameters(), lr=0.1), amp_enabled=True, amp_dtype="fp16"
+    )
+    assert isinstance(trainer.grad_scaler, torch.amp.GradScaler)
+    run_trainer(trainer, 2)
+    assert model.seen_dtypes[0] == torch.float16
+
+
+def test_grad_accumulation_of_k_batches_equals_one_batch_k_times_larger():
+    torch.manual_seed(0)
+    small = batches(4, 8, seed=1)
+    large = [{k: torch.cat([b[k] for b in small]) for k in small[0]}]
+    a, b = Recorder(), Recorder()
+    b.load_state_dict(a.state_dict())
+    run_trainer(Trainer(a, small, torch.optim.SGD(a.parameters(), lr=0.5), grad_accum=4), 1)
+    run_trainer(Trainer(b, large, torch.optim.SGD(b.parameters(), lr=0.5), grad_accum=1), 1)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a.lin.weight, Recorder().lin.weight)
+
+
+def test_clipping_bounds_the_update_norm():
+    torch.manual_seed(0)
+    model = Recorder()
+    before = [p.detach().clone() for p in model.parameters()]
+    data = [{"x": torch.randn(8, 4) * 100, "y": torch.randn(8, 1) * 100}]
+    trainer = run_trainer(Trainer(model, data, torch.optim.SGD(model.parameters(), lr=1.0), clip_max_norm=0.5), 1)
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
+    assert step.norm() <= 0.5 + 1e-5
+    assert trainer.storage.history("grad_norm")[0][0] > 0.5  # the norm before clipping was larger
+
+
+class CrashAt(HookBase):
+    """Simulates a crash (after the checkpointer ran) at one iteration."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_with_identical_losses(tmp_path, num_workers):
+    common = [
+        "train.max_iter=16",
+        "train.log_period=1",
+        "train.checkpoint_period=8",
+        "train.deterministic=True",
+        "train.eval_period=0",
+        f"dataloader.train.num_workers={num_workers}",
+        "model.dropout=0.2",
+    ]
+    full = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'full'}", *common)
+    train_main(full)
+
+    parts = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
+    parts.hooks.append(L(CrashAt)(iteration=9))
+    with pytest.raises(KeyboardInterrupt):
+        train_main(parts)
+    resumed = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
+    train_main(resumed, resume=True)
+
+    def losses(run):
+        rows = read_metrics(tmp_path / run / "metrics.jsonl")
+        return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
+
+    a, b = losses("full"), losses("parts")
+    assert sorted(a) == list(range(16)) and sorted(b) == list(range(16))
+    assert [a[i] for i in range(16)] == [b[i] for i in range(16)]  # to the last bit
+    assert len({a[i] for i in range(16)}) > 8  # they really vary: dropout, jitter and shuffling are in play
+
+
+def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from lazytrain.checkpoint import Checkpointer
+        model = torch.nn.Linear(4, 4)
+        ckpt = Checkpointer(model, {str(tmp_path)!r})
+        ckpt.save("model_0000000", iteration=0)
+        model.register_buffer("big", torch.zeros(200_000_000))  # 800 MB: the write takes a while
+        print("saving", flush=True)
+        ckpt.save("model_0000001", iteration=1)
+        print("saved", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=cli_env())
+    assert proc.stdout.readline().strip() == "saving"
+    import time
+
+    deadline = time.time() + 30
+    while time.time() < deadline:  # kill it once the temp file is being written
+        if any(n.startswith(".tmp-") and os.path.getsize(tmp_path / n) > 0 for n in os.listdir(tmp_path)):
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -9
+    assert not (tmp_path / "model_0000001.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    from lazytrain.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(torch.nn.Linear(4, 4), str(tmp_path))  # also removes the stale temp file
+    assert ckpt.load(ckpt.get_checkpoint_file())["iteration"] == 0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+class NaNAt(torch.nn.Module):
+    def __init__(self, at: int = 5):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+        self.at = at
+        self.calls = 0
+
+    def forward(self, batch):
+        loss = self.lin(batch["x"]).pow(2).mean()
+        self.calls += 1
+        if self.calls > self.at:
+            loss = loss * float("nan")
+        return {"loss_a": loss, "loss_b": torch.ones(())}
+
+
+def test_nan_loss_stops_naming_the_iteration_and_saves_no_checkpoint_of_it(toy_config, tmp_path):
+    cfg = toy_config("train.checkpoint_period=3", "train.log_period=4", "train.max_iter=20")
+    cfg.model = L(NaNAt)(at=5)
+    cfg.evaluator = None
+    with pytest.raises(TrainingError) as info:
+        train_main(cfg)
+    msg = str(info.value)
+    assert "non-finite loss at iteration 5" in msg and "loss_a=nan" in msg and "loss_b=1.0" in msg
+    ckpts = set(os.listdir(tmp_path / "out" / "checkpoints"))
+    assert "model_0000002.pth" in ckpts and "model_0000005.pth" not in ckpts and "model_final.pth" not in ckpts
+
+
+def test_nan_loss_exits_1_with_one_paragraph(tmp_path):
+    cfg = tmp_path / "nan.py"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+        import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+        from configs_toy_base import *
+        from test_engine import NaNAt
+        model = L(NaNAt)(at=2)
+        evaluator = None
+        """
+        )
+    )
+    (tmp_path / "configs_toy_base.py").write_text(f"exec(open({str(TOY / 'configs/toy.py')!r}).read())\n")
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + str(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(cfg), f"--output-dir={tmp_path / 'o'}"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 1, r.stderr
+    assert "error: non-finite loss at iteration 2" in r.stderr and "Traceback" not in r.stderr
+
+
+class ReturnsLogits(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+
+    def forward(self, batch):
+        return self.lin(batch["x"])
+
+
+def test_model_output_not_a_loss_names_the_model_and_what_it_returned(toy_config):
+    cfg = toy_config()
+    cfg.model = L(ReturnsLogits)()
+    with pytest.raises(TrainingError) as info:
+        train_main(cfg)
+    assert "ReturnsLogits.forward returned a tensor of shape (32, 4) in train mode" in str(info.value)
+
+
+def test_missing_model_is_a_config_error_saying_what_to_add(toy_config):
+    cfg = toy_config()
+    del cfg["model"]
+    with pytest.raises(ConfigError) as info:
+        train_main(cfg)
+    assert str(info.value).startswith("model:") and "L(MyModel)" in str(info.value)
+
+
+def test_misspelled_train_setting_suggests(tmp_path, toy_config):
+    path = tmp_path / "exp.py"
+    path.write_text("train = dict(max_iters=3)\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).startswith("train.max_iters:") and "Did you mean 'max_iter'" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        train_main(toy_config("+train.log_perod=3"))
+    assert "train.log_perod" in str(info.value) and "Did you mean one of 'log_period'" in str(info.value)
+
+
+def test_init_checkpoint_loads_weights_only_and_reports_key_mismatch(toy_config, tmp_path):
+    first = train_main(toy_config("train.max_iter=30"))
+    weights = tmp_path / "out" / "checkpoints" / "model_final.pth"
+
+    same = load_config(
+        TOY / "configs/toy.py",
+        f"train.output_dir={tmp_path / 'same'}",
+        "train.max_iter=30",
+        f"train.init_checkpoint={weights}",
+        "train.log_period=1",
+    )
+    assert train_main(same, eval_only=True)["accuracy"] == first["accuracy"][0]  # the weights were loaded
+    train_main(same)
+    rows = read_metrics(tmp_path / "same" / "metrics.jsonl")
+    assert rows[0]["iteration"] == 0  # weights only: training starts over
+
+    other = load_config(
+        TOY / "configs/toy.py",
+        f"train.output_dir={tmp_path / 'other'}",
+        "train.max_iter=1",
+        f"train.init_checkpoint={weights}",
+        "model.hidden=16",
+    )
+    train_main(other)
+    log = (tmp_path / "other" / "log.txt").read_text()
+    assert "net.0.weight" in log and "(16, 8)" in log  # the shape mismatch is reported, by key
+
+
+def test_eval_command_evaluates_a_checkpoint(toy_config, tmp_path):
+    train_main(toy_config("train.max_iter=30"))
+    weights = tmp_path / "out" / "checkpoints" / "model_final.pth"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lazytrain.cli",
+            "eval",
+            str(TOY / "configs/toy.py"),
+            "--weights",
+            str(weights),
+            f"--output-dir={tmp_path / 'ev'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "accuracy" in r.stdout
+    row = read_metrics(tmp_path / "ev" / "metrics.jsonl")[-1]
+    assert row["iteration"] == 29 and row["accuracy"] > 0.5
+
+
+def test_eval_only_uses_resumed_weights(toy_config, tmp_path):
+    train_main(toy_config("train.max_iter=30"))
+    results = train_main(toy_config("train.max_iter=30"), resume=True, eval_only=True)
+    assert results["accuracy"] > 0.5
+
+
+def test_event_storage_flags_the_first_nonfinite_loss_with_its_terms():
+    with EventStorage() as storage:
+        for it, value in enumerate([1.0, 2.0, float("inf"), float("nan")]):
+            storage.iter = it
+            storage.put_scalars(total_loss=torch.tensor(value), loss_x=torch.tensor(0.5), check_finite=True)
+        assert storage.first_nonfinite is None or storage.first_nonfinite[0] == 2  # lazily: not yet converted
+        storage.flush()
+        assert storage.first_nonfinite == (2, {"total_loss": float("inf"), "loss_x": 0.5})
