@@ -9,7 +9,7 @@ import difflib
 from collections.abc import Iterable
 from typing import Optional
 
-__all__ = ["ConfigError", "LazytrainError", "RankFailedError", "TrainingError", "did_you_mean"]
+__all__ = ["ConfigError", "DataError", "LazytrainError", "RankFailedError", "TrainingError", "did_you_mean"]
 
 
 class LazytrainError(Exception):
@@ -63,6 +63,10 @@ class ConfigError(LazytrainError):
 
 class TrainingError(LazytrainError):
     """Training cannot go on: a bad model output, a non-finite loss, a broken dataset file (exit code 1)."""
+
+
+class DataError(LazytrainError):
+    """A dataset file is missing or corrupt; the message names the file (exit code 1)."""
 
 
 class RankFailedError(LazytrainError):

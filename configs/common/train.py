@@ -1,7 +1,7 @@
-"""Run settings shared by the configs in this folder (DESIGN.md "train keys and defaults")."""
+"""Run settings shared by the configs in this folder (every key of DESIGN.md's `train`, with its default)."""
 
 train = dict(
-    max_iter=400,
+    max_iter=1000,
     seed=0,
     device="auto",
     amp=dict(enabled=False, dtype="bf16"),
@@ -12,5 +12,6 @@ train = dict(
     keep_last=3,
     eval_period=0,
     init_checkpoint="",
+    ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
     deterministic=False,
 )

@@ -1,0 +1,23 @@
+"""A RangeNet-style model, its loss weights from the training labels, and the point-wise mIoU evaluator."""
+
+from lazytrain.config import LazyCall as L
+from lazytrain.lidar import RangeNet, SemanticKittiEvaluator, compute_class_weights
+
+model = L(RangeNet)(
+    in_channels=5,
+    num_classes="${dataset.num_classes}",
+    width=32,
+    depth=4,
+    blocks=1,
+    class_weights=L(compute_class_weights)(
+        root="${dataset.root}",
+        num_classes="${dataset.num_classes}",
+        split="train",
+        synthetic_scans="${dataset.synthetic_scans}",
+    ),
+)
+
+evaluator = L(SemanticKittiEvaluator)(num_classes="${dataset.num_classes}", knn=None)
+# RangeNet++'s KNN post-processing: evaluator.knn="{k: 5, window: 5, cutoff: 1.0}"
+
+export = dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

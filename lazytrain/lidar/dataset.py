@@ -1,0 +1,193 @@
+"""`SemanticKittiDataset`: scans of a split as range images, with augmentation for training and the per-point
+data the point-wise evaluator needs; synthetic scans are written when the data root holds none."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from ..errors import DataError
+from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection
+from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
+from .synthetic import write_synthetic_kitti
+
+__all__ = ["SemanticKittiDataset", "collate_scans", "compute_class_weights", "prepare_root"]
+
+logger = logging.getLogger("lazytrain")
+
+POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range")
+
+
+def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, seed: int = 0) -> None:
+    """Make sure ``root`` holds ``sequences``: when it holds no scans at all (or is a synthetic set that lacks
+    some of them) and ``synthetic_scans > 0``, write that many synthetic scans per sequence."""
+    base = os.path.join(root, "dataset", "sequences")
+    has_any = os.path.isdir(base) and any(
+        os.path.isdir(os.path.join(base, s, "velodyne")) for s in os.listdir(base) if not s.startswith(".")
+    )
+    synthetic = os.path.exists(os.path.join(root, "SYNTHETIC.txt"))
+    missing = [s for s in sequences if not os.path.isdir(os.path.join(base, s, "velodyne"))]
+    if not missing or synthetic_scans <= 0 or (has_any and not synthetic):
+        return
+    logger.info(
+        "No SemanticKITTI scans for sequences %s under '%s': writing %d synthetic scans per sequence there "
+        "(set dataset.root to the real data set to train on it).",
+        " ".join(missing),
+        os.path.abspath(root),
+        synthetic_scans,
+    )
+    write_synthetic_kitti(root, missing, synthetic_scans, seed=seed)
+
+
+class SemanticKittiDataset(Dataset):
+    """Scans of ``split`` ("train", "valid", "test") or of explicit ``sequences`` under ``root``.
+
+    A sample is a dict: ``image`` (5, H, W) float32, ``mask`` (H, W) bool, ``label_image`` (H, W) int64
+    (training ids, 0 where empty or unlabeled); with ``return_points`` also the per-point ``point_labels``,
+    ``proj_v``, ``proj_u``, ``point_range`` and the ``range_image`` (for point-wise metrics and KNN).
+    ``augment`` (training): random yaw rotation, x-flip, point dropout, drawn from NumPy's global RNG (which
+    lazytrain's train loader seeds per sample).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        split: str = "train",
+        sequences: Optional[Sequence[str]] = None,
+        *,
+        height: int = 64,
+        width: int = 2048,
+        fov_up: float = 3.0,
+        fov_down: float = -25.0,
+        means: Sequence[float] = KITTI_MEANS,
+        stds: Sequence[float] = KITTI_STDS,
+        augment: bool = False,
+        dropout: float = 0.1,
+        return_points: bool = False,
+        synthetic_scans: int = 0,
+        synthetic_seed: int = 0,
+        max_scans: Optional[int] = None,
+    ) -> None:
+        if sequences is None:
+            if split not in OFFICIAL_SPLIT:
+                raise DataError(f"unknown split {split!r}: use one of {', '.join(OFFICIAL_SPLIT)} or give sequences.")
+            sequences = OFFICIAL_SPLIT[split]
+        self.sequences = [f"{int(s):02d}" for s in sequences]
+        self.root = root
+        prepare_root(root, self.sequences, synthetic_scans, synthetic_seed)
+        self.labelled = split != "test"
+        self.scans = list_scans(root, self.sequences, labels=self.labelled)
+        if max_scans is not None:
+            self.scans = self.scans[:: max(1, len(self.scans) // max_scans)][:max_scans]
+        if not self.scans:
+            raise DataError(f"no scans found for sequences {', '.join(self.sequences)} under '{root}'.")
+        self.projection = RangeProjection(height, width, fov_up, fov_down, tuple(means), tuple(stds))
+        self.augment, self.dropout, self.return_points = augment, dropout, return_points
+
+    def __len__(self) -> int:
+        return len(self.scans)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        scan = self.scans[index]
+        points = np.array(read_points(scan.points_path))  # a private copy: augmentation changes it
+        if scan.label_path is not None:
+            labels = map_labels(read_labels(scan.label_path, len(points)), scan.label_path)
+        else:
+            labels = np.zeros(len(points), dtype=np.int64)
+        if self.augment:
+            points, labels = self._augment(points, labels)
+        proj = self.projection(points)
+        label_image = np.where(proj.mask, labels[np.maximum(proj.pixel_point, 0)], 0)
+        sample: dict[str, Any] = {
+            "image": torch.from_numpy(proj.image),
+            "mask": torch.from_numpy(proj.mask),
+            "label_image": torch.from_numpy(label_image),
+        }
+        if self.return_points:
+            sample.update(
+                point_labels=torch.from_numpy(labels),
+                proj_v=torch.from_numpy(proj.v),
+                proj_u=torch.from_numpy(proj.u),
+                point_range=torch.from_numpy(np.linalg.norm(points[:, :3], axis=1)),
+                range_image=torch.from_numpy(proj.range_image),
+            )
+        return sample
+
+    def _augment(self, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        angle = np.random.uniform(0, 2 * np.pi)
+        c, s = np.cos(angle), np.sin(angle)
+        x, y = points[:, 0].copy(), points[:, 1].copy()
+        points[:, 0], points[:, 1] = c * x - s * y, s * x + c * y
+        if np.random.random() < 0.5:
+            points[:, 0] = -points[:, 0]
+        if self.dropout > 0:
+            keep = np.random.random(len(points)) >= np.random.uniform(0, self.dropout)
+            points, labels = points[keep], labels[keep]
+        return points, labels
+
+
+def collate_scans(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack the image-shaped tensors; keep per-point tensors (a different length per scan) as lists."""
+    batch = default_collate([{k: v for k, v in s.items() if k not in POINT_KEYS} for s in samples])
+    for key in POINT_KEYS:
+        if key in samples[0]:
+            batch[key] = [s[key] for s in samples]
+    return batch
+
+
+def compute_class_weights(
+    root: str,
+    num_classes: int,
+    split: str = "train",
+    sequences: Optional[Sequence[str]] = None,
+    max_scans: int = 2000,
+    synthetic_scans: int = 0,
+    synthetic_seed: int = 0,
+    cache_dir: Optional[str] = None,
+) -> list[float]:
+    """RangeNet++'s loss weights ``1 / (f_c + 0.001)`` from the class frequencies of the training labels (at
+    most ``max_scans`` scans, evenly spread), 0 for the ignored class 0. Cached per root and sequences in
+    ``cache_dir`` (default ``~/.cache/lazytrain``)."""
+    sequences = [f"{int(s):02d}" for s in (sequences or OFFICIAL_SPLIT[split])]
+    prepare_root(root, sequences, synthetic_scans, synthetic_seed)
+    scans = list_scans(root, sequences)
+    step = max(1, len(scans) // max_scans)
+    chosen = scans[::step][:max_scans]
+    key_text = json.dumps([os.path.abspath(root), sequences, [os.path.getmtime(s.label_path) for s in chosen[:50]],
+                           len(chosen), num_classes])  # fmt: skip
+    key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
+    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "lazytrain")
+    cache = os.path.join(cache_dir, f"class_weights_{key}.json")
+    if os.path.exists(cache):
+        with open(cache, encoding="utf-8") as f:
+            return json.load(f)
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for scan in chosen:
+        labels = map_labels(read_labels(scan.label_path), scan.label_path)
+        counts += np.bincount(labels, minlength=num_classes)[:num_classes]
+    weights = class_weights_from_counts(counts)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        with open(cache, "w", encoding="utf-8") as f:
+            json.dump(weights, f)
+    except OSError:
+        pass  # a read-only home: compute again next time
+    return weights
+
+
+def class_weights_from_counts(counts: Union[np.ndarray, Sequence[int]]) -> list[float]:
+    """``1 / (f_c + 0.001)`` with ``f_c`` the fraction of points of class c; 0 for class 0 (ignored)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    freq = counts / max(counts.sum(), 1.0)
+    weights = 1.0 / (freq + 0.001)
+    weights[0] = 0.0
+    return weights.tolist()
