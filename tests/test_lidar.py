@@ -1,0 +1,238 @@
+"""SemanticKITTI: the on-disk format, the label map, projection, data errors, mIoU, and a training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env
+
+from lazytrain.errors import DataError
+from lazytrain.lidar import (
+    LEARNING_MAP,
+    RangeNet,
+    RangeProjection,
+    SemanticKittiDataset,
+    SemanticKittiEvaluator,
+    collate_scans,
+    iou_from_confusion,
+    knn_postprocess,
+    make_scan,
+    map_labels,
+    read_labels,
+    read_points,
+    write_synthetic_kitti,
+)
+from lazytrain.lidar.dataset import class_weights_from_counts
+
+
+@pytest.fixture(scope="module")
+def kitti_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kitti")
+    write_synthetic_kitti(str(root), ["00", "08"], scans=2, seed=7)
+    return root
+
+
+def test_generator_writes_the_real_layout_and_reads_back_exactly(kitti_root):
+    seq = kitti_root / "dataset" / "sequences" / "00"
+    assert sorted(os.listdir(seq)) == ["calib.txt", "labels", "poses.txt", "times.txt", "velodyne"]
+    assert sorted(os.listdir(seq / "velodyne")) == ["000000.bin", "000001.bin"]
+    points, labels = make_scan(7, "00", 1)
+    assert (seq / "velodyne" / "000001.bin").stat().st_size == 16 * len(points)
+    np.testing.assert_array_equal(read_points(str(seq / "velodyne" / "000001.bin")), points)
+    np.testing.assert_array_equal(read_labels(str(seq / "labels" / "000001.label")), labels)
+    assert 20_000 <= len(points) <= 120_000
+    assert len((seq / "poses.txt").read_text().splitlines()) == 2
+
+
+def test_generator_is_deterministic_and_varies_by_scan():
+    a, b = make_scan(3, "00", 0), make_scan(3, "00", 0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert len(make_scan(3, "00", 1)[0]) != len(a[0])
+
+
+def test_synthetic_scans_have_moving_objects_instances_and_many_classes():
+    _, raw = make_scan(0, "00", 0)
+    semantic = raw & 0xFFFF
+    assert (semantic >= 252).any() and (semantic == 1).any() and (semantic == 0).any()
+    assert (raw >> 16).max() > 0  # instance ids in the upper bits
+    assert len(np.unique(map_labels(raw))) >= 15
+
+
+def test_learning_map_on_every_raw_id_with_instance_bits():
+    raw_ids = np.array(sorted(LEARNING_MAP), dtype=np.uint32)
+    with_instances = raw_ids | (np.arange(len(raw_ids), dtype=np.uint32) + 1) << 16
+    mapped = map_labels(with_instances)
+    assert mapped.tolist() == [LEARNING_MAP[r] for r in raw_ids.tolist()]
+    assert mapped.max() == 19 and mapped.min() == 0
+
+
+def test_unknown_raw_ids_map_to_zero_with_a_counting_warning():
+    with pytest.warns(UserWarning, match=r"3 points have raw ids not in the learning map \(5, 300\)"):
+        mapped = map_labels(np.array([10, 5, 5, 300, 40], dtype=np.uint32), "x.label")
+    assert mapped.tolist() == [1, 0, 0, 0, 9]
+
+
+def test_projection_of_hand_computed_points():
+    proj = RangeProjection(height=64, width=2048, means=None, stds=None)
+    points = np.array([[10.0, 0.0, 0.0, 0.5], [0.0, 5.0, -5.0, 0.25]], dtype=np.float32)
+    out = proj(points)
+    # (10, 0, 0): yaw 0 -> u = 0.5 * 2048; pitch 0 -> v = (1 - 25/28) * 64 = 6.86 -> 6
+    assert (out.v[0], out.u[0]) == (6, 1024)
+    # (0, 5, -5): yaw 90° -> u = 0.25 * 2048; pitch -45° -> v = (1 + 20/28) * 64 = 109.7 -> clipped to 63
+    assert (out.v[1], out.u[1]) == (63, 512)
+    np.testing.assert_allclose(out.image[:, 6, 1024], [10.0, 10.0, 0.0, 0.0, 0.5])
+    assert out.mask.sum() == 2 and out.pixel_point[6, 1024] == 0
+
+
+def test_projection_keeps_the_closest_point_of_a_pixel():
+    points = np.array([[20.0, 0, 0, 0.1], [10.0, 0, 0, 0.9], [30.0, 0, 0, 0.5]], dtype=np.float32)
+    out = RangeProjection(means=None, stds=None)(points)
+    assert out.range_image[6, 1024] == pytest.approx(10.0)
+    assert out.pixel_point[6, 1024] == 1 and out.image[4, 6, 1024] == pytest.approx(0.9)
+    assert out.mask.sum() == 1 and (out.v == 6).all()  # every point still knows its pixel
+
+
+def test_dataset_sample_shapes_and_labels(kitti_root):
+    ds = SemanticKittiDataset(str(kitti_root), sequences=["08"], width=256, return_points=True)
+    sample = ds[0]
+    assert sample["image"].shape == (5, 64, 256) and sample["label_image"].shape == (64, 256)
+    assert sample["label_image"].max() <= 19 and (sample["label_image"][~sample["mask"]] == 0).all()
+    n = len(sample["point_labels"])
+    assert sample["proj_v"].shape == (n,) and sample["point_range"].shape == (n,)
+    batch = collate_scans([ds[0], ds[1]])
+    assert batch["image"].shape == (2, 5, 64, 256) and isinstance(batch["point_labels"], list)
+
+
+def test_augmentation_follows_the_global_numpy_seed(kitti_root):
+    ds = SemanticKittiDataset(str(kitti_root), sequences=["00"], width=256, augment=True)
+    np.random.seed(1)
+    a = ds[0]["image"]
+    np.random.seed(1)
+    assert torch.equal(a, ds[0]["image"])
+    np.random.seed(2)
+    assert not torch.equal(a, ds[0]["image"])
+
+
+def corrupt_copy(kitti_root, tmp_path):
+    root = tmp_path / "k"
+    write_synthetic_kitti(str(root), ["00"], scans=1, seed=7)
+    return root / "dataset" / "sequences" / "00"
+
+
+def test_scan_size_not_multiple_of_16_names_the_file(kitti_root, tmp_path):
+    seq = corrupt_copy(kitti_root, tmp_path)
+    with open(seq / "velodyne" / "000000.bin", "ab") as f:
+        f.write(b"\0" * 5)
+    with pytest.raises(DataError, match=r"000000\.bin' is corrupt: .* not a positive multiple of 16"):
+        SemanticKittiDataset(str(tmp_path / "k"), sequences=["00"])
+
+
+def test_label_count_mismatch_names_both_files(kitti_root, tmp_path):
+    seq = corrupt_copy(kitti_root, tmp_path)
+    with open(seq / "labels" / "000000.label", "ab") as f:
+        f.write(b"\0" * 8)
+    with pytest.raises(DataError) as info:
+        SemanticKittiDataset(str(tmp_path / "k"), sequences=["00"])
+    assert "000000.label' holds" in str(info.value) and "000000.bin' has" in str(info.value)
+
+
+def test_missing_label_and_missing_sequence_are_named(kitti_root, tmp_path):
+    seq = corrupt_copy(kitti_root, tmp_path)
+    os.remove(seq / "labels" / "000000.label")
+    with pytest.raises(DataError, match=r"label file '.*000000\.label' .* does not exist"):
+        SemanticKittiDataset(str(tmp_path / "k"), sequences=["00"])
+    with pytest.raises(DataError, match=r"sequences/05/velodyne' does not exist"):
+        SemanticKittiDataset(str(tmp_path / "k"), sequences=["05"])
+
+
+def test_synthetic_scans_are_written_only_where_no_real_data_is(tmp_path, kitti_root):
+    empty = tmp_path / "fresh"
+    ds = SemanticKittiDataset(str(empty), sequences=["00"], synthetic_scans=2)
+    assert len(ds) == 2 and (empty / "SYNTHETIC.txt").exists()
+    real = tmp_path / "real"
+    write_synthetic_kitti(str(real), ["00"], scans=1)
+    os.remove(real / "SYNTHETIC.txt")  # now it looks like a real data set: never add to it
+    with pytest.raises(DataError, match="sequences/08/velodyne"):
+        SemanticKittiDataset(str(real), sequences=["08"], synthetic_scans=2)
+
+
+def test_miou_against_a_hand_computed_confusion_matrix():
+    # 4 classes, 0 ignored. rows: ground truth, columns: prediction
+    confusion = torch.tensor([[0, 0, 0, 0], [0, 8, 2, 0], [0, 1, 3, 0], [0, 0, 0, 0]])
+    iou, miou = iou_from_confusion(confusion)
+    assert iou[1].item() == pytest.approx(8 / (8 + 1 + 2))
+    assert iou[2].item() == pytest.approx(3 / (3 + 2 + 1))
+    assert torch.isnan(iou[3]) and torch.isnan(iou[0])  # class 3: absent from the split, never predicted
+    assert miou == pytest.approx((8 / 11 + 3 / 6) / 2)
+    confusion[1, 3] = 2  # class 3 predicted but absent: IoU 0, counted
+    iou, miou = iou_from_confusion(confusion)
+    assert iou[3].item() == 0.0 and miou == pytest.approx((8 / 13 + 3 / 6 + 0) / 3)
+
+
+def test_evaluator_back_projects_pixels_to_every_point():
+    ev = SemanticKittiEvaluator(num_classes=4, class_names=["unlabeled", "a", "b", "c"])
+    ev.reset()
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 1, 0, 0] = logits[0, 2, 0, 1] = logits[0, 2, 1, 0] = logits[0, 1, 1, 1] = 5
+    batch = {
+        "proj_v": [torch.tensor([0, 0, 0, 1, 1])],
+        "proj_u": [torch.tensor([0, 0, 1, 0, 1])],
+        "point_labels": [torch.tensor([1, 2, 2, 0, 1])],
+    }  # two points share pixel (0, 0)
+    ev.process(batch, logits)
+    results = ev.evaluate()
+    assert ev.confusion[1, 1] == 2 and ev.confusion[2, 1] == 1 and ev.confusion[2, 2] == 1
+    assert results["IoU/a"] == pytest.approx(2 / 3) and results["IoU/b"] == pytest.approx(1 / 2)
+    assert "IoU/c" not in results and results["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_knn_relabels_a_point_from_its_closest_neighbours():
+    range_image = torch.full((3, 3), 10.0)
+    pred_image = torch.full((3, 3), 2, dtype=torch.long)
+    pred_image[1, 1] = 1  # the centre pixel disagrees with all its neighbours at the same range
+    v, u, r = torch.tensor([1]), torch.tensor([1]), torch.tensor([10.0])
+    assert knn_postprocess(range_image, pred_image, v, u, r, num_classes=3, k=5, window=3).item() == 2
+    far = torch.tensor([50.0])  # no neighbour within the cut-off: keep the pixel's label
+    assert knn_postprocess(range_image, pred_image, v, u, far, num_classes=3, k=5, window=3).item() == 1
+
+
+def test_rangenet_trains_and_predicts_full_resolution_logits():
+    model = RangeNet(num_classes=20, width=8, depth=2, class_weights=[0.0] + [1.0] * 19)
+    batch = {"image": torch.randn(2, 5, 16, 64), "label_image": torch.randint(0, 20, (2, 16, 64))}
+    loss = model(batch)["loss_ce"]
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    model.eval()
+    assert model(batch).shape == (2, 20, 16, 64)
+    with pytest.raises(ValueError, match="class_weights has 3 entries but num_classes is 20"):
+        RangeNet(num_classes=20, class_weights=[1.0, 1.0, 1.0])
+
+
+def test_class_weights_follow_rangenet_formula():
+    weights = class_weights_from_counts([100, 50, 25, 25])
+    assert weights[0] == 0.0
+    # fractions of all points (the unlabeled ones too, as RangeNet++ counts them)
+    assert weights[1] == pytest.approx(1 / (0.25 + 0.001)) and weights[2] == pytest.approx(1 / (0.125 + 0.001))
+
+
+def test_flagship_tiny_run_beats_chance_miou(tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lazytrain.cli", "train", str(REPO / "configs" / "kitti_seg.py"),
+           f"dataset.root={tmp_path / 'data'}", "dataset.synthetic_scans=4", "dataset.projection.width=256",
+           "model.width=8", "model.depth=2", "train.max_iter=100", "optimizer.lr=0.01",
+           "dataloader.train.dataset.sequences=['00','01']", "dataloader.test.dataset.sequences=['08']",
+           "model.class_weights.sequences=['00','01']", f"model.class_weights.cache_dir={tmp_path / 'cache'}",
+           "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", f"--output-dir={out}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
+    assert "writing 4 synthetic scans per sequence" in r.stdout
+    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "mIoU" in line][-1]
+    chance = 1 / 19
+    assert final["mIoU"] > 3 * chance, final
+    assert final["IoU/road"] > 0.5
