@@ -12,6 +12,25 @@ from typing import Any, Callable, Optional
 __all__ = ["main"]
 
 
+def _launch_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("processes (see README: From a laptop to many GPUs)")
+    g.add_argument("--num-procs", type=int, default=1, help="processes on this machine (one per GPU); 1: this one")
+    g.add_argument("--num-machines", type=int, default=1, help="machines taking part")
+    g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank, 0 .. num-machines - 1")
+    g.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (auto: a free local port)")
+    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="process-group timeout for collectives (default 1800)")  # fmt: skip
+
+
+def _launch(fn: Callable[..., Any], args: argparse.Namespace, *fn_args: Any) -> None:
+    from datetime import timedelta
+
+    from .launch import launch
+
+    launch(fn, args.num_procs, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=fn_args, timeout=timedelta(seconds=args.dist_timeout))  # fmt: skip
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="config file (.py, or .yaml saved by lazytrain)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_iter=100")
@@ -36,12 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (the resumed or init_checkpoint weights)")
     p.add_argument("--output-dir", help="where logs, metrics and checkpoints go (train.output_dir)")
+    _launch_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint; print and save the metrics")
     _config_args(p)
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument("--output-dir", help="where log.txt and metrics.jsonl go (train.output_dir)")
+    _launch_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("hooks", help="print the trainer's hook list, in order, with periods")
@@ -72,14 +93,14 @@ def load_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine.defaults import train_main
 
-    train_main(load_config(args), resume=args.resume, eval_only=args.eval_only)
+    _launch(train_main, args, load_config(args), args.resume, args.eval_only)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.defaults import evaluate_main
 
-    evaluate_main(load_config(args), args.weights)
+    _launch(evaluate_main, args, load_config(args), args.weights)
     return 0
 
 
@@ -130,6 +151,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_trace
     except LazytrainError as e:
         if show_traceback:
             traceback.print_exc()
+            if e.details:
+                print(e.details, file=sys.stderr)
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -31,6 +31,7 @@ class LazytrainError(Exception):
         self.line = line
         self.key = key
         self.hint = hint
+        self.details: Optional[str] = None  # e.g. a worker's traceback, shown with --traceback
         super().__init__(self.format())
 
     def with_key(self, key: str) -> LazytrainError:

@@ -284,7 +284,7 @@ def prepare_output_dir(cfg: DictConfig) -> None:
         LazyConfig.save(resolved_copy(cfg), os.path.join(out, "config.yaml"))
 
 
-def train_main(cfg: DictConfig, *, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
+def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
     """Train (or with ``eval_only`` evaluate) the config; return the final evaluation results."""
     check_required(cfg)
     prepare_output_dir(cfg)

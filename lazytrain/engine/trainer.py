@@ -80,8 +80,9 @@ class Trainer(TrainerBase):
         """Evaluate the model on the test loader with the evaluator (``{}`` when the config has none)."""
         if self.evaluator is None or self.test_loader is None:
             return {}
+        model = getattr(self.model, "module", self.model)  # evaluate without DDP's hooks
         results = inference_on_dataset(
-            self.model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
+            model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
         )
         if results:
             iteration = self.storage.iter if self.storage is not None else self.iter

@@ -1,0 +1,292 @@
+"""`launch()`: run a function in 1 process, in N spawned processes, under torchrun / SLURM, or across machines,
+on torch.distributed process groups (NCCL with CUDA, else gloo). If any rank fails, the others are stopped.
+
+Spawned workers get the function and its arguments through cloudpickle (configs may hold lambdas); each
+creates its process group, sets its device, runs, and destroys the group.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from typing import Any, Callable, Optional
+
+import cloudpickle
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from . import comm
+from .errors import ConfigError, LazytrainError, RankFailedError
+
+__all__ = ["DEFAULT_TIMEOUT", "cluster_environment", "launch"]
+
+logger = logging.getLogger("lazytrain")
+
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+_STOP_GRACE_S = 3.0  # how long a surviving rank gets to exit after SIGTERM before SIGKILL
+
+
+def launch(
+    main_fn: Callable[..., Any],
+    num_procs: int = 1,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+    args: tuple = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+) -> Any:
+    """Run ``main_fn(*args)`` on every rank.
+
+    - Under torchrun or SLURM (their environment variables are set), join their process group.
+    - ``num_procs * num_machines == 1``: call it here, with no process group (``breakpoint()`` works).
+    - Otherwise spawn ``num_procs`` workers on this machine, ranks ``machine_rank * num_procs + i`` of
+      ``num_procs * num_machines``, meeting at ``dist_url`` (``tcp://HOST:PORT``; "auto" picks a free local
+      port, for one machine only).
+
+    If a rank raises or dies, the others are stopped and a RankFailedError names it and its error.
+    Returns ``main_fn``'s result in the single-process cases, else None.
+    """
+    env = cluster_environment()
+    if env is not None:
+        if num_procs > 1 or num_machines > 1:
+            logger.warning("running under %s: joining its process group; --num-procs/--num-machines are ignored.",
+                           env["launcher"])  # fmt: skip
+        return _join_existing(main_fn, args, env, timeout)
+    world_size = num_procs * num_machines
+    if num_procs < 1 or num_machines < 1 or not 0 <= machine_rank < num_machines:
+        raise ConfigError(
+            f"bad launch settings: --num-procs {num_procs}, --num-machines {num_machines}, --machine-rank "
+            f"{machine_rank}.",
+            hint="Use --num-procs >= 1, --num-machines >= 1 and 0 <= --machine-rank < --num-machines.",
+        )
+    if world_size == 1:
+        return main_fn(*args)
+    if dist_url == "auto":
+        if num_machines > 1:
+            raise ConfigError(
+                "--dist-url auto works on one machine only.",
+                hint="Give every machine the same --dist-url tcp://HOST_OF_MACHINE_0:PORT.",
+            )
+        dist_url = f"tcp://127.0.0.1:{_free_port()}"
+    _spawn(main_fn, args, num_procs, machine_rank, world_size, dist_url, timeout)
+    return None
+
+
+def cluster_environment(environ: Optional[dict[str, str]] = None) -> Optional[dict[str, Any]]:
+    """Rank facts from torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``) or SLURM
+    (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``, first host of ``SLURM_JOB_NODELIST``); None when
+    neither launched this process."""
+    env = os.environ if environ is None else environ
+    if all(k in env for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        return {
+            "launcher": "torchrun",
+            "rank": int(env["RANK"]),
+            "world_size": int(env["WORLD_SIZE"]),
+            "local_rank": int(env["LOCAL_RANK"]),
+            "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+            "master_port": int(env.get("MASTER_PORT", "29500")),
+        }
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
+        return {
+            "launcher": "SLURM",
+            "rank": int(env["SLURM_PROCID"]),
+            "world_size": int(env["SLURM_NTASKS"]),
+            "local_rank": int(env.get("SLURM_LOCALID", "0")),
+            "master_addr": env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            # every task derives the same port from the job id
+            "master_port": int(env.get("MASTER_PORT") or 15000 + job_id % 20000),
+        }
+    return None
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: ``scontrol show hostnames`` when SLURM's tools are here, else the
+    list parsed by hand (``node[03-05,07],gpu1`` → ``node03``)."""
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout  # fmt: skip
+            if out.strip():
+                return out.split()[0]
+        except (subprocess.SubprocessError, OSError):
+            pass
+    first = nodelist.split(",")[0] if "[" not in nodelist.split(",")[0] else nodelist[: nodelist.index("]") + 1]
+    if "[" in first:
+        prefix, ranges = first.split("[", 1)
+        return prefix + ranges.rstrip("]").split(",")[0].split("-")[0]
+    return first
+
+
+def _backend() -> str:
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+def _set_device(local_rank: int) -> None:
+    comm.set_local_rank(local_rank)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+
+
+def _join_existing(main_fn: Callable[..., Any], args: tuple, env: dict[str, Any], timeout: timedelta) -> Any:
+    os.environ.setdefault("MASTER_ADDR", str(env["master_addr"]))
+    os.environ.setdefault("MASTER_PORT", str(env["master_port"]))
+    _set_device(env["local_rank"])
+    dist.init_process_group(
+        _backend(), init_method="env://", world_size=env["world_size"], rank=env["rank"], timeout=timeout
+    )
+    try:
+        return main_fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))  # the OS picks a port nobody uses
+        return s.getsockname()[1]
+
+
+def _spawn(
+    main_fn: Callable[..., Any],
+    args: tuple,
+    num_procs: int,
+    machine_rank: int,
+    world_size: int,
+    dist_url: str,
+    timeout: timedelta,
+) -> None:
+    payload = cloudpickle.dumps((main_fn, args))
+    error_dir = tempfile.mkdtemp(prefix="lazytrain-errors-")
+    try:
+        context = mp.start_processes(
+            _worker,
+            args=(payload, num_procs, machine_rank, world_size, dist_url, timeout, error_dir),
+            nprocs=num_procs,
+            join=False,
+            start_method="spawn",
+        )
+        processes = context.processes
+        first_failed = _wait_first_failure(processes)
+        if first_failed is None:
+            return
+        _stop(processes)
+        raise _failure(processes, first_failed, machine_rank * num_procs, error_dir)
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
+
+
+def _wait_first_failure(processes: list) -> Optional[int]:
+    """Wait until every process exited (None) or one failed (its local index)."""
+    while True:
+        for i, p in enumerate(processes):
+            if p.exitcode not in (None, 0):
+                return i
+        alive = [p.sentinel for p in processes if p.exitcode is None]
+        if not alive:
+            return None
+        multiprocessing.connection.wait(alive, timeout=1.0)
+        for p in processes:
+            if p.exitcode is None:
+                p.join(timeout=0)
+
+
+def _stop(processes: list) -> None:
+    """SIGTERM every survivor, then SIGKILL whatever is still there after a short grace period (a rank blocked
+    inside a collective may not react to SIGTERM)."""
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + _STOP_GRACE_S
+    for p in processes:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _failure(processes: list, first_failed: int, rank_offset: int, error_dir: str) -> LazytrainError:
+    records = []
+    for name in os.listdir(error_dir):
+        try:
+            with open(os.path.join(error_dir, name), encoding="utf-8") as f:
+                records.append(json.load(f))
+        except (OSError, ValueError):
+            continue
+    failed_rank = rank_offset + first_failed
+    # the first error wins: later ones are usually other ranks losing their peer. A rank that left no record
+    # was killed (a signal, the OOM killer): it is the cause, whatever its peers wrote afterwards.
+    own = any(r["rank"] == failed_rank for r in records)
+    record = min(records, key=lambda r: r["time"]) if own else None
+    if record is None:
+        code = processes[first_failed].exitcode
+        if code is not None and code < 0:
+            what = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            what = f"exited with code {code} without a Python error"
+        error = RankFailedError(
+            f"rank {failed_rank} {what}; the other ranks were stopped.",
+            hint="Check the machine's memory (the OOM killer sends SIGKILL) and the log above.",
+        )
+        return error
+    error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
+    error.exit_code = record["exit_code"]
+    error.details = record["traceback"]
+    return error
+
+
+def _worker(
+    local_rank: int,
+    payload: bytes,
+    num_procs: int,
+    machine_rank: int,
+    world_size: int,
+    dist_url: str,
+    timeout: timedelta,
+    error_dir: str,
+) -> None:
+    rank = machine_rank * num_procs + local_rank
+    try:
+        main_fn, args = cloudpickle.loads(payload)
+        _set_device(local_rank)
+        dist.init_process_group(_backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+        main_fn(*args)
+        dist.destroy_process_group()
+    except SystemExit as e:
+        if e.code in (0, None):
+            return
+        _record_error(error_dir, rank, e)
+        os._exit(e.code if isinstance(e.code, int) else 1)
+    except BaseException as e:  # record every other way out, KeyboardInterrupt included
+        _record_error(error_dir, rank, e)
+        sys.stderr.flush()
+        os._exit(e.exit_code if isinstance(e, LazytrainError) else 1)
+
+
+def _record_error(error_dir: str, rank: int, error: BaseException) -> None:
+    message = str(error) if isinstance(error, LazytrainError) else f"{type(error).__name__}: {error}"
+    record = {
+        "rank": rank,
+        "time": time.time(),
+        "message": message,
+        "exit_code": error.exit_code if isinstance(error, LazytrainError) else 1,
+        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+    }
+    tmp = os.path.join(error_dir, f".rank{rank}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.replace(tmp, os.path.join(error_dir, f"rank{rank}.json"))

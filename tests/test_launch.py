@@ -1,0 +1,138 @@
+"""Several processes (gloo on the CPU): training, evaluation, failures that must never hang, torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TOY, cli_env
+
+from lazytrain.launch import _first_slurm_host, cluster_environment
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture
+def configs(tmp_path):
+    """The toy config, and one that adds a failure hook, in a temp config folder."""
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
+    (folder / "fail.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import FailAt\n"
+        "hooks = [L(FailAt)(iteration=3, rank=1)]\n"
+    )
+    return folder
+
+
+def lazytrain(*args, env=None, timeout=120):
+    env = env or cli_env()
+    env["PYTHONPATH"] += os.pathsep + TESTS
+    start = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "lazytrain.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env, timeout=timeout)  # fmt: skip
+    r.seconds = time.monotonic() - start
+    return r
+
+
+def metrics(out):
+    with open(out / "metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_two_processes_train_and_the_checkpoint_evaluates_the_same_in_one_and_two(tmp_path, configs):
+    out = tmp_path / "run"
+    r = lazytrain("train", configs / "toy.py", "--num-procs", 2, "train.max_iter=30", f"--output-dir={out}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Starting training") == 1  # rank 0 logs; rank 1 only warns
+    weights = out / "checkpoints" / "model_final.pth"
+    results = {}
+    for procs in (1, 2):
+        r = lazytrain("eval", configs / "toy.py", "--weights", weights, "--num-procs", procs,
+                      f"--output-dir={tmp_path / f'eval{procs}'}")  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        results[procs] = metrics(tmp_path / f"eval{procs}")[-1]
+    assert results[1]["num_samples"] == results[2]["num_samples"] == 256  # each test sample exactly once
+    assert results[1]["accuracy"] == results[2]["accuracy"]
+
+
+def test_rank_that_raises_stops_every_rank_and_is_named(tmp_path, configs):
+    r = lazytrain("train", configs / "fail.py", "--num-procs", 2, f"--output-dir={tmp_path / 'o'}")
+    assert r.returncode == 1
+    assert r.seconds < 30
+    assert "error: rank 1 failed: RuntimeError: injected failure at iteration 3" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_rank_that_is_sigkilled_stops_every_rank(tmp_path, configs):
+    r = lazytrain("train", configs / "fail.py", "--num-procs", 2, "hooks.0.how=kill", f"--output-dir={tmp_path / 'o'}")
+    assert r.returncode == 1
+    assert r.seconds < 30
+    assert "rank 1 was killed by signal SIGKILL" in r.stderr
+
+
+def test_config_error_in_workers_keeps_exit_code_2(tmp_path, configs):
+    r = lazytrain("train", configs / "toy.py", "--num-procs", 2, "model.hidden=-4", f"--output-dir={tmp_path / 'o'}")
+    assert r.returncode == 2
+    assert "failed: model: building" in r.stderr
+
+
+def test_resume_in_two_processes_gives_identical_losses(tmp_path, configs):
+    common = ["--num-procs", 2, "train.max_iter=12", "train.log_period=1", "train.checkpoint_period=6",
+              "train.deterministic=True", "model.dropout=0.2"]  # fmt: skip
+    assert lazytrain("train", configs / "toy.py", *common, f"--output-dir={tmp_path / 'full'}").returncode == 0
+    crash = lazytrain("train", configs / "fail.py", *common, "hooks.0.iteration=7", "hooks.0.rank=null",
+                      f"--output-dir={tmp_path / 'parts'}")  # fmt: skip
+    assert crash.returncode == 1
+    r = lazytrain("train", configs / "toy.py", *common, "--resume", f"--output-dir={tmp_path / 'parts'}")
+    assert r.returncode == 0, r.stderr
+
+    def losses(run):
+        return {row["iteration"]: row["total_loss"] for row in metrics(tmp_path / run) if "total_loss" in row}
+
+    a, b = losses("full"), losses("parts")
+    assert sorted(a) == sorted(b) == list(range(12))
+    assert [a[i] for i in range(12)] == [b[i] for i in range(12)]
+
+
+def test_torchrun_style_environment_is_joined(tmp_path, configs):
+    from lazytrain.launch import _free_port
+
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = cli_env()
+        env["PYTHONPATH"] += os.pathsep + TESTS
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port))  # fmt: skip
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "lazytrain.cli", "train", str(configs / "toy.py"), "train.max_iter=8",
+             f"--output-dir={tmp_path / 'o'}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        ))  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "Starting training" in outs[0][0] and "Starting training" not in outs[1][0]
+    assert (tmp_path / "o" / "checkpoints" / "model_final.pth").exists()
+
+
+def test_cluster_environment_reads_torchrun_and_slurm_variables():
+    assert cluster_environment({}) is None
+    tr = cluster_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "h0"})
+    assert (tr["rank"], tr["world_size"], tr["local_rank"], tr["master_addr"]) == (3, 8, 1, "h0")
+    slurm = cluster_environment({"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
+                                 "SLURM_JOB_NODELIST": "gpu[03-04,07]", "SLURM_JOB_ID": "1234"})  # fmt: skip
+    assert (slurm["rank"], slurm["world_size"], slurm["local_rank"]) == (5, 8, 1)
+    assert slurm["master_addr"] == "gpu03" and slurm["master_port"] == 15000 + 1234
+    assert cluster_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None  # an interactive shell
+
+
+def test_first_slurm_host_forms():
+    assert _first_slurm_host("node7") == "node7"
+    assert _first_slurm_host("a[1-3],b2") == "a1"
+    assert _first_slurm_host("gpu02,gpu05") == "gpu02"
