@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_args(p)
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("export", help="export the model to ONNX and check it against torch with onnxruntime")
+    _config_args(p)
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth), CUDA-trained ones too")
+    p.add_argument(
+        "-o", "--output", metavar="MODEL.onnx", help="where to write (default: <train.output_dir>/model.onnx)"
+    )
+    p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("hooks", help="print the trainer's hook list, in order, with periods")
     _config_args(p)
     p.set_defaults(func=cmd_hooks)
@@ -101,6 +111,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.defaults import evaluate_main
 
     _launch(evaluate_main, args, load_config(args), args.weights)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+
+    cfg = load_config(args)
+    output = args.output or os.path.join(cfg.train.output_dir, "model.onnx")
+    report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check)
+    if report["checked"]:
+        print(
+            f"wrote {output} (opset {report['opset']}): matches torch on {len(report['batches'])} batches, "
+            f"max abs diff {report['max_abs_diff']:.2e}, argmax agreement {report['argmax_agreement']:.4f}"
+        )
+    else:
+        print(f"wrote {output} (opset {report['opset']}), not checked (--no-check)")
     return 0
 
 

@@ -35,3 +35,6 @@ evaluator = L(AccuracyEvaluator)()
 hooks = [L(ParamNormLogger)(period=20)]
 
 train = dict(max_iter=200, log_period=20, checkpoint_period=100, eval_period=100, output_dir="output/toy")
+
+# `lazytrain export`: the graph takes batch["x"] and returns the logits
+export = dict(input_keys=["x"], output_names=["logits"], dynamic_batch=True)

@@ -1,0 +1,312 @@
+"""`lazytrain export`: the trained model as ONNX, checked against torch with onnxruntime on real batches.
+
+torch's torch.export-based ONNX exporter (``dynamo=True``) is used: the TorchScript exporter is deprecated
+since torch 2.9, and the torch.export route gives a dynamic batch axis from ``dynamic_shapes`` and error
+messages that point at the op that cannot be converted. The model is first captured with
+``torch.export.export`` so that a conversion error can be traced back to the module that issued the op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import Checkpointer
+from .config import instantiate
+from .errors import ConfigError, LazytrainError, TrainingError
+
+__all__ = ["ExportError", "check_onnx", "export_onnx", "verify_onnx"]
+
+logger = logging.getLogger("lazytrain")
+
+RTOL, ATOL = 1e-3, 1e-4
+_EXPORT_EXAMPLE = "export = dict(input_keys=['image'], output_names=['logits'], dynamic_batch=True)"
+
+
+class ExportError(LazytrainError):
+    """The model cannot be exported, or the ONNX model does not compute what the torch model computes."""
+
+
+class _TensorsInTensorsOut(torch.nn.Module):
+    """Takes the tensors named by ``input_keys`` positionally, builds the batch dict the model expects, and
+    returns plain tensors (a dict output in ``output_names`` order)."""
+
+    def __init__(self, model: torch.nn.Module, input_keys: Sequence[str], output_names: Sequence[str]) -> None:
+        super().__init__()
+        self.model, self.input_keys, self.output_names = model, list(input_keys), list(output_names)
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(dict(zip(self.input_keys, tensors)))
+        if isinstance(out, torch.Tensor):
+            return (out,)
+        if isinstance(out, Mapping):
+            return tuple(out[name] for name in self.output_names)
+        return tuple(out)
+
+
+def export_onnx(
+    cfg: DictConfig,
+    weights: str,
+    output: str = "model.onnx",
+    *,
+    opset: Optional[int] = None,
+    check: bool = True,
+    num_batches: int = 4,
+) -> dict[str, Any]:
+    """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
+    :func:`verify_onnx`). Writes ``export_report.json`` beside the model and returns the report."""
+    spec = _export_spec(cfg)
+    wrapper, batches = _prepare(cfg, weights, spec, num_batches)
+    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset)
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    onnx_program.save(output)
+
+    import onnx
+
+    saved = onnx.load(output)
+    if spec["dynamic_batch"]:
+        _name_batch_axis(saved)
+        onnx.save(saved, output)
+    onnx.checker.check_model(output)
+    report: dict[str, Any] = {
+        "model": os.path.abspath(output),
+        "weights": os.path.abspath(weights),
+        "opset": next((o.version for o in saved.opset_import if o.domain in ("", "ai.onnx")), None),
+        "inputs": {i.name: _dims(i) for i in saved.graph.input},
+        "outputs": {o.name: _dims(o) for o in saved.graph.output},
+        "checked": False,
+    }
+    if check:
+        report.update(check_onnx(wrapper, output, batches, spec))
+    _write_report(output, report)
+    return report
+
+
+def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4) -> dict[str, Any]:
+    """Compare the ONNX model at ``path`` with the config's model and ``weights`` on test batches (and on a
+    batch of another size); an ExportError (exit 1) beyond rtol=1e-3 / atol=1e-4."""
+    spec = _export_spec(cfg)
+    wrapper, batches = _prepare(cfg, weights, spec, num_batches)
+    report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights)}
+    report.update(check_onnx(wrapper, path, batches, spec))
+    _write_report(path, report)
+    return report
+
+
+def _prepare(
+    cfg: DictConfig, weights: str, spec: Mapping[str, Any], num_batches: int
+) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, ...]]]:
+    model = instantiate(cfg.model, key="model")
+    Checkpointer(model, save_to_disk=False).load(weights, checkpointables=[])  # map_location=cpu: CUDA ckpts too
+    wrapper = _TensorsInTensorsOut(model.cpu().eval(), spec["input_keys"], spec["output_names"]).eval()
+    batches = list(itertools.islice(_input_batches(cfg, spec["input_keys"]), max(num_batches, 1)))
+    return wrapper, batches
+
+
+def _write_report(model_path: str, report: dict[str, Any]) -> None:
+    report_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "export_report.json")
+    with open(report_path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    if report.get("checked") and not report["passed"]:
+        raise ExportError(
+            f"the ONNX model differs from the torch model: max abs diff {report['max_abs_diff']:.3g} on output "
+            f"'{report['worst_output']}' (allowed: rtol={RTOL}, atol={ATOL}); argmax agreement "
+            f"{report['argmax_agreement']:.4f}. Report: {report_path}.",
+            hint="Check for ops whose ONNX version computes differently (the report lists each batch).",
+        )
+
+
+def check_onnx(
+    wrapper: torch.nn.Module, path: str, batches: Sequence[tuple[torch.Tensor, ...]], spec: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Run onnxruntime and torch on every batch and on a batch of another size; max abs diff, argmax
+    agreement, and whether every output is within rtol / atol."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    input_names = [i.name for i in session.get_inputs()]
+    checks = list(batches)
+    sizes = {b[0].shape[0] for b in batches}
+    if spec["dynamic_batch"] and checks:
+        other = tuple(t[:1] for t in checks[0]) if 1 not in sizes else tuple(torch.cat([t, t]) for t in checks[0])
+        checks.append(other)
+    per_batch, worst, worst_name, agree, total, passed = [], 0.0, "", 0, 0, True
+    for batch in checks:
+        with torch.inference_mode():
+            expected = [t.float().numpy() for t in wrapper(*batch)]
+        got = session.run(None, {name: t.numpy() for name, t in zip(input_names, batch)})
+        diffs = []
+        for name, e, g in zip(spec["output_names"] or [f"output_{i}" for i in range(len(expected))], expected, got):
+            diff = float(np.max(np.abs(e - g))) if e.size else 0.0
+            diffs.append(diff)
+            if diff > worst:
+                worst, worst_name = diff, name
+            passed &= bool(np.allclose(g, e, rtol=RTOL, atol=ATOL))
+            if e.ndim >= 2:
+                agree += int((e.argmax(1) == g.argmax(1)).sum())
+                total += e.argmax(1).size
+        per_batch.append({"batch_size": int(batch[0].shape[0]), "max_abs_diff": max(diffs)})
+    return {
+        "checked": True,
+        "passed": passed,
+        "max_abs_diff": worst,
+        "worst_output": worst_name,
+        "argmax_agreement": agree / total if total else 1.0,
+        "batches": per_batch,
+        "rtol": RTOL,
+        "atol": ATOL,
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def _export_spec(cfg: DictConfig) -> dict[str, Any]:
+    spec = cfg.get("export")
+    if spec is None:
+        raise ConfigError(
+            "this config has no 'export' section, so lazytrain does not know which batch tensors the ONNX graph takes.",
+            key="export",
+            hint=f"Add to the config: {_EXPORT_EXAMPLE} (input_keys: the batch keys the model reads in eval mode).",
+        )
+    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    if not spec.get("input_keys"):
+        raise ConfigError("export.input_keys is empty.", key="export.input_keys", hint=f"e.g. {_EXPORT_EXAMPLE}")
+    unknown = set(spec) - {"input_keys", "output_names", "dynamic_batch"}
+    if unknown:
+        raise ConfigError(
+            f"unknown export settings: {', '.join(sorted(unknown))}.",
+            key="export",
+            hint="Known: input_keys, output_names, dynamic_batch.",
+        )
+    return {
+        "input_keys": list(spec["input_keys"]),
+        "output_names": list(spec.get("output_names") or ["output"]),
+        "dynamic_batch": bool(spec.get("dynamic_batch", True)),
+    }
+
+
+def _input_batches(cfg: DictConfig, input_keys: Sequence[str]) -> Iterator[tuple[torch.Tensor, ...]]:
+    key = "dataloader.test" if OmegaConf.select(cfg, "dataloader.test", default=None) is not None else None
+    if key is None:
+        raise ConfigError(
+            "the export check needs batches from dataloader.test, and this config has none.",
+            key="dataloader.test",
+            hint="Add a test loader, or skip the check with --no-check.",
+        )
+    loader = instantiate(OmegaConf.select(cfg, key), key=key)
+    for batch in loader:
+        missing = [k for k in input_keys if k not in batch]
+        if missing:
+            raise ConfigError(
+                f"the test batches have no {', '.join(map(repr, missing))}; they have {', '.join(map(repr, batch))}.",
+                key="export.input_keys",
+            )
+        yield tuple(batch[k].cpu() for k in input_keys)
+
+
+def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """torch.export specialises a dimension of size 1, so the example batch has at least 2 samples."""
+    if not batches:
+        raise TrainingError("the test loader yielded no batches to export with.")
+    example = batches[0]
+    if example[0].shape[0] >= 2:
+        return example
+    return tuple(torch.cat([t, t]) for t in example)
+
+
+def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: Mapping[str, Any],
+            opset: Optional[int]) -> Any:  # fmt: skip
+    dynamic_shapes = None
+    if spec["dynamic_batch"]:
+        batch = torch.export.Dim("batch")
+        dynamic_shapes = (tuple({0: batch} for _ in example),)  # one entry: forward(*tensors)
+    with _quiet_exporter():
+        try:
+            program = torch.export.export(wrapper, example, dynamic_shapes=dynamic_shapes)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(
+                f"torch.export cannot capture {type(wrapper.model).__name__}.forward: {type(e).__name__}: {first}",
+                hint="Typical causes: Python control flow on tensor values, or .item()/.tolist() in forward "
+                "(run with --traceback for the exporter's full report).",
+            ) from e
+        try:
+            kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": list(spec["input_keys"]),
+                                      "output_names": list(spec["output_names"])}  # fmt: skip
+            if opset is not None:
+                kwargs["opset_version"] = opset
+            return torch.onnx.export(program, example, **kwargs)
+        except Exception as e:
+            raise _conversion_error(e, program, wrapper) from e
+
+
+def _conversion_error(error: Exception, program: Any, wrapper: torch.nn.Module) -> ExportError:
+    """Name the op that has no ONNX conversion and the module that called it."""
+    text = f"{error}\n{error.__cause__}"
+    match = re.search(r"target=torch\.ops\.([\w.]+?)\.(?:default|\w+)\]", text) or re.search(r"op='([\w.]+)'", text)
+    if match is None:
+        return ExportError(f"the ONNX exporter failed: {type(error).__name__}: {str(error).splitlines()[0]}")
+    op = match.group(1)
+    where = "the model"
+    for node in program.graph.nodes:
+        if node.op == "call_function" and str(node.target).startswith(op):
+            stack = node.meta.get("nn_module_stack") or {}
+            if stack:
+                path, cls = list(stack.values())[-1]
+                name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].strip("'>")
+                where = f"module '{_clean_path(path)}' ({name})"
+            break
+    return ExportError(
+        f"{where} uses {op}, which the ONNX exporter cannot convert.",
+        hint="Rewrite that part with ops ONNX supports (e.g. fixed-size pooling instead of adaptive pooling), or "
+        "register an ONNX translation for the op with torch.onnx.",
+    )
+
+
+def _clean_path(path: str) -> str:
+    # torch.export prefixes paths with the wrapper's attribute and uses L['self'] / getattr notation
+    path = re.sub(r"L\['self'\]\.?", "", path)
+    path = re.sub(r"getattr\((?:L\['self'\]\.)?([\w.]+), '(\w+)'\)", r"\1.\2", path)
+    return path.removeprefix("model.") or "(the model itself)"
+
+
+def _name_batch_axis(model: Any) -> None:
+    """Call the exporter's symbolic batch dimension (``s0``, ``s95``...) "batch" in the graph's signature."""
+    symbols = {v.type.tensor_type.shape.dim[0].dim_param for v in model.graph.input} - {""}
+    for value in itertools.chain(model.graph.input, model.graph.output, model.graph.value_info):
+        dims = value.type.tensor_type.shape.dim
+        for dim in dims:
+            if dim.dim_param in symbols:
+                dim.dim_param = "batch"
+
+
+def _dims(value_info: Any) -> list[Any]:
+    return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs progress and optional-dependency warnings (torchvision) that users need not see."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
