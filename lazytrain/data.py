@@ -1,8 +1,8 @@
 """Data loading: an infinite, seeded, rank-sharded train stream that resumes exactly; a test loader that sees
 each sample once across ranks; `to_device` for nested batches.
 
-Every training sample is drawn with the Python, NumPy and torch RNGs seeded from (seed, its position in the
-stream), so random augmentations give the same sample whatever the worker count and after a resume.
+Every training batch is drawn with the Python, NumPy and torch RNGs seeded from (seed, its position in the
+stream), so random augmentations give the same batch whatever the worker count and after a resume.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 class TrainingSampler(Sampler):
-    """Infinite stream of ``(index, sample_seed)``: a fresh seeded permutation per epoch over the dataset;
-    rank ``r`` of ``W`` takes stream positions ``r, r+W, r+2W, ...`` starting at its ``start``-th one."""
+    """Infinite stream of ``(index, position)``: a fresh seeded permutation per epoch over the dataset; rank
+    ``r`` of ``W`` takes stream positions ``r, r+W, r+2W, ...`` starting at its ``start``-th one."""
 
     def __init__(
         self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
@@ -45,14 +45,18 @@ class TrainingSampler(Sampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         position = self.start * self.world_size + self.rank
-        epoch, order = -1, torch.arange(self.size)
+        size, step = self.size, self.world_size
         while True:
-            if position // self.size != epoch:
-                epoch = position // self.size
-                if self.shuffle:
-                    order = torch.randperm(self.size, generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
-            yield int(order[position % self.size]), _mix(self.seed, position, 0x5EED)
-            position += self.world_size
+            epoch = position // size
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+                order = torch.randperm(size, generator=generator).tolist()
+            else:
+                order = list(range(size))
+            end = (epoch + 1) * size
+            while position < end:
+                yield order[position - epoch * size], position
+                position += step
 
 
 class InferenceSampler(Sampler):
@@ -73,35 +77,32 @@ class InferenceSampler(Sampler):
 
 
 class _SeededSamples(Dataset):
-    """``dataset[(index, seed)]``: the sample drawn with the global RNGs seeded by ``seed``.
+    """``dataset[[(index, position), ...]]``: one batch, drawn with the global RNGs seeded from (seed, the
+    stream position of its first sample).
 
-    In the main process (``num_workers=0``) the RNG states are restored after each batch, so loading data does
-    not change what the training process draws (dropout, ...); worker processes need no restore.
+    One seed per batch costs a few microseconds, and a batch is always fetched by one process, so the
+    samples do not depend on the worker count. In the main process (``num_workers=0``) the torch RNG is
+    restored afterwards, so data loading does not change what training draws (init, dropout); Python's and
+    NumPy's global RNGs are left seeded by the batch (saving NumPy's state would cost more than a tiny step).
     """
 
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
+    def __init__(self, dataset: Any, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         return self.__getitems__([key])[0]
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
-        in_main_process = torch.utils.data.get_worker_info() is None
-        if in_main_process:
-            states = random.getstate(), np.random.get_state(), torch.default_generator.get_state()
+        seed = _mix(self.seed, keys[0][1], 0x5EED)
+        torch_state = torch.default_generator.get_state() if torch.utils.data.get_worker_info() is None else None
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.default_generator.manual_seed(seed)
         try:
-            samples = []
-            for index, seed in keys:
-                random.seed(seed)
-                np.random.seed(seed)
-                torch.default_generator.manual_seed(seed)
-                samples.append(self.dataset[index])
-            return samples
+            return [self.dataset[index] for index, _ in keys]
         finally:
-            if in_main_process:
-                random.setstate(states[0])
-                np.random.set_state(states[1])
-                torch.default_generator.set_state(states[2])
+            if torch_state is not None:
+                torch.default_generator.set_state(torch_state)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -146,7 +147,7 @@ class TrainLoader:
             start=self.consumed,
         )
         loader = DataLoader(
-            _SeededSamples(self.dataset),
+            _SeededSamples(self.dataset, self.seed),
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

@@ -57,7 +57,8 @@ class EventStorage:
         """Record ``value`` for ``name`` at the current iteration; tensors are converted later, in bulk."""
         self._smoothing.setdefault(name, smoothing_hint)
         if isinstance(value, torch.Tensor):
-            self._pending.append((name, value.detach(), self.iter, check_finite))
+            value = value.detach()
+            self._pending.append((name, value if value.dim() == 0 else value.reshape(()), self.iter, check_finite))
         else:
             self._record([(name, float(value), self.iter, check_finite)])
 
@@ -66,18 +67,18 @@ class EventStorage:
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite)
 
     def flush(self) -> None:
-        """Turn pending tensors into floats: one device-to-host copy for all of them."""
+        """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        by_device: dict[torch.device, list[int]] = defaultdict(list)
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
         for i, (_, tensor, _, _) in enumerate(pending):
-            by_device[tensor.device].append(i)
+            groups[(tensor.device, tensor.dtype)].append(i)
         values: list[float] = [0.0] * len(pending)
-        for indices in by_device.values():
-            stacked = torch.stack([pending[i][1].float().reshape(()) for i in indices]).cpu().tolist()
+        for indices in groups.values():
+            stacked = torch.stack([pending[i][1] for i in indices]).cpu().tolist()
             for i, v in zip(indices, stacked):
-                values[i] = v
+                values[i] = float(v)
         self._record([(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)])
 
     def _record(self, entries: list[tuple[str, float, int, bool]]) -> None:
@@ -106,7 +107,7 @@ class EventStorage:
 
     def median(self, name: str, window: int) -> float:
         self.flush()
-        values = [v for v, _ in list(self._history[name])[-window:]]
+        values = [v for v, _ in _newest(self._history[name], window)]
         return statistics.median(values) if values else float("nan")
 
     def latest_with_smoothing(self, window: int) -> dict[str, tuple[float, int]]:
@@ -115,7 +116,7 @@ class EventStorage:
         out = {}
         for name, (value, iteration) in self._latest.items():
             if self._smoothing.get(name, True):
-                recent = [v for v, it in list(self._history[name])[-window:] if it <= iteration]
+                recent = [v for v, it in _newest(self._history[name], window) if it <= iteration]
                 value = statistics.median(recent) if recent else value
             out[name] = (value, iteration)
         return out
@@ -127,6 +128,12 @@ class EventStorage:
     def __exit__(self, *exc: Any) -> None:
         assert _CURRENT_STORAGE[-1] is self
         _CURRENT_STORAGE.pop()
+
+
+def _newest(history: deque, n: int) -> list:
+    """The newest ``n`` entries of a deque without copying all of it (indexing near its end is O(1))."""
+    n = min(n, len(history))
+    return [history[i] for i in range(-n, 0)]
 
 
 class EventWriter:
@@ -166,8 +173,9 @@ class JSONWriter(EventWriter):
 
 
 class TensorboardWriter(EventWriter):
-    """Scalars to TensorBoard event files with the real ``tensorboard`` SummaryWriter (exact values;
-    TensorBoard smooths in its UI)."""
+    """Scalars to TensorBoard event files, written by tensorboard's own EventFileWriter (a background thread),
+    one event per iteration holding all of that iteration's scalars. Exact values: TensorBoard smooths in its
+    UI."""
 
     def __init__(self, log_dir: str) -> None:
         self.log_dir = log_dir
@@ -175,13 +183,19 @@ class TensorboardWriter(EventWriter):
         self._written: dict[str, int] = {}
 
     def write(self, storage: EventStorage) -> None:
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # imported here: it is slow to import
+        # imported here: tensorboard is slow to import, and the CLI must start fast
+        from tensorboard.compat.proto.event_pb2 import Event
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-            self._writer = SummaryWriter(self.log_dir)
+        if self._writer is None:
+            self._writer = EventFileWriter(self.log_dir, flush_secs=30)
+        by_iteration: dict[int, list[Summary.Value]] = defaultdict(list)
         for name, (value, iteration) in storage.new_values(self._written).items():
-            self._writer.add_scalar(name, value, iteration)
-        self._writer.flush()
+            by_iteration[iteration].append(Summary.Value(tag=name, simple_value=value))
+        now = time.time()
+        for iteration in sorted(by_iteration):
+            self._writer.add_event(Event(wall_time=now, step=iteration, summary=Summary(value=by_iteration[iteration])))
 
     def close(self) -> None:
         if self._writer is not None:

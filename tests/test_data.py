@@ -62,7 +62,7 @@ def test_train_loader_resumes_the_same_batches_and_augmentations():
     assert not torch.equal(first[0], first[3])  # a new epoch draws new noise
 
 
-def test_loading_data_leaves_the_training_rng_untouched():
+def test_loading_data_leaves_the_torch_rng_of_training_untouched():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)

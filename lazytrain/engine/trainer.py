@@ -60,6 +60,8 @@ class Trainer(TrainerBase):
             torch.amp.GradScaler(self.device.type) if use_scaler else None
         )
         self._data_iter: Optional[Iterator[Any]] = None
+        # an autocast context costs a few microseconds even when disabled: skip it without AMP
+        self._autocast = self.autocast() if amp_enabled else contextlib.nullcontext()
         # set by whoever builds the trainer (see engine.defaults.build_trainer); hooks read them
         self.lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
         self.checkpointer: Any = None
@@ -107,9 +109,11 @@ class Trainer(TrainerBase):
             batch = to_device(batch, self.device)
             # DDP: reduce gradients only on the last micro-batch
             sync = micro == self.grad_accum - 1 or not hasattr(self.model, "no_sync")
-            with contextlib.nullcontext() if sync else self.model.no_sync(), self.autocast():
+            with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast:
                 losses = as_loss_dict(self.model(batch), self.model)
-            loss = sum(losses.values()) / self.grad_accum
+            loss = losses["loss"] if len(losses) == 1 and "loss" in losses else sum(losses.values())
+            if self.grad_accum > 1:
+                loss = loss / self.grad_accum
             if self.grad_scaler is not None:
                 self.grad_scaler.scale(loss).backward()
             else:

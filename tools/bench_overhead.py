@@ -1,0 +1,236 @@
+"""Framework overhead: the same model, data, optimizer and iterations run as a hand-written PyTorch loop,
+through lazytrain's Trainer with its default hooks (terminal / JSON / TensorBoard writers every 20
+iterations, checkpoints at the default period), and through Lightning's Trainer (where installed, at its
+defaults) -- interleaved and repeated in one process. Prints the median step time of each and the ratios.
+
+    python tools/bench_overhead.py                      # tiny MLP and RangeNet on the CPU (and CUDA cases if any)
+    python tools/bench_overhead.py --case tiny --repeats 7 --iters 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from lazytrain.config import LazyCall as L
+from lazytrain.data import build_train_loader
+from lazytrain.engine import HookBase
+from lazytrain.engine.defaults import add_train_defaults, build_trainer, prepare_output_dir
+from lazytrain.lidar import RangeNet
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, features: int = 32, classes: int = 10) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(features, 64), nn.ReLU(), nn.Linear(64, classes))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> Any:
+        logits = self.net(batch["x"])
+        return {"loss": nn.functional.cross_entropy(logits, batch["y"])} if self.training else logits
+
+
+class InMemory(Dataset):
+    """Pre-made samples, so every runner measures the same data cost."""
+
+    def __init__(self, make: Callable[[int], dict[str, torch.Tensor]], size: int) -> None:
+        self.samples = [make(i) for i in range(size)]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.samples[i]
+
+
+def tiny_case() -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+
+    def make(i: int) -> dict[str, torch.Tensor]:
+        return {"x": torch.randn(32, generator=g), "y": torch.randint(10, (), generator=g)}
+
+    return dict(name="tiny MLP", model=lambda: TinyMLP(), dataset=InMemory(make, 4096), batch_size=64,
+                optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))  # fmt: skip
+
+
+def rangenet_case() -> dict[str, Any]:
+    g = torch.Generator().manual_seed(0)
+
+    def make(i: int) -> dict[str, torch.Tensor]:
+        return {"image": torch.randn(5, 64, 512, generator=g), "label_image": torch.randint(20, (64, 512), generator=g)}
+
+    return dict(name="RangeNet 64x512", model=lambda: RangeNet(num_classes=20, width=16, depth=3),
+                dataset=InMemory(make, 32), batch_size=2,
+                optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))  # fmt: skip
+
+
+def median_step(stamps: list[float], warmup: int) -> tuple[float, float]:
+    """(median, mean) of the time between consecutive step ends, after ``warmup`` steps."""
+    diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
+    return statistics.median(diffs), sum(diffs) / len(diffs)
+
+
+def run_hand_written(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> list[float]:
+    torch.manual_seed(0)
+    model = case["model"]().to(device).train()
+    opt = case["optimizer"](model.parameters())
+    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=True, drop_last=True,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    stamps, it = [], iter(loader)
+    for _ in range(iters):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            batch = next(it)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = sum(model(batch).values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return stamps
+
+
+class _StepClock(HookBase):
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def after_step(self) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+def run_lazytrain(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float]:
+    cfg = OmegaConf.create({}, flags={"allow_objects": True})  # what LazyConfig.load returns
+    cfg.model = L(case["model"])()
+    cfg.optimizer = L(case["optimizer"])()
+    cfg.dataloader = dict(train=L(build_train_loader)(dataset=case["dataset"], batch_size=case["batch_size"]))
+    cfg.train = dict(max_iter=iters, output_dir=out, device=device.type, amp=dict(enabled=amp, dtype="bf16"))
+    add_train_defaults(cfg)
+    with _quiet_stdout():
+        prepare_output_dir(cfg)
+    for handler in logging.getLogger("lazytrain").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - formatted like a real run, not shown
+    torch.manual_seed(0)
+    trainer = build_trainer(cfg)
+    clock = _StepClock()
+    trainer.register_hooks([clock])
+    trainer.train(0, iters)
+    return clock.stamps
+
+
+def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float] | None:
+    try:
+        import lightning as lt
+    except ImportError:
+        return None
+
+    class Module(lt.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = case["model"]()
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            loss = sum(self.model(batch).values())
+            self.log("loss", loss)
+            return loss
+
+        def configure_optimizers(self) -> Any:
+            return case["optimizer"](self.parameters())
+
+    class Clock(lt.Callback):
+        def __init__(self) -> None:
+            self.stamps: list[float] = []
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.stamps.append(time.perf_counter())
+
+    torch.manual_seed(0)
+    clock = Clock()
+    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=True, drop_last=True,
+                        pin_memory=device.type == "cuda")  # fmt: skip
+    trainer = lt.Trainer(max_steps=iters, accelerator=device.type, devices=1, default_root_dir=out,
+                         callbacks=[clock], precision="bf16-mixed" if amp else "32-true",
+                         enable_model_summary=False)  # fmt: skip
+    with _quiet_stdout(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(Module(), loader)
+    return clock.stamps
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Any:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, amp: bool) -> dict[str, Any]:
+    warmup = max(5, iters // 10)
+    results: dict[str, list[tuple[float, float]]] = {"hand-written": [], "lazytrain": [], "lightning": []}
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as out:
+            results["hand-written"].append(median_step(run_hand_written(case, iters, device, amp), warmup))
+            results["lazytrain"].append(median_step(run_lazytrain(case, iters, device, amp, out + "/lt"), warmup))
+            stamps = run_lightning(case, iters, device, amp, out + "/pl")
+            if stamps is not None:
+                results["lightning"].append(median_step(stamps, warmup))
+    summary = {}
+    for name, runs in results.items():
+        if runs:
+            summary[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+    return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=["tiny", "rangenet", "all"], default="all")
+    parser.add_argument("--iters", type=int, default=0, help="iterations per run (default: per case)")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    plans = []
+    if args.case in ("tiny", "all"):
+        plans.append((tiny_case(), args.iters or 400, torch.device("cpu"), False))
+    if args.case in ("rangenet", "all"):
+        plans.append((rangenet_case(), args.iters or 40, torch.device("cpu"), False))
+        if torch.cuda.is_available():
+            plans.append((rangenet_case(), args.iters or 200, torch.device("cuda"), True))
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))  # fmt: skip
+    for case, iters, device, amp in plans:
+        summary = bench(case, iters, args.repeats, device, amp)
+        hand = summary["hand-written"]
+        label = f"{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats}"
+        print(f"\n{label}")
+        print(f"  {'runner':<14}{'median step':>14}{'mean step':>14}{'ratio (median)':>16}{'ratio (mean)':>14}")
+        for name, (med, mean) in summary.items():
+            print(
+                f"  {name:<14}{med * 1e3:>11.3f} ms{mean * 1e3:>11.3f} ms{med / hand[0]:>16.3f}{mean / hand[1]:>14.3f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
