@@ -201,6 +201,17 @@ def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, 
     return summary
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=["tiny", "rangenet", "all"], default="all")
@@ -217,8 +228,8 @@ def main() -> int:
         plans.append((rangenet_case(), args.iters or 40, torch.device("cpu"), False))
         if torch.cuda.is_available():
             plans.append((rangenet_case(), args.iters or 200, torch.device("cuda"), True))
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))  # fmt: skip
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
     for case, iters, device, amp in plans:
         summary = bench(case, iters, args.repeats, device, amp)
         hand = summary["hand-written"]
