@@ -8,6 +8,7 @@ stream), so random augmentations give the same batch whatever the worker count a
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import random
 from collections.abc import Iterator, Mapping
@@ -21,6 +22,7 @@ from . import comm
 
 __all__ = [
     "InferenceSampler",
+    "StreamOrder",
     "TrainLoader",
     "TrainingSampler",
     "build_test_loader",
@@ -31,32 +33,51 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class TrainingSampler(Sampler):
-    """Infinite stream of ``(index, position)``: a fresh seeded permutation per epoch over the dataset; rank
-    ``r`` of ``W`` takes stream positions ``r, r+W, r+2W, ...`` starting at its ``start``-th one."""
+class StreamOrder:
+    """Which dataset index sits at each position of the infinite training stream: epoch ``e`` covers positions
+    ``e*size .. (e+1)*size-1`` in a permutation seeded by (seed, e). The current epoch's order is cached."""
 
-    def __init__(
-        self, size: int, *, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1, start: int = 0
-    ) -> None:
+    def __init__(self, size: int, seed: int = 0, shuffle: bool = True) -> None:
+        if size <= 0:
+            raise ValueError(f"the training stream needs a non-empty dataset, got size {size}.")
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self._epoch, self._order = -1, list(range(size))
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        return self._epoch_order(epoch)[offset]
+
+    def indices(self, positions: list[int]) -> list[int]:
+        """``[index(p) for p in positions]``, by one slice when the positions are evenly spaced in one epoch
+        (a batch almost always is)."""
+        first, last = positions[0], positions[-1]
+        step = positions[1] - first if len(positions) > 1 else 1
+        epoch = first // self.size
+        if step > 0 and last // self.size == epoch and last - first == step * (len(positions) - 1):
+            offset = first - epoch * self.size
+            return self._epoch_order(epoch)[offset : offset + step * len(positions) : step]
+        return [self.index(p) for p in positions]
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if epoch != self._epoch and self.shuffle:
+            generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
+            self._order = torch.randperm(self.size, generator=generator).tolist()
+        self._epoch = epoch
+        return self._order
+
+
+class TrainingSampler(Sampler):
+    """The stream positions of rank ``r`` of ``W``: ``r, r+W, r+2W, ...``, from its ``start``-th one, without
+    end. Positions (plain ints, yielded at C speed) become dataset indices through :class:`StreamOrder`, in
+    whichever process loads the batch."""
+
+    def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if size <= 0:
             raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}.")
-        self.size, self.shuffle, self.seed = size, shuffle, seed
-        self.rank, self.world_size, self.start = rank, world_size, start
+        self.size, self.rank, self.world_size, self.start = size, rank, world_size, start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        position = self.start * self.world_size + self.rank
-        size, step = self.size, self.world_size
-        while True:
-            epoch = position // size
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(_mix(self.seed, epoch))
-                order = torch.randperm(size, generator=generator).tolist()
-            else:
-                order = list(range(size))
-            end = (epoch + 1) * size
-            while position < end:
-                yield order[position - epoch * size], position
-                position += step
+    def __iter__(self) -> Iterator[int]:
+        return itertools.count(self.start * self.world_size + self.rank, self.world_size)
 
 
 class InferenceSampler(Sampler):
@@ -77,8 +98,8 @@ class InferenceSampler(Sampler):
 
 
 class _SeededSamples(Dataset):
-    """``dataset[[(index, position), ...]]``: one batch, drawn with the global RNGs seeded from (seed, the
-    stream position of its first sample).
+    """``dataset[[position, ...]]``: one batch of the training stream, drawn with the global RNGs seeded from
+    (seed, the position of its first sample).
 
     One seed per batch costs a few microseconds, and a batch is always fetched by one process, so the
     samples do not depend on the worker count. In the main process (``num_workers=0``) the torch RNG is
@@ -86,20 +107,22 @@ class _SeededSamples(Dataset):
     NumPy's global RNGs are left seeded by the batch (saving NumPy's state would cost more than a tiny step).
     """
 
-    def __init__(self, dataset: Any, seed: int) -> None:
+    def __init__(self, dataset: Any, seed: int, shuffle: bool) -> None:
         self.dataset, self.seed = dataset, seed
+        self.order = StreamOrder(len(dataset), seed, shuffle)
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        return self.__getitems__([key])[0]
+    def __getitem__(self, position: int) -> Any:
+        return self.__getitems__([position])[0]
 
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[Any]:
-        seed = _mix(self.seed, keys[0][1], 0x5EED)
+    def __getitems__(self, positions: list[int]) -> list[Any]:
+        seed = _mix(self.seed, positions[0], 0x5EED)
         torch_state = torch.default_generator.get_state() if torch.utils.data.get_worker_info() is None else None
         random.seed(seed)
         np.random.seed(seed)
         torch.default_generator.manual_seed(seed)
         try:
-            return [self.dataset[index] for index, _ in keys]
+            dataset = self.dataset
+            return [dataset[i] for i in self.order.indices(positions)]
         finally:
             if torch_state is not None:
                 torch.default_generator.set_state(torch_state)
@@ -138,16 +161,9 @@ class TrainLoader:
         self.consumed = 0  # samples this rank has handed out
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = TrainingSampler(
-            len(self.dataset),
-            shuffle=self.shuffle,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            start=self.consumed,
-        )
+        sampler = TrainingSampler(len(self.dataset), rank=self.rank, world_size=self.world_size, start=self.consumed)
         loader = DataLoader(
-            _SeededSamples(self.dataset, self.seed),
+            _SeededSamples(self.dataset, self.seed, self.shuffle),
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,

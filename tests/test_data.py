@@ -9,23 +9,33 @@ from collections import namedtuple
 import numpy as np
 import torch
 
-from lazytrain.data import InferenceSampler, TrainingSampler, build_train_loader, to_device
+from lazytrain.data import InferenceSampler, StreamOrder, TrainingSampler, build_train_loader, to_device
 
 
-def take(sampler, n):
-    return [index for index, _ in itertools.islice(iter(sampler), n)]
+def take(sampler, n, seed=3):
+    order = StreamOrder(sampler.size, seed=seed)
+    return [order.index(p) for p in itertools.islice(iter(sampler), n)]
 
 
-def test_training_sampler_shards_are_disjoint_and_cover_each_epoch():
-    shards = [take(TrainingSampler(10, seed=3, rank=r, world_size=2), 5) for r in range(2)]
+def test_training_stream_shards_are_disjoint_and_cover_each_epoch():
+    shards = [take(TrainingSampler(10, rank=r, world_size=2), 5) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
-    assert take(TrainingSampler(10, seed=3), 10) != list(range(10))  # shuffled
-    assert take(TrainingSampler(10, seed=3), 10) == take(TrainingSampler(10, seed=3), 10)  # seeded
+    epochs = take(TrainingSampler(10), 30)
+    assert all(sorted(epochs[i : i + 10]) == list(range(10)) for i in (0, 10, 20))
+    assert epochs[:10] != list(range(10)) and epochs[:10] != epochs[10:20]  # shuffled, anew each epoch
+    assert take(TrainingSampler(10), 10) == take(TrainingSampler(10), 10)  # seeded
+    assert take(TrainingSampler(10), 10, seed=4) != take(TrainingSampler(10), 10)
+
+
+def test_stream_order_batch_lookup_equals_one_by_one_across_epochs():
+    order = StreamOrder(7, seed=2)
+    for positions in ([3, 4, 5, 6], [5, 6, 7, 8], [1, 4, 7, 10], [0], [20, 22]):
+        assert order.indices(positions) == [StreamOrder(7, seed=2).index(p) for p in positions]
 
 
 def test_training_sampler_start_continues_the_same_stream():
-    whole = list(itertools.islice(iter(TrainingSampler(7, seed=1, rank=1, world_size=3)), 20))
-    tail = list(itertools.islice(iter(TrainingSampler(7, seed=1, rank=1, world_size=3, start=12)), 8))
+    whole = list(itertools.islice(iter(TrainingSampler(7, rank=1, world_size=3)), 20))
+    tail = list(itertools.islice(iter(TrainingSampler(7, rank=1, world_size=3, start=12)), 8))
     assert whole[12:] == tail
 
 

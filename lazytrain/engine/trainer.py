@@ -100,30 +100,31 @@ class Trainer(TrainerBase):
         if self._data_iter is None:
             self._data_iter = iter(self.data_loader)
         data_time = 0.0
-        total_loss: Optional[torch.Tensor] = None
-        terms: dict[str, torch.Tensor] = {}
+        logged: dict[str, torch.Tensor] = {}  # detached loss terms, summed over micro-batches
         for micro in range(self.grad_accum):
             start = time.perf_counter()
             batch = next(self._data_iter)
             data_time += time.perf_counter() - start
-            batch = to_device(batch, self.device)
+            if self.device.type != "cpu":  # CPU batches are used as the loader made them
+                batch = to_device(batch, self.device)
             # DDP: reduce gradients only on the last micro-batch
-            sync = micro == self.grad_accum - 1 or not hasattr(self.model, "no_sync")
-            with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast:
+            skip_sync = micro < self.grad_accum - 1 and hasattr(self.model, "no_sync")
+            with self.model.no_sync() if skip_sync else _NO_CONTEXT, self._autocast:
                 losses = as_loss_dict(self.model(batch), self.model)
-            loss = losses["loss"] if len(losses) == 1 and "loss" in losses else sum(losses.values())
+            loss = sum(losses.values()) if len(losses) > 1 else next(iter(losses.values()))
             if self.grad_accum > 1:
                 loss = loss / self.grad_accum
             if self.grad_scaler is not None:
                 self.grad_scaler.scale(loss).backward()
             else:
                 loss.backward()
-            detached = loss.detach()
-            total_loss = detached if total_loss is None else total_loss + detached
+            terms = {"total_loss": loss.detach()}
             if len(losses) > 1:
-                for name, value in losses.items():
-                    value = value.detach() / self.grad_accum
-                    terms[name] = terms[name] + value if name in terms else value
+                scale = 1.0 / self.grad_accum
+                terms.update((name, value.detach() * scale if scale != 1.0 else value.detach())
+                             for name, value in losses.items())  # fmt: skip
+            for name, value in terms.items():
+                logged[name] = logged[name] + value if name in logged else value
 
         if self.clip_max_norm is not None:
             if self.grad_scaler is not None:
@@ -139,9 +140,12 @@ class Trainer(TrainerBase):
         self.optimizer.zero_grad(set_to_none=True)
 
         storage = self.storage
-        assert storage is not None and total_loss is not None
+        assert storage is not None
         storage.put_scalar("data_time", data_time)
-        storage.put_scalars(total_loss=total_loss, **terms, check_finite=True)
+        storage.put_scalars(**logged, check_finite=True)
+
+
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: entering it does nothing
 
 
 def autocast_context(
@@ -154,6 +158,8 @@ def autocast_context(
 
 def as_loss_dict(output: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's train-mode output as ``{name: scalar tensor}``; anything else is a TrainingError."""
+    if type(output) is dict and output and all(type(v) is torch.Tensor and v.dim() == 0 for v in output.values()):
+        return output  # the common case, checked without copies
     if isinstance(output, torch.Tensor) and output.numel() == 1:
         return {"loss": output.reshape(())}
     model_name = type(getattr(model, "module", model)).__name__
