@@ -107,21 +107,23 @@ class _SeededSamples(Dataset):
     NumPy's global RNGs are left seeded by the batch (saving NumPy's state would cost more than a tiny step).
     """
 
-    def __init__(self, dataset: Any, seed: int, shuffle: bool) -> None:
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Any, seed: int, shuffle: bool, seed_batches: bool = True) -> None:
+        self.dataset, self.seed, self.seed_batches = dataset, seed, seed_batches
         self.order = StreamOrder(len(dataset), seed, shuffle)
 
     def __getitem__(self, position: int) -> Any:
         return self.__getitems__([position])[0]
 
     def __getitems__(self, positions: list[int]) -> list[Any]:
+        dataset = self.dataset
+        if not self.seed_batches:
+            return [dataset[i] for i in self.order.indices(positions)]
         seed = _mix(self.seed, positions[0], 0x5EED)
         torch_state = torch.default_generator.get_state() if torch.utils.data.get_worker_info() is None else None
         random.seed(seed)
         np.random.seed(seed)
         torch.default_generator.manual_seed(seed)
         try:
-            dataset = self.dataset
             return [dataset[i] for i in self.order.indices(positions)]
         finally:
             if torch_state is not None:
@@ -146,6 +148,7 @@ class TrainLoader:
         pin_memory: Optional[bool] = None,
         shuffle: bool = True,
         seed: int = 0,
+        seed_batches: bool = True,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -157,13 +160,14 @@ class TrainLoader:
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.shuffle = shuffle
         self.seed = seed
+        self.seed_batches = seed_batches
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         self.consumed = 0  # samples this rank has handed out
 
     def __iter__(self) -> Iterator[Any]:
         sampler = TrainingSampler(len(self.dataset), rank=self.rank, world_size=self.world_size, start=self.consumed)
         loader = DataLoader(
-            _SeededSamples(self.dataset, self.seed, self.shuffle),
+            _SeededSamples(self.dataset, self.seed, self.shuffle, self.seed_batches),
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
@@ -205,10 +209,13 @@ def build_train_loader(
     pin_memory: Optional[bool] = None,
     shuffle: bool = True,
     seed: int = 0,
+    seed_batches: bool = True,
 ) -> TrainLoader:
     """An infinite, seeded, shuffled loader; ``batch_size`` is per process; resumable (see :class:`TrainLoader`).
 
-    ``pin_memory=None`` pins when CUDA is available.
+    ``pin_memory=None`` pins when CUDA is available. ``seed_batches`` seeds the Python, NumPy and torch RNGs
+    per batch so random augmentations repeat exactly after a resume; a dataset without randomness can turn
+    it off to save the seeding (about 10-30 µs a batch, which shows only for steps of a millisecond or less).
     """
     return TrainLoader(
         dataset,
@@ -219,6 +226,7 @@ def build_train_loader(
         pin_memory=pin_memory,
         shuffle=shuffle,
         seed=seed,
+        seed_batches=seed_batches,
     )
 
 

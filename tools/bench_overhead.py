@@ -66,7 +66,7 @@ def tiny_case() -> dict[str, Any]:
         return {"x": torch.randn(32, generator=g), "y": torch.randint(10, (), generator=g)}
 
     return dict(name="tiny MLP", model=lambda: TinyMLP(), dataset=InMemory(make, 4096), batch_size=64,
-                optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9))  # fmt: skip
+                optimizer=lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9), unseeded=True)  # fmt: skip
 
 
 def rangenet_case() -> dict[str, Any]:
@@ -119,11 +119,16 @@ class _StepClock(HookBase):
         self.stamps.append(time.perf_counter())
 
 
-def run_lazytrain(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float]:
+def run_lazytrain(
+    case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str, seed_batches: bool = True
+) -> list[float]:
     cfg = OmegaConf.create({}, flags={"allow_objects": True})  # what LazyConfig.load returns
     cfg.model = L(case["model"])()
     cfg.optimizer = L(case["optimizer"])()
-    cfg.dataloader = dict(train=L(build_train_loader)(dataset=case["dataset"], batch_size=case["batch_size"]))
+    dataset = L(lambda: case["dataset"])()  # the same samples, without pickling them into config.yaml's side file
+    cfg.dataloader = dict(
+        train=L(build_train_loader)(dataset=dataset, batch_size=case["batch_size"], seed_batches=seed_batches)
+    )
     cfg.train = dict(max_iter=iters, output_dir=out, device=device.type, amp=dict(enabled=amp, dtype="bf16"))
     add_train_defaults(cfg)
     with _quiet_stdout():
@@ -185,20 +190,32 @@ def _quiet_stdout() -> Any:
 
 
 def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, amp: bool) -> dict[str, Any]:
+    """Per runner: the median over repeats of each run's median step, and the ratio to the hand-written loop
+    (median, min and max over repeats: runs are paired within a repeat, which cancels slow drifts)."""
     warmup = max(5, iters // 10)
-    results: dict[str, list[tuple[float, float]]] = {"hand-written": [], "lazytrain": [], "lightning": []}
+    runners: dict[str, Callable[[str], list[float] | None]] = {
+        "hand-written": lambda out: run_hand_written(case, iters, device, amp),
+        "lazytrain": lambda out: run_lazytrain(case, iters, device, amp, out),
+    }
+    if case.get("unseeded"):
+        runners["lazytrain*"] = lambda out: run_lazytrain(case, iters, device, amp, out, seed_batches=False)
+    runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
+    steps: dict[str, list[float]] = {name: [] for name in runners}
+    ratios: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as out:
-            results["hand-written"].append(median_step(run_hand_written(case, iters, device, amp), warmup))
-            results["lazytrain"].append(median_step(run_lazytrain(case, iters, device, amp, out + "/lt"), warmup))
-            stamps = run_lightning(case, iters, device, amp, out + "/pl")
-            if stamps is not None:
-                results["lightning"].append(median_step(stamps, warmup))
-    summary = {}
-    for name, runs in results.items():
-        if runs:
-            summary[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
-    return summary
+            for name, run in runners.items():
+                stamps = run(os.path.join(out, name))
+                if stamps is not None:
+                    steps[name].append(median_step(stamps, warmup)[0])
+        for name in runners:
+            if steps[name]:
+                ratios[name].append(steps[name][-1] / steps["hand-written"][-1])
+    return {
+        name: (statistics.median(steps[name]), statistics.median(ratios[name]), min(ratios[name]), max(ratios[name]))
+        for name in runners
+        if steps[name]
+    }
 
 
 def cpu_name() -> str:
@@ -216,8 +233,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=["tiny", "rangenet", "all"], default="all")
     parser.add_argument("--iters", type=int, default=0, help="iterations per run (default: per case)")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
@@ -232,14 +252,13 @@ def main() -> int:
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
     for case, iters, device, amp in plans:
         summary = bench(case, iters, args.repeats, device, amp)
-        hand = summary["hand-written"]
-        label = f"{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats}"
+        label = f"{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats} repeats"
         print(f"\n{label}")
-        print(f"  {'runner':<14}{'median step':>14}{'mean step':>14}{'ratio (median)':>16}{'ratio (mean)':>14}")
-        for name, (med, mean) in summary.items():
-            print(
-                f"  {name:<14}{med * 1e3:>11.3f} ms{mean * 1e3:>11.3f} ms{med / hand[0]:>16.3f}{mean / hand[1]:>14.3f}"
-            )
+        print(f"  {'runner':<14}{'median step':>14}{'ratio':>9}{'min..max':>16}")
+        for name, (step, ratio, low, high) in summary.items():
+            print(f"  {name:<14}{step * 1e3:>11.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}")
+        if "lazytrain*" in summary:
+            print("  (lazytrain*: build_train_loader(seed_batches=False), no per-batch RNG seeding)")
     return 0
 
 
