@@ -1,8 +1,8 @@
 """Data loading: an infinite, seeded, rank-sharded train stream that resumes exactly; a test loader that sees
 each sample once across ranks; `to_device` for nested batches.
 
-Every training batch is drawn with the Python, NumPy and torch RNGs seeded from (seed, its position in the
-stream), so random augmentations give the same batch whatever the worker count and after a resume.
+Batches loaded by worker processes are drawn with the Python, NumPy and torch RNGs seeded from (seed, their
+position in the stream), so random augmentations repeat exactly after a resume.
 """
 
 from __future__ import annotations
@@ -98,16 +98,18 @@ class InferenceSampler(Sampler):
 
 
 class _SeededSamples(Dataset):
-    """``dataset[[position, ...]]``: one batch of the training stream, drawn with the global RNGs seeded from
-    (seed, the position of its first sample).
+    """``dataset[[position, ...]]``: one batch of the training stream.
 
-    One seed per batch costs a few microseconds, and a batch is always fetched by one process, so the
-    samples do not depend on the worker count. In the main process (``num_workers=0``) the torch RNG is
-    restored afterwards, so data loading does not change what training draws (init, dropout); Python's and
-    NumPy's global RNGs are left seeded by the batch (saving NumPy's state would cost more than a tiny step).
+    In worker processes, each batch is drawn with the Python, NumPy and torch RNGs seeded from (seed, the
+    position of its first sample): a worker's RNG stream would otherwise restart from its beginning after a
+    resume. The seeding costs the worker a few microseconds, off the training process's critical path. In
+    the main process (``num_workers=0``) the global RNGs simply run on, like in a hand-written loop; their
+    states are in every checkpoint, so a resume repeats them exactly. ``seed_batches=True`` seeds there too
+    (then the samples are the same whatever the worker count, and the torch RNG of training is restored
+    after each batch), at a cost that shows on steps under a millisecond.
     """
 
-    def __init__(self, dataset: Any, seed: int, shuffle: bool, seed_batches: bool = True) -> None:
+    def __init__(self, dataset: Any, seed: int, shuffle: bool, seed_batches: Optional[bool] = None) -> None:
         self.dataset, self.seed, self.seed_batches = dataset, seed, seed_batches
         self.order = StreamOrder(len(dataset), seed, shuffle)
 
@@ -116,10 +118,11 @@ class _SeededSamples(Dataset):
 
     def __getitems__(self, positions: list[int]) -> list[Any]:
         dataset = self.dataset
-        if not self.seed_batches:
+        in_main_process = torch.utils.data.get_worker_info() is None
+        if self.seed_batches is False or (self.seed_batches is None and in_main_process):
             return [dataset[i] for i in self.order.indices(positions)]
         seed = _mix(self.seed, positions[0], 0x5EED)
-        torch_state = torch.default_generator.get_state() if torch.utils.data.get_worker_info() is None else None
+        torch_state = torch.default_generator.get_state() if in_main_process else None
         random.seed(seed)
         np.random.seed(seed)
         torch.default_generator.manual_seed(seed)
@@ -148,7 +151,7 @@ class TrainLoader:
         pin_memory: Optional[bool] = None,
         shuffle: bool = True,
         seed: int = 0,
-        seed_batches: bool = True,
+        seed_batches: Optional[bool] = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -209,13 +212,13 @@ def build_train_loader(
     pin_memory: Optional[bool] = None,
     shuffle: bool = True,
     seed: int = 0,
-    seed_batches: bool = True,
+    seed_batches: Optional[bool] = None,
 ) -> TrainLoader:
     """An infinite, seeded, shuffled loader; ``batch_size`` is per process; resumable (see :class:`TrainLoader`).
 
-    ``pin_memory=None`` pins when CUDA is available. ``seed_batches`` seeds the Python, NumPy and torch RNGs
-    per batch so random augmentations repeat exactly after a resume; a dataset without randomness can turn
-    it off to save the seeding (about 10-30 µs a batch, which shows only for steps of a millisecond or less).
+    ``pin_memory=None`` pins when CUDA is available. ``seed_batches``: None seeds the RNGs per batch in
+    worker processes only (what exact resume needs); True also in the main process, so a run draws the same
+    samples whatever ``num_workers`` is; False never (augmentations in workers then do not resume exactly).
     """
     return TrainLoader(
         dataset,

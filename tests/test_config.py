@@ -134,6 +134,15 @@ def test_save_then_load_gives_equal_config_that_builds_the_same(tmp_path):
     assert type(a) is type(b) and a.weight.shape == b.weight.shape
 
 
+def test_importable_function_value_is_saved_as_an_import_reference(tmp_path, recwarn):
+    cfg = as_config({"loader": dict(collate_fn=torch.utils.data.default_collate, n=1)})
+    out = tmp_path / "cfg.yaml"
+    LazyConfig.save(cfg, out)
+    assert "collate_fn: !import 'torch.utils.data.default_collate'" in out.read_text()
+    assert not (tmp_path / "cfg.pkl").exists() and not [w for w in recwarn if "cloudpickle" in str(w.message)]
+    assert LazyConfig.load(out) == cfg
+
+
 def test_value_yaml_cannot_hold_is_pickled_beside_with_a_warning(tmp_path):
     cfg = as_config({"fn": L(torch.nn.Sequential)(), "scale": dict(f=lambda x: x * 3)})
     out = tmp_path / "cfg.yaml"

@@ -58,13 +58,13 @@ class NoisyRange(torch.utils.data.Dataset):
 
 
 def test_train_loader_resumes_the_same_batches_and_augmentations():
-    loader = build_train_loader(NoisyRange(), batch_size=2, seed=5)
+    loader = build_train_loader(NoisyRange(), batch_size=2, seed=5, seed_batches=True)
     it = iter(loader)
     first = [next(it) for _ in range(7)]
     state = loader.state_dict()
     later = [next(it) for _ in range(3)]
 
-    resumed = build_train_loader(NoisyRange(), batch_size=2, seed=5)
+    resumed = build_train_loader(NoisyRange(), batch_size=2, seed=5, seed_batches=True)
     resumed.load_state_dict(state)
     again = list(itertools.islice(iter(resumed), 3))
     for a, b in zip(later, again):
@@ -72,19 +72,32 @@ def test_train_loader_resumes_the_same_batches_and_augmentations():
     assert not torch.equal(first[0], first[3])  # a new epoch draws new noise
 
 
-def test_loading_data_leaves_the_torch_rng_of_training_untouched():
+def test_seeded_batches_leave_the_torch_rng_of_training_untouched():
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    next(iter(build_train_loader(NoisyRange(), batch_size=4)))
+    next(iter(build_train_loader(NoisyRange(), batch_size=4, seed_batches=True)))
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_same_samples_with_and_without_workers():
-    a = list(itertools.islice(iter(build_train_loader(NoisyRange(), batch_size=3, num_workers=0)), 4))
+def test_seeded_batches_are_the_same_with_and_without_workers():
+    a = list(itertools.islice(iter(build_train_loader(NoisyRange(), batch_size=3, seed_batches=True)), 4))
     b = list(itertools.islice(iter(build_train_loader(NoisyRange(), batch_size=3, num_workers=2)), 4))
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_worker_batches_resume_exactly():
+    loader = build_train_loader(NoisyRange(), batch_size=2, seed=5, num_workers=2)
+    it = iter(loader)
+    [next(it) for _ in range(5)]
+    state = loader.state_dict()
+    later = [next(it) for _ in range(3)]
+    it.close()
+    resumed = build_train_loader(NoisyRange(), batch_size=2, seed=5, num_workers=2)
+    resumed.load_state_dict(state)
+    for a, b in zip(later, itertools.islice(iter(resumed), 3)):
+        assert torch.equal(a, b)
 
 
 @dataclasses.dataclass

@@ -13,34 +13,26 @@ dataset = dict(
     synthetic_scans=0,  # scans per sequence to write when the root holds none (0: never)
 )
 
+# the keyword arguments both datasets share (a name starting with _ is not part of the config)
+_scans = dict(
+    root="${dataset.root}",
+    height="${dataset.projection.height}",
+    width="${dataset.projection.width}",
+    fov_up="${dataset.projection.fov_up}",
+    fov_down="${dataset.projection.fov_down}",
+    synthetic_scans="${dataset.synthetic_scans}",
+)
+
 dataloader = dict(
     train=L(build_train_loader)(
-        dataset=L(SemanticKittiDataset)(
-            root="${dataset.root}",
-            split="train",
-            height="${dataset.projection.height}",
-            width="${dataset.projection.width}",
-            fov_up="${dataset.projection.fov_up}",
-            fov_down="${dataset.projection.fov_down}",
-            augment=True,
-            synthetic_scans="${dataset.synthetic_scans}",
-        ),
+        dataset=L(SemanticKittiDataset)(split="train", augment=True, **_scans),
         batch_size=4,
         num_workers=2,
         collate_fn=collate_scans,
         seed="${train.seed}",
     ),
     test=L(build_test_loader)(
-        dataset=L(SemanticKittiDataset)(
-            root="${dataset.root}",
-            split="valid",
-            height="${dataset.projection.height}",
-            width="${dataset.projection.width}",
-            fov_up="${dataset.projection.fov_up}",
-            fov_down="${dataset.projection.fov_down}",
-            return_points=True,
-            synthetic_scans="${dataset.synthetic_scans}",
-        ),
+        dataset=L(SemanticKittiDataset)(split="valid", return_points=True, **_scans),
         batch_size=4,
         num_workers=2,
         collate_fn=collate_scans,

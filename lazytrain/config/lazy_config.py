@@ -228,10 +228,37 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
     )
 
 
+class _Import(str):
+    """The dotted path of an importable function or class that is a value (not a ``_target_``): YAML writes
+    it as ``!import path`` and loading imports it again."""
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Dumper.add_representer(_Import, lambda dumper, value: dumper.represent_scalar("!import", str(value)))
+
+
+def _construct_import(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    path = loader.construct_scalar(node)  # type: ignore[arg-type]
+    try:
+        return locate(str(path))
+    except ConfigError as e:
+        raise ConfigError(e.message, file=node.start_mark.name, line=node.start_mark.line + 1) from None
+
+
+_Loader.add_constructor("!import", _construct_import)
+
+
 def _to_yaml(cfg: DictConfig, pickled: dict[str, Any]) -> str:
     container = OmegaConf.to_container(cfg, resolve=False)
     plain = _yaml_ready(container, "", pickled)
-    return yaml.safe_dump(plain, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    return yaml.dump(plain, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
 def _yaml_ready(value: Any, key: str, pickled: dict[str, Any]) -> Any:
@@ -248,6 +275,8 @@ def _yaml_ready(value: Any, key: str, pickled: dict[str, Any]) -> Any:
         return [_yaml_ready(v, f"{key}.{i}", pickled) for i, v in enumerate(value)]
     if isinstance(value, _YAML_SCALARS):
         return value
+    if callable(value) and is_importable(value):
+        return _Import(target_name(value))
     pickled[key] = value
     return _PICKLED
 
@@ -255,7 +284,7 @@ def _yaml_ready(value: Any, key: str, pickled: dict[str, Any]) -> Any:
 def _load_yaml(path: str) -> DictConfig:
     with open(path, encoding="utf-8") as f:
         try:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=_Loader) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             raise ConfigError(

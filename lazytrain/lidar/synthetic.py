@@ -48,7 +48,6 @@ class _Cylinders:
     z_lo: np.ndarray
     z_hi: np.ndarray
     raw: np.ndarray
-    instance: np.ndarray
 
 
 @dataclass
@@ -122,55 +121,36 @@ def _scene(rng: np.random.Generator) -> tuple[_Boxes, _Cylinders, _Spheres, dict
             x += length + rng.uniform(1, 6)
     for _ in range(rng.integers(0, 3)):
         box((rng.uniform(-30, 30), rng.choice([-1, 1]) * (road_half + walk + 1.5)), (1.0, 1.0, 1.2), 99)
-    # traffic-sign plates (the poles come below)
-    cyl_c, cyl_r, cyl_lo, cyl_hi, cyl_raw, cyl_inst = [], [], [], [], [], []
+    # poles, some with a traffic-sign plate on top
+    cylinders: list[tuple[float, float, float, float, int]] = []  # x, y, radius, height, raw id
+    spheres: list[tuple[float, float, float, float, int]] = []  # x, y, z, radius, raw id
     for _ in range(rng.integers(6, 14)):
         x, y = rng.uniform(-30, 30), rng.choice([-1, 1]) * (road_half + 0.4)
         height = rng.uniform(2.0, 4.0)
-        cyl_c.append((x, y))
-        cyl_r.append(rng.uniform(0.1, 0.2))
-        cyl_lo.append(ground)
-        cyl_hi.append(ground + height)
-        cyl_raw.append(80)
-        cyl_inst.append(0)
+        cylinders.append((x, y, rng.uniform(0.1, 0.2), height, 80))
         if height < 3.0:  # low enough for the upper beams to see the plate
             box((x, y), (0.15, 1.0, 0.9), 81, z0=ground + height)
     # trees: a trunk and a canopy; bushes
-    spheres_c, spheres_r, spheres_raw = [], [], []
     for _ in range(rng.integers(4, 14)):
         x = rng.uniform(-50, 50)
         y = rng.choice([-1, 1]) * (road_half + walk + rng.uniform(0.5, 2.5))
         trunk_h = rng.uniform(1.5, 3.0)
-        cyl_c.append((x, y))
-        cyl_r.append(rng.uniform(0.15, 0.35))
-        cyl_lo.append(ground)
-        cyl_hi.append(ground + trunk_h)
-        cyl_raw.append(71)
-        cyl_inst.append(0)
+        cylinders.append((x, y, rng.uniform(0.15, 0.35), trunk_h, 71))
         canopy = rng.uniform(1.5, 3.0)
-        spheres_c.append((x, y, ground + trunk_h + canopy * 0.8))
-        spheres_r.append(canopy)
-        spheres_raw.append(70)
+        spheres.append((x, y, ground + trunk_h + canopy * 0.8, canopy, 70))
     for _ in range(rng.integers(2, 8)):
         x = rng.uniform(-40, 40)
         y = rng.choice([-1, 1]) * (road_half + walk + rng.uniform(1, 4))
         r = rng.uniform(0.6, 1.4)
-        spheres_c.append((x, y, ground + r * 0.5))
-        spheres_r.append(r)
-        spheres_raw.append(70)
+        spheres.append((x, y, ground + r * 0.5, r, 70))
 
     boxes = _Boxes(np.array(lo), np.array(hi), np.array(raw), np.array(inst))
-    cylinders = _Cylinders(
-        np.array(cyl_c).reshape(-1, 2),
-        np.array(cyl_r),
-        np.array(cyl_lo),
-        np.array(cyl_hi),
-        np.array(cyl_raw),
-        np.array(cyl_inst),
-    )
-    spheres = _Spheres(np.array(spheres_c).reshape(-1, 3), np.array(spheres_r), np.array(spheres_raw))
+    cyl = np.array(cylinders, dtype=np.float64).reshape(-1, 5)
+    cyls = _Cylinders(cyl[:, :2], cyl[:, 2], np.full(len(cyl), ground), ground + cyl[:, 3], cyl[:, 4].astype(np.int64))
+    sph = np.array(spheres, dtype=np.float64).reshape(-1, 5)
+    balls = _Spheres(sph[:, :3], sph[:, 3], sph[:, 4].astype(np.int64))
     layout = dict(road_half=road_half, walk=walk, parking_side=side, lane_width=rng.uniform(3.0, 3.7))
-    return boxes, cylinders, spheres, layout
+    return boxes, cyls, balls, layout
 
 
 def _ray_boxes(origin: np.ndarray, dirs: np.ndarray, b: _Boxes) -> tuple[np.ndarray, np.ndarray]:
