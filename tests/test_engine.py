@@ -322,6 +322,20 @@ def test_missing_model_is_a_config_error_saying_what_to_add(toy_config):
     assert str(info.value).startswith("model:") and "L(MyModel)" in str(info.value)
 
 
+def test_missing_max_iter_is_a_config_error_saying_what_to_add(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text(f"from toy_parts import *\ntrain = dict(output_dir={str(tmp_path / 'o')!r})\n")
+    (tmp_path / "toy_parts.py").write_text(f"exec(open({str(TOY / 'configs/toy.py')!r}).read())\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = load_config(path)
+    finally:
+        sys.path.remove(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        train_main(cfg)
+    assert str(info.value).startswith("train.max_iter:") and "train.max_iter=1000" in str(info.value)
+
+
 def test_misspelled_train_setting_suggests(tmp_path, toy_config):
     path = tmp_path / "exp.py"
     path.write_text("train = dict(max_iters=3)\n")

@@ -285,7 +285,9 @@ def prepare_output_dir(cfg: DictConfig) -> None:
 
 
 def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
-    """Train (or with ``eval_only`` evaluate) the config; return the final evaluation results."""
+    """Train (or with ``eval_only`` only evaluate) the config. Returns, after training, the newest
+    ``(value, iteration)`` of every scalar the run put (losses, lr, evaluation results); with ``eval_only``,
+    the evaluator's results."""
     check_required(cfg)
     prepare_output_dir(cfg)
     trainer = build_trainer(cfg)
