@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import comm
+from .errors import LazytrainError, from_worker
 
 __all__ = [
     "InferenceSampler",
@@ -182,7 +183,7 @@ class TrainLoader:
         )
         batches = iter(loader)
         try:
-            for batch in batches:
+            for batch in _worker_errors_unwrapped(batches):
                 self.consumed += self.batch_size
                 yield batch
         finally:
@@ -233,6 +234,19 @@ def build_train_loader(
     )
 
 
+def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
+    """Re-raise a lazytrain error from a worker process as the one paragraph it was, not torch's wrapping."""
+    try:
+        yield from batches
+    except LazytrainError as e:
+        raise from_worker(e) from None
+
+
+class _TestLoader(DataLoader):
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return _worker_errors_unwrapped(super().__iter__())
+
+
 def build_test_loader(
     dataset: Any,
     batch_size: int = 1,
@@ -242,7 +256,7 @@ def build_test_loader(
     pin_memory: Optional[bool] = None,
 ) -> DataLoader:
     """A loader over this rank's part of ``dataset``, in order: across ranks each sample is seen exactly once."""
-    return DataLoader(
+    return _TestLoader(
         dataset,
         batch_size=batch_size,
         sampler=InferenceSampler(len(dataset)),

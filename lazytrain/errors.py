@@ -9,7 +9,15 @@ import difflib
 from collections.abc import Iterable
 from typing import Optional
 
-__all__ = ["ConfigError", "DataError", "LazytrainError", "RankFailedError", "TrainingError", "did_you_mean"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "LazytrainError",
+    "RankFailedError",
+    "TrainingError",
+    "did_you_mean",
+    "from_worker",
+]
 
 
 class LazytrainError(Exception):
@@ -72,6 +80,17 @@ class DataError(LazytrainError):
 
 class RankFailedError(LazytrainError):
     """One process of a distributed run failed; the others were stopped (exit code 1)."""
+
+
+def from_worker(error: LazytrainError) -> LazytrainError:
+    """The error a DataLoader worker raised, without the traceback text torch wraps around its message
+    (``Caught DataError in DataLoader worker process 0. Original Traceback ...``)."""
+    if "Original Traceback" not in error.message:
+        return error
+    last = error.message.strip().splitlines()[-1]
+    clean = type(error)(last.split(": ", 1)[1] if ": " in last else last)
+    clean.details = error.message  # the worker's traceback, for --traceback
+    return clean
 
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:

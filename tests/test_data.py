@@ -7,9 +7,17 @@ import itertools
 from collections import namedtuple
 
 import numpy as np
+import pytest
 import torch
 
-from lazytrain.data import InferenceSampler, StreamOrder, TrainingSampler, build_train_loader, to_device
+from lazytrain.data import (
+    InferenceSampler,
+    StreamOrder,
+    TrainingSampler,
+    build_test_loader,
+    build_train_loader,
+    to_device,
+)
 
 
 def take(sampler, n, seed=3):
@@ -121,3 +129,23 @@ def test_to_device_moves_tensors_inside_nested_containers():
     assert isinstance(moved["pair"], Pair) and moved["pair"].a.device.type == "meta" and moved["pair"].b == 3
     assert isinstance(moved["sample"], Sample) and moved["sample"].points.device.type == "meta"
     assert moved["sample"].name == "scan0"
+
+
+class BrokenFile(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from lazytrain.errors import DataError
+
+        raise DataError(f"scan file 'seq/{i:06d}.bin' is corrupt.", hint="Re-extract it.")
+
+
+@pytest.mark.parametrize("build", [build_train_loader, build_test_loader])
+def test_data_error_in_a_worker_stays_one_paragraph(build):
+    from lazytrain.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        next(iter(build(BrokenFile(), batch_size=2, num_workers=1)))
+    assert str(info.value).startswith("scan file 'seq/") and str(info.value).endswith("Re-extract it.")
+    assert "Traceback" not in str(info.value) and "Traceback" in info.value.details
