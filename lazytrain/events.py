@@ -163,8 +163,9 @@ class JSONWriter(EventWriter):
             os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         for iteration in sorted(rows):
-            self._file.write(json.dumps({"iteration": iteration, **rows[iteration]}, sort_keys=False) + "\n")
-        if rows:
+            line = json.dumps({"iteration": iteration, **rows[iteration]}, sort_keys=False)
+            self._file.write(line + "\n")  # type: ignore[union-attr]
+        if self._file is not None:
             self._file.flush()
 
     def close(self) -> None:

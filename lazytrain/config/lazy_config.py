@@ -120,6 +120,7 @@ class LazyConfig:
 def resolved_copy(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` with every interpolation replaced by its value."""
     copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False), flags={"allow_objects": True})
+    assert isinstance(copy, DictConfig)
     OmegaConf.resolve(copy)
     return copy
 

@@ -269,6 +269,12 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
         return int(extra["iteration"]) + 1
     if resume:
         logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
+    elif checkpointer.has_checkpoint():
+        logger.warning(
+            "%s already holds checkpoints of an earlier run; this run starts from scratch and will replace "
+            "last_checkpoint (add --resume to continue that run, or choose another --output-dir).",
+            checkpointer.save_dir,
+        )
     if cfg.train.init_checkpoint:
         checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
     return 0
@@ -294,6 +300,8 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
     logger.info("Hooks: %s", ", ".join(repr(h) for h in trainer.hooks))
     start_iter = resume_or_load(trainer, cfg, resume)
     if eval_only:
+        if start_iter == 0 and not cfg.train.init_checkpoint:
+            logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
         return trainer.test()
     trainer.train(start_iter, cfg.train.max_iter)
     return dict(trainer.storage.latest()) if trainer.storage else {}

@@ -67,7 +67,7 @@ class LRMultiplier(torch.optim.lr_scheduler.LRScheduler):
     def state_dict(self) -> dict[str, Any]:
         return {"base_lrs": self.base_lrs, "last_epoch": self.last_epoch}
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float]:  # type: ignore[override]
         where = min(self.last_epoch / self._max_iter, 1.0 - 1e-12)  # fvcore schedulers take [0, 1)
         factor = self._multiplier(where)
         return [base_lr * factor for base_lr in self.base_lrs]

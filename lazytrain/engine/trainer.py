@@ -74,8 +74,9 @@ class Trainer(TrainerBase):
         try:
             super().train(start_iter, max_iter)
         finally:
-            if hasattr(self._data_iter, "close"):
-                self._data_iter.close()  # a generator such as TrainLoader's: stops its worker processes
+            close = getattr(self._data_iter, "close", None)
+            if close is not None:
+                close()  # a generator such as TrainLoader's: stops its worker processes
             self._data_iter = None
 
     def test(self) -> dict[str, Any]:
@@ -109,9 +110,11 @@ class Trainer(TrainerBase):
                 batch = to_device(batch, self.device)
             # DDP: reduce gradients only on the last micro-batch
             skip_sync = micro < self.grad_accum - 1 and hasattr(self.model, "no_sync")
-            with self.model.no_sync() if skip_sync else _NO_CONTEXT, self._autocast:
+            with self.model.no_sync() if skip_sync else _NO_CONTEXT, self._autocast:  # type: ignore[operator]
                 losses = as_loss_dict(self.model(batch), self.model)
-            loss = sum(losses.values()) if len(losses) > 1 else next(iter(losses.values()))
+            loss: torch.Tensor = (
+                torch.stack(list(losses.values())).sum() if len(losses) > 1 else next(iter(losses.values()))
+            )
             if self.grad_accum > 1:
                 loss = loss / self.grad_accum
             if self.grad_scaler is not None:
@@ -142,7 +145,7 @@ class Trainer(TrainerBase):
         storage = self.storage
         assert storage is not None
         storage.put_scalar("data_time", data_time)
-        storage.put_scalars(**logged, check_finite=True)
+        storage.put_scalars(**logged, check_finite=True)  # type: ignore[arg-type]
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: entering it does nothing

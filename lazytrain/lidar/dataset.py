@@ -162,7 +162,8 @@ def compute_class_weights(
     scans = list_scans(root, sequences)
     step = max(1, len(scans) // max_scans)
     chosen = scans[::step][:max_scans]
-    key_text = json.dumps([os.path.abspath(root), sequences, [os.path.getmtime(s.label_path) for s in chosen[:50]],
+    label_paths = [str(s.label_path) for s in chosen]  # list_scans(labels=True) gives every scan one
+    key_text = json.dumps([os.path.abspath(root), sequences, [os.path.getmtime(p) for p in label_paths[:50]],
                            len(chosen), num_classes])  # fmt: skip
     key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "lazytrain")
@@ -171,8 +172,8 @@ def compute_class_weights(
         with open(cache, encoding="utf-8") as f:
             return json.load(f)
     counts = np.zeros(num_classes, dtype=np.int64)
-    for scan in chosen:
-        labels = map_labels(read_labels(scan.label_path), scan.label_path)
+    for path in label_paths:
+        labels = map_labels(read_labels(path), path)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
     weights = class_weights_from_counts(counts)
     try:

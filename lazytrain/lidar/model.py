@@ -72,13 +72,14 @@ class RangeNet(nn.Module):
         self.stem = nn.Sequential(_conv_bn(in_channels, channels[0]), _ResidualBlock(channels[0]))
         self.down = nn.ModuleList()
         for i in range(depth):
-            stage = [_conv_bn(channels[i], channels[i + 1], stride=(1, 2))]
+            stage: list[nn.Module] = [_conv_bn(channels[i], channels[i + 1], stride=(1, 2))]
             stage += [_ResidualBlock(channels[i + 1]) for _ in range(blocks)]
             self.down.append(nn.Sequential(*stage))
         self.up = nn.ModuleList(_conv_bn(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(depth)))
         self.dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(channels[0], num_classes, 1)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
+        self.class_weights: Optional[torch.Tensor]
         self.register_buffer("class_weights", weight, persistent=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Union[dict[str, torch.Tensor], torch.Tensor]:
