@@ -60,6 +60,8 @@ class LazytrainError(Exception):
             parts.append(self.key)
         text = ": ".join([*parts, self.message])
         if self.hint:
+            if not text.rstrip().endswith((".", "?", "!", ":")):
+                text += "."
             text = f"{text} {self.hint}"
         return text
 
@@ -95,9 +97,14 @@ def from_worker(error: LazytrainError) -> LazytrainError:
 
 def did_you_mean(word: str, candidates: Iterable[str], n: int = 3) -> str:
     """`` Did you mean 'x'?`` for the closest candidates, or an empty string when none is close."""
-    matches = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    candidates = list(candidates)
+    matches = difflib.get_close_matches(word, candidates, n=n, cutoff=0.6)
     if not matches:
         return ""
+    # keep only the matches about as close as the best one: a clear winner is named alone
+    scores = {m: difflib.SequenceMatcher(None, word, m).ratio() for m in matches}
+    best = max(scores.values())
+    matches = [m for m in matches if scores[m] >= best - 0.08]
     if len(matches) == 1:
         return f"Did you mean '{matches[0]}'?"
     return "Did you mean one of " + ", ".join(f"'{m}'" for m in matches) + "?"

@@ -10,7 +10,7 @@ import tempfile
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import cloudpickle
 import yaml
@@ -115,6 +115,24 @@ class LazyConfig:
         if resolve:
             cfg = resolved_copy(cfg)
         return _to_yaml(cfg, {})
+
+
+def source_line(cfg: DictConfig, name: str) -> tuple[Optional[str], Optional[int]]:
+    """The first ``file, line`` of the config files ``cfg`` was loaded from where ``name`` is written as a
+    word (to point at a misspelled key), or ``(None, None)``."""
+    ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
+    if ref is None or ref() is not cfg:
+        return None, None
+    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if pattern.search(line):
+                        return _rel(path), lineno
+        except OSError:
+            continue
+    return None, None
 
 
 def resolved_copy(cfg: DictConfig) -> DictConfig:

@@ -67,7 +67,7 @@ class _ConfigFileLoader:
             code = compile(source, path, "exec")
         except SyntaxError as e:
             raise ConfigError(
-                f"syntax error: {e.msg}" + (f": {e.text.strip()}" if e.text else ""),
+                f"syntax error: {e.msg}" + (f" In: {e.text.strip()}" if e.text else ""),
                 file=_rel(path),
                 line=e.lineno,
             ) from None

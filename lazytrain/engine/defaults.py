@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import comm
 from ..checkpoint import Checkpointer, set_rng_state
 from ..config import LazyConfig, instantiate
-from ..config.lazy_config import resolved_copy
+from ..config.lazy_config import resolved_copy, source_line
 from ..errors import ConfigError, did_you_mean
 from ..evaluation import format_results, inference_on_dataset
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
@@ -66,7 +66,7 @@ def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> Di
         raise ConfigError(
             "'train' must be a dict of run settings.", key="train", hint="e.g. train = dict(max_iter=100)"
         )
-    _check_known(user, TRAIN_DEFAULTS, "train")
+    _check_known(user, TRAIN_DEFAULTS, "train", cfg)
     merged = OmegaConf.merge(OmegaConf.create(TRAIN_DEFAULTS, flags={"allow_objects": True}), user)
     if merged.output_dir is None:
         name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "run"
@@ -75,16 +75,19 @@ def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> Di
     return cfg
 
 
-def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str) -> None:
+def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: DictConfig) -> None:
     for key in user:
         if key not in defaults:
+            file, line = source_line(root, str(key))
             raise ConfigError(
                 "unknown train setting.",
+                file=file,
+                line=line,
                 key=f"{prefix}.{key}",
                 hint=did_you_mean(str(key), defaults) or f"Known settings: {', '.join(defaults)}.",
             )
         if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
-            _check_known(user[key], defaults[key], f"{prefix}.{key}")
+            _check_known(user[key], defaults[key], f"{prefix}.{key}", root)
 
 
 _REQUIRED = {
@@ -99,7 +102,7 @@ def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(_REQUIRED)) ->
     """A ConfigError naming the first required key the config lacks and what to add (or an unknown
     ``train`` setting, e.g. one added with ``+train.max_iters=...``)."""
     if isinstance(cfg.get("train"), DictConfig):
-        _check_known(cfg.train, TRAIN_DEFAULTS, "train")
+        _check_known(cfg.train, TRAIN_DEFAULTS, "train", cfg)
     for key in keys:
         parent_key, _, leaf = key.rpartition(".")
         parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
