@@ -73,6 +73,12 @@ def launch(
         )
     if world_size == 1:
         return main_fn(*args)
+    if torch.cuda.is_available() and num_procs > torch.cuda.device_count():
+        raise ConfigError(
+            f"--num-procs {num_procs} asks for one process per GPU, but this machine has "
+            f"{torch.cuda.device_count()} GPUs.",
+            hint=f"Use --num-procs {torch.cuda.device_count()} (or fewer).",
+        )
     if dist_url == "auto":
         if num_machines > 1:
             raise ConfigError(
@@ -180,7 +186,11 @@ def _spawn(
             start_method="spawn",
         )
         processes = context.processes
-        first_failed = _wait_first_failure(processes)
+        try:
+            first_failed = _wait_first_failure(processes)
+        except BaseException:  # Ctrl-C or SIGTERM of the launcher: take the workers down with it
+            _stop(processes)
+            raise
         if first_failed is None:
             return
         _stop(processes)
