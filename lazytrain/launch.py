@@ -177,6 +177,7 @@ def _spawn(
 ) -> None:
     payload = cloudpickle.dumps((main_fn, args))
     error_dir = tempfile.mkdtemp(prefix="lazytrain-errors-")
+    previous = _sigterm_raises()
     try:
         context = mp.start_processes(
             _worker,
@@ -197,6 +198,21 @@ def _spawn(
         raise _failure(processes, first_failed, machine_rank * num_procs, error_dir)
     finally:
         shutil.rmtree(error_dir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_raises() -> Any:
+    """While workers run, SIGTERM to the launcher (scancel, kill) raises KeyboardInterrupt, so the workers are
+    stopped too instead of being orphaned. Returns the previous handler (None off the main thread)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        return None
 
 
 def _wait_first_failure(processes: list) -> Optional[int]:

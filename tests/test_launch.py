@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TOY, cli_env
@@ -136,3 +137,43 @@ def test_first_slurm_host_forms():
     assert _first_slurm_host("node7") == "node7"
     assert _first_slurm_host("a[1-3],b2") == "a1"
     assert _first_slurm_host("gpu02,gpu05") == "gpu02"
+
+
+def test_sigterm_to_the_launcher_stops_its_workers(tmp_path, configs):
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + TESTS
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(configs / "toy.py"), "--num-procs", "2",
+         "train.max_iter=100000", f"--output-dir={tmp_path / 'o'}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "o" / "log.txt").exists():
+        time.sleep(0.2)
+    time.sleep(2)  # the workers are training now
+    children = child_pids(proc.pid)
+    proc.terminate()
+    proc.communicate(timeout=30)
+    assert proc.returncode != 0
+    time.sleep(1)
+    assert len(children) >= 2 and not [pid for pid in children if running(pid)]
+
+
+def child_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:  # field 4: the parent pid
+                pids.append(int(entry))
+    return pids
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except OSError:
+        return False
