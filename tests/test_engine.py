@@ -133,6 +133,14 @@ def test_amp_bf16_on_cpu_runs_the_forward_in_bf16():
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 
 
+def test_a_finite_loader_is_restarted_each_epoch():
+    model = Recorder()
+    trainer = run_trainer(Trainer(model, batches(2, 4), torch.optim.SGD(model.parameters(), lr=0.1)), 5)
+    assert len(trainer.storage.history("total_loss")) == 5
+    with pytest.raises(TrainingError, match="the train loader yields no batches"):
+        run_trainer(Trainer(Recorder(), [], torch.optim.SGD(model.parameters(), lr=0.1)), 1)
+
+
 def test_amp_fp16_uses_a_grad_scaler():
     model = Recorder()
     trainer = Trainer(

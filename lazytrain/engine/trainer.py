@@ -60,6 +60,7 @@ class Trainer(TrainerBase):
             torch.amp.GradScaler(self.device.type) if use_scaler else None
         )
         self._data_iter: Optional[Iterator[Any]] = None
+        self._epoch = 0  # epochs of a finite loader seen so far
         # an autocast context costs a few microseconds even when disabled: skip it without AMP
         self._autocast = self.autocast() if amp_enabled else contextlib.nullcontext()
         # set by whoever builds the trainer (see engine.defaults.build_trainer); hooks read them
@@ -69,6 +70,26 @@ class Trainer(TrainerBase):
         self.test_loader: Optional[Iterable[Any]] = None
         self.config_yaml = ""
         self.num_threads = torch.get_num_threads()
+
+    def _next_batch(self) -> Any:
+        """The next batch; a finite loader (a plain DataLoader, a list) starts a new epoch when it runs out."""
+        assert self._data_iter is not None
+        try:
+            return next(self._data_iter)
+        except StopIteration:
+            self._epoch += 1
+            sampler = getattr(self.data_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
+                sampler.set_epoch(self._epoch)
+            self._data_iter = iter(self.data_loader)
+            try:
+                return next(self._data_iter)
+            except StopIteration:
+                raise TrainingError(
+                    "the train loader yields no batches.",
+                    key="dataloader.train",
+                    hint="Check the dataset's length and that batch_size is not larger than it with drop_last.",
+                ) from None
 
     def train(self, start_iter: int, max_iter: int) -> None:
         try:
@@ -104,7 +125,7 @@ class Trainer(TrainerBase):
         logged: dict[str, torch.Tensor] = {}  # detached loss terms, summed over micro-batches
         for micro in range(self.grad_accum):
             start = time.perf_counter()
-            batch = next(self._data_iter)
+            batch = self._next_batch()
             data_time += time.perf_counter() - start
             if self.device.type != "cpu":  # CPU batches are used as the loader made them
                 batch = to_device(batch, self.device)
