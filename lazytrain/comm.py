@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,8 +18,6 @@ __all__ = [
     "synchronize",
 ]
 
-_LOCAL_RANK = 0  # set by the launcher in each worker
-
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -33,12 +32,9 @@ def get_rank() -> int:
 
 
 def get_local_rank() -> int:
-    return _LOCAL_RANK
-
-
-def set_local_rank(rank: int) -> None:
-    global _LOCAL_RANK
-    _LOCAL_RANK = rank
+    """This process's rank on its machine: ``LOCAL_RANK``, which torchrun sets and lazytrain's launcher sets
+    in the workers it spawns (0 in a single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:

@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from . import comm
 from .errors import ConfigError, LazytrainError, RankFailedError
 
 __all__ = ["DEFAULT_TIMEOUT", "cluster_environment", "launch"]
@@ -141,7 +140,7 @@ def _backend() -> str:
 
 
 def _set_device(local_rank: int) -> None:
-    comm.set_local_rank(local_rank)
+    os.environ["LOCAL_RANK"] = str(local_rank)  # read by comm.get_local_rank(), as under torchrun
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
 

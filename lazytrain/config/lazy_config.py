@@ -50,7 +50,9 @@ class LazyConfig:
             cfg, files = load_python_config(path)
         else:
             raise ConfigError(f"config file '{path}' must end in .py or .yaml.")
-        _SOURCE_FILES[id(cfg)] = (weakref.ref(cfg), files)
+        key = id(cfg)
+        _SOURCE_FILES[key] = (weakref.ref(cfg), files)
+        weakref.finalize(cfg, _SOURCE_FILES.pop, key, None)
         if check:
             LazyConfig.check(cfg)
         return cfg
