@@ -91,6 +91,21 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
 
 
+def no_decay_for_biases(model, weight_decay):
+    decay = [p for n, p in model.named_parameters() if not n.endswith("bias")]
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def test_optimizer_param_groups_from_a_function_of_the_model(toy_config):
+    from lazytrain.engine import build_trainer
+
+    cfg = toy_config()
+    cfg.optimizer.params = L(no_decay_for_biases)(weight_decay=0.01)
+    groups = build_trainer(cfg).optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0] and len(groups[1]["params"]) == 2
+
+
 def test_hooks_replace_keeps_only_the_config_hooks(toy_config):
     from lazytrain.engine.defaults import build_hooks
 

@@ -188,8 +188,11 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         )
 
     optimizer_cfg = cfg.optimizer.copy()
-    if "params" not in optimizer_cfg:
+    params = optimizer_cfg.get("params")
+    if params is None:
         optimizer_cfg.params = list(model.parameters())
+    elif isinstance(params, DictConfig) and "_target_" in params and "model" not in params:
+        params.model = model  # e.g. params=L(param_groups)(weight_decay_norm=0.0): groups built from the model
     optimizer = instantiate(optimizer_cfg, key="optimizer")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"'optimizer' must build a torch.optim.Optimizer, got {type(optimizer).__name__}.")
