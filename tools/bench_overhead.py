@@ -5,6 +5,7 @@ defaults) -- interleaved and repeated in one process. Prints the median step tim
 
     python tools/bench_overhead.py                      # tiny MLP and RangeNet on the CPU (and CUDA cases if any)
     python tools/bench_overhead.py --case tiny --repeats 7 --iters 600
+    python tools/bench_overhead.py --case ddp               # 2 processes: hand-written DDP loop vs lazytrain
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import os
 import platform
@@ -120,9 +122,8 @@ class _StepClock(HookBase):
         self.stamps.append(time.perf_counter())
 
 
-def run_lazytrain(
-    case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str, seed_batches: bool | None = None
-) -> list[float]:
+def lazytrain_config(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str,
+                     seed_batches: bool | None = None) -> Any:  # fmt: skip
     cfg = OmegaConf.create({}, flags={"allow_objects": True})  # what LazyConfig.load returns
     cfg.model = L(case["model"])()
     cfg.optimizer = L(case["optimizer"])()
@@ -132,6 +133,11 @@ def run_lazytrain(
     )
     cfg.train = dict(max_iter=iters, output_dir=out, device=device.type, amp=dict(enabled=amp, dtype="bf16"))
     add_train_defaults(cfg)
+    return cfg
+
+
+def train_with_clock(cfg: Any) -> list[float]:
+    """lazytrain's own path: output dir, logger, trainer with the default hooks; plus a clock hook."""
     with _quiet_stdout():
         prepare_output_dir(cfg)
     for handler in logging.getLogger("lazytrain").handlers:
@@ -141,8 +147,88 @@ def run_lazytrain(
     trainer = build_trainer(cfg)
     clock = _StepClock()
     trainer.register_hooks([clock])
-    trainer.train(0, iters)
+    trainer.train(0, cfg.train.max_iter)
     return clock.stamps
+
+
+def run_lazytrain(
+    case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str, seed_batches: bool | None = None
+) -> list[float]:
+    return train_with_clock(lazytrain_config(case, iters, device, amp, out, seed_batches))
+
+
+def _ddp_device(rank: int) -> torch.device:
+    return torch.device("cuda", rank) if torch.cuda.device_count() >= 2 else torch.device("cpu")
+
+
+def _hand_ddp_worker(rank: int, url: str, iters: int, threads: int, stamps_file: str) -> None:
+    """A hand-written DDP loop: DistributedSampler, DDP model, forward, backward, step."""
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+
+    torch.set_num_threads(threads)
+    device = _ddp_device(rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
+    case = tiny_case()
+    torch.manual_seed(0)
+    model = nn.parallel.DistributedDataParallel(case["model"]().to(device),
+                                                device_ids=[rank] if device.type == "cuda" else None)  # fmt: skip
+    opt = case["optimizer"](model.parameters())
+    sampler = DistributedSampler(case["dataset"], shuffle=True)
+    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], sampler=sampler, drop_last=True)
+    stamps, epoch, it = [], 0, iter(loader)
+    for _ in range(iters):
+        try:
+            batch = next(it)
+        except StopIteration:
+            epoch += 1
+            sampler.set_epoch(epoch)
+            it = iter(loader)
+            batch = next(it)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        loss = sum(model(batch).values())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        stamps.append(time.perf_counter())
+    if rank == 0:
+        with open(stamps_file, "w") as f:
+            json.dump(stamps, f)
+    dist.destroy_process_group()
+
+
+def run_hand_ddp(iters: int, out: str) -> list[float]:
+    import torch.multiprocessing as mp
+
+    from lazytrain.launch import _free_port
+
+    os.makedirs(out, exist_ok=True)
+    stamps_file = os.path.join(out, "stamps.json")
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    mp.spawn(_hand_ddp_worker, args=(url, iters, torch.get_num_threads(), stamps_file), nprocs=2)
+    with open(stamps_file) as f:
+        return json.load(f)
+
+
+def _lazytrain_ddp_main(iters: int, threads: int, out: str, stamps_file: str) -> None:
+    from lazytrain import comm
+
+    torch.set_num_threads(threads)
+    cfg = lazytrain_config(tiny_case(), iters, _ddp_device(comm.get_rank()), False, out)
+    stamps = train_with_clock(cfg)
+    if comm.is_main_process():
+        with open(stamps_file, "w") as f:
+            json.dump(stamps, f)
+
+
+def run_lazytrain_ddp(iters: int, out: str) -> list[float]:
+    from lazytrain.launch import launch
+
+    os.makedirs(out, exist_ok=True)
+    stamps_file = os.path.join(out, "stamps.json")
+    launch(_lazytrain_ddp_main, num_procs=2, args=(iters, torch.get_num_threads(), out, stamps_file))
+    with open(stamps_file) as f:
+        return json.load(f)
 
 
 def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float] | None:
@@ -198,9 +284,13 @@ def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, 
         "hand-written": lambda out: run_hand_written(case, iters, device, amp),
         "lazytrain": lambda out: run_lazytrain(case, iters, device, amp, out),
     }
+    if case.get("ddp"):
+        runners = {"hand-written": lambda out: run_hand_ddp(iters, out),
+                   "lazytrain": lambda out: run_lazytrain_ddp(iters, out)}  # fmt: skip
     if case.get("seeded_variant"):
         runners["lazytrain*"] = lambda out: run_lazytrain(case, iters, device, amp, out, seed_batches=True)
-    runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
+    if not case.get("ddp"):
+        runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
     steps: dict[str, list[float]] = {name: [] for name in runners}
     ratios: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(repeats):
@@ -232,13 +322,15 @@ def cpu_name() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=["tiny", "rangenet", "all"], default="all")
+    parser.add_argument("--case", choices=["tiny", "rangenet", "ddp", "all"], default="all")
     parser.add_argument("--iters", type=int, default=0, help="iterations per run (default: per case)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.case == "ddp" and not torch.cuda.device_count() >= 2:
+        torch.set_num_threads(1)  # two CPU processes on this machine's cores: one thread each
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
@@ -249,6 +341,10 @@ def main() -> int:
         plans.append((rangenet_case(), args.iters or 40, torch.device("cpu"), False))
         if torch.cuda.is_available():
             plans.append((rangenet_case(), args.iters or 200, torch.device("cuda"), True))
+    if args.case in ("ddp", "all"):
+        # two processes: NCCL on two GPUs when there are two, else gloo on the CPU
+        ddp = dict(tiny_case(), name="tiny MLP, 2-process DDP", ddp=True, seeded_variant=False)
+        plans.append((ddp, args.iters or 400, _ddp_device(0), False))
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
     for case, iters, device, amp in plans:

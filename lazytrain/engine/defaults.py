@@ -3,6 +3,7 @@ resuming, and the train / eval entry points used by the CLI and the launcher."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -172,6 +173,25 @@ def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device, find_unused_parameters: bool, broadcast_buffers: bool
+) -> torch.nn.Module:
+    """DistributedDataParallel with ``train.ddp`` settings. torch 2.13 renamed ``broadcast_buffers`` to
+    ``forward_sync_buffers`` (same meaning per step); older versions only know the old name."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    sync_buffers = (
+        {"forward_sync_buffers": broadcast_buffers}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": broadcast_buffers}
+    )
+    return ddp(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+        **sync_buffers,
+    )
+
+
 def build_trainer(cfg: DictConfig) -> Trainer:
     """Build model, optimizer, loaders, schedule, evaluator, checkpointer and hooks from ``cfg``."""
     t = cfg.train
@@ -180,12 +200,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     model = build_model(cfg, device)
     train_model: torch.nn.Module = model
     if comm.get_world_size() > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=t.ddp.find_unused_parameters,
-            broadcast_buffers=t.ddp.broadcast_buffers,
-        )
+        train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
 
     optimizer_cfg = cfg.optimizer.copy()
     params = optimizer_cfg.get("params")
