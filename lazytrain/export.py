@@ -172,14 +172,17 @@ def check_onnx(
 
 
 def _export_spec(cfg: DictConfig) -> dict[str, Any]:
-    spec = cfg.get("export")
-    if spec is None:
+    node = cfg.get("export")
+    if node is None:
         raise ConfigError(
             "this config has no 'export' section, so lazytrain does not know which batch tensors the ONNX graph takes.",
             key="export",
             hint=f"Add to the config: {_EXPORT_EXAMPLE} (input_keys: the batch keys the model reads in eval mode).",
         )
-    spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else dict(spec)
+    raw = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    if not isinstance(raw, Mapping):
+        raise ConfigError("'export' must be a dict.", key="export", hint=f"e.g. {_EXPORT_EXAMPLE}")
+    spec: dict[str, Any] = {str(k): v for k, v in raw.items()}
     if not spec.get("input_keys"):
         raise ConfigError("export.input_keys is empty.", key="export.input_keys", hint=f"e.g. {_EXPORT_EXAMPLE}")
     unknown = set(spec) - {"input_keys", "output_names", "dynamic_batch"}

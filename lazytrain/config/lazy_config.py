@@ -169,7 +169,7 @@ def flat_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
     """Every key path in the tree (``train.amp.enabled``), parents before children."""
     if isinstance(cfg, DictConfig):
         for k in cfg:
-            path = f"{prefix}.{k}" if prefix else str(k)
+            path = f"{prefix}.{k!s}" if prefix else str(k)
             yield path
             yield from flat_keys(cfg._get_node(k), path)
     elif isinstance(cfg, ListConfig):
@@ -237,7 +237,7 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
                 raise e.with_key(key) from None
     # siblings first: a misspelled leaf is closest to its neighbours, not to any key in the tree
     if isinstance(parent, DictConfig):
-        siblings = [f"{parent_key}.{k}" if parent_key else str(k) for k in parent if k != TARGET_KEY]
+        siblings = [f"{parent_key}.{k!s}" if parent_key else str(k) for k in parent if k != TARGET_KEY]
         hint = did_you_mean(key, siblings)
     else:
         hint = ""

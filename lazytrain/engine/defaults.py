@@ -84,7 +84,7 @@ def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: 
                 "unknown train setting.",
                 file=file,
                 line=line,
-                key=f"{prefix}.{key}",
+                key=f"{prefix}.{key!s}",
                 hint=did_you_mean(str(key), defaults) or f"Known settings: {', '.join(defaults)}.",
             )
         if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
@@ -179,7 +179,7 @@ def wrap_ddp(
     """DistributedDataParallel with ``train.ddp`` settings. torch 2.13 renamed ``broadcast_buffers`` to
     ``forward_sync_buffers`` (same meaning per step); older versions only know the old name."""
     ddp = torch.nn.parallel.DistributedDataParallel
-    sync_buffers = (
+    sync_buffers: dict[str, Any] = (
         {"forward_sync_buffers": broadcast_buffers}
         if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
         else {"broadcast_buffers": broadcast_buffers}

@@ -78,9 +78,9 @@ class Trainer(TrainerBase):
             return next(self._data_iter)
         except StopIteration:
             self._epoch += 1
-            sampler = getattr(self.data_loader, "sampler", None)
-            if hasattr(sampler, "set_epoch"):  # a DistributedSampler reshuffles per epoch
-                sampler.set_epoch(self._epoch)
+            set_epoch = getattr(getattr(self.data_loader, "sampler", None), "set_epoch", None)
+            if set_epoch is not None:  # a DistributedSampler reshuffles per epoch
+                set_epoch(self._epoch)
             self._data_iter = iter(self.data_loader)
             try:
                 return next(self._data_iter)
