@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Sequence
+from typing import Any, Optional
 
 __all__ = ["main"]
 

@@ -11,8 +11,8 @@ import dataclasses
 import itertools
 import logging
 import random
-from collections.abc import Iterator, Mapping
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Optional
 
 import numpy as np
 import torch
