@@ -9,6 +9,7 @@ messages that point at the op that cannot be converted. The model is first captu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import logging
@@ -230,6 +231,11 @@ def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[
 
 def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: Mapping[str, Any],
             opset: Optional[int]) -> Any:  # fmt: skip
+    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+        raise ExportError(
+            f"lazytrain export uses torch.onnx.export(dynamo=True), which torch {torch.__version__} does not have.",
+            hint="Upgrade torch to 2.5 or newer (and install onnxscript).",
+        )
     dynamic_shapes = None
     if spec["dynamic_batch"]:
         batch = torch.export.Dim("batch")
