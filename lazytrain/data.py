@@ -54,7 +54,7 @@ class StreamOrder:
         first, last = positions[0], positions[-1]
         step = positions[1] - first if len(positions) > 1 else 1
         epoch = first // self.size
-        if step > 0 and last // self.size == epoch and last - first == step * (len(positions) - 1):
+        if step > 0 and last // self.size == epoch and positions == list(range(first, last + 1, step)):
             offset = first - epoch * self.size
             return self._epoch_order(epoch)[offset : offset + step * len(positions) : step]
         return [self.index(p) for p in positions]

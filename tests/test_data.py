@@ -37,7 +37,7 @@ def test_training_stream_shards_are_disjoint_and_cover_each_epoch():
 
 def test_stream_order_batch_lookup_equals_one_by_one_across_epochs():
     order = StreamOrder(7, seed=2)
-    for positions in ([3, 4, 5, 6], [5, 6, 7, 8], [1, 4, 7, 10], [0], [20, 22]):
+    for positions in ([3, 4, 5, 6], [5, 6, 7, 8], [1, 4, 7, 10], [0], [20, 22], [0, 1, 3, 3], [4, 2]):
         assert order.indices(positions) == [StreamOrder(7, seed=2).index(p) for p in positions]
 
 
