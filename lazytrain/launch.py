@@ -188,14 +188,14 @@ def _spawn(
         )
         processes = context.processes
         try:
-            first_failed = _wait_first_failure(processes)
+            failed = _wait_for_failure(processes)
         except BaseException:  # Ctrl-C or SIGTERM of the launcher: take the workers down with it
             _stop(processes)
             raise
-        if first_failed is None:
+        if not failed:
             return
         _stop(processes)
-        raise _failure(processes, first_failed, machine_rank * num_procs, error_dir)
+        raise _failure(failed, machine_rank * num_procs, error_dir)
     finally:
         shutil.rmtree(error_dir, ignore_errors=True)
         if previous is not None:
@@ -215,15 +215,16 @@ def _sigterm_raises() -> Any:
         return None
 
 
-def _wait_first_failure(processes: list) -> Optional[int]:
-    """Wait until every process exited (None) or one failed (its local index)."""
+def _wait_for_failure(processes: list) -> dict[int, int]:
+    """Wait until every process exited (``{}``) or some failed: ``{local index: exit code}`` of those that had
+    failed when the failure was seen (several may die at once: a killed rank and a peer that lost it)."""
     while True:
-        for i, p in enumerate(processes):
-            if p.exitcode not in (None, 0):
-                return i
+        failed = {i: p.exitcode for i, p in enumerate(processes) if p.exitcode not in (None, 0)}
+        if failed:
+            return failed
         alive = [p.sentinel for p in processes if p.exitcode is None]
         if not alive:
-            return None
+            return {}
         multiprocessing.connection.wait(alive, timeout=1.0)
         for p in processes:
             if p.exitcode is None:
@@ -245,7 +246,10 @@ def _stop(processes: list) -> None:
             p.join()
 
 
-def _failure(processes: list, first_failed: int, rank_offset: int, error_dir: str) -> LazytrainError:
+def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> LazytrainError:
+    """The error to show. A rank killed by a signal without leaving a record (SIGKILL, the OOM killer) is the
+    cause, whatever its peers wrote after losing it; otherwise the first error recorded wins (later ones are
+    usually other ranks losing their peer)."""
     records = []
     for name in os.listdir(error_dir):
         try:
@@ -253,22 +257,20 @@ def _failure(processes: list, first_failed: int, rank_offset: int, error_dir: st
                 records.append(json.load(f))
         except (OSError, ValueError):
             continue
-    failed_rank = rank_offset + first_failed
-    # the first error wins: later ones are usually other ranks losing their peer. A rank that left no record
-    # was killed (a signal, the OOM killer): it is the cause, whatever its peers wrote afterwards.
-    own = any(r["rank"] == failed_rank for r in records)
-    record = min(records, key=lambda r: r["time"]) if own else None
-    if record is None:
-        code = processes[first_failed].exitcode
-        if code is not None and code < 0:
+    recorded = {r["rank"] for r in records}
+    killed = [i for i, code in sorted(failed.items()) if code < 0 and rank_offset + i not in recorded]
+    if killed or not records:
+        index = killed[0] if killed else min(failed)
+        code = failed[index]
+        if code < 0:
             what = f"was killed by signal {signal.Signals(-code).name}"
         else:
             what = f"exited with code {code} without a Python error"
-        error = RankFailedError(
-            f"rank {failed_rank} {what}; the other ranks were stopped.",
+        return RankFailedError(
+            f"rank {rank_offset + index} {what}; the other ranks were stopped.",
             hint="Check the machine's memory (the OOM killer sends SIGKILL) and the log above.",
         )
-        return error
+    record = min(records, key=lambda r: r["time"])
     error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
     error.exit_code = record["exit_code"]
     error.details = record["traceback"]

@@ -177,3 +177,14 @@ def running(pid: int) -> bool:
         return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
     except OSError:
         return False
+
+
+def test_a_killed_rank_is_named_even_when_its_peer_failed_in_the_same_instant(tmp_path):
+    from lazytrain.launch import _failure
+
+    record = {"rank": 0, "time": 1.0, "message": "RuntimeError: gloo read error", "exit_code": 1, "traceback": ""}
+    (tmp_path / "rank0.json").write_text(json.dumps(record))
+    error = _failure({0: 1, 1: -9}, 0, str(tmp_path))
+    assert str(error).startswith("rank 1 was killed by signal SIGKILL")
+    error = _failure({0: 1}, 0, str(tmp_path))
+    assert str(error).startswith("rank 0 failed: RuntimeError: gloo read error")
