@@ -60,8 +60,7 @@ class LazyConfig:
     @staticmethod
     def check(cfg: DictConfig) -> None:
         """Raise a ConfigError for the first interpolation that does not resolve (key, file:line, close matches)."""
-        ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
-        check_interpolations(cfg, files if ref is not None and ref() is cfg else [])
+        check_interpolations(cfg, _source_files(cfg))
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -122,10 +121,17 @@ class LazyConfig:
 def source_line(cfg: DictConfig, name: str) -> tuple[Optional[str], Optional[int]]:
     """The first ``file, line`` of the config files ``cfg`` was loaded from where ``name`` is written as a
     word (to point at a misspelled key), or ``(None, None)``."""
+    return _first_line(_source_files(cfg), re.compile(rf"\b{re.escape(name)}\b"))
+
+
+def _source_files(cfg: DictConfig) -> list[str]:
+    """The config files ``cfg`` was loaded from (empty for a config built in code or changed since)."""
     ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
-    if ref is None or ref() is not cfg:
-        return None, None
-    pattern = re.compile(rf"\b{re.escape(name)}\b")
+    return files if ref is not None and ref() is cfg else []
+
+
+def _first_line(files: Sequence[str], pattern: re.Pattern[str]) -> tuple[Optional[str], Optional[int]]:
+    """``(file, line)`` of the first line in ``files`` that ``pattern`` matches, or ``(None, None)``."""
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
@@ -186,7 +192,7 @@ def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
     except InterpolationResolutionError as e:
         key = str(e.full_key) if e.full_key else None
         raw = _raw_value(cfg, key) if key else None
-        file, line = _find_text(files, raw) if isinstance(raw, str) else (None, None)
+        file, line = _first_line(files, re.compile(re.escape(raw))) if isinstance(raw, str) else (None, None)
         refs = re.findall(r"\$\{([^}:]+)\}", raw) if isinstance(raw, str) else []
         missing = [r for r in refs if OmegaConf.select(cfg, r, default=_MISSING) is _MISSING]
         if missing:
@@ -207,18 +213,6 @@ def _raw_value(cfg: DictConfig, key: str) -> Any:
         if node is None:
             return None
     return node._value()
-
-
-def _find_text(files: Sequence[str], text: str) -> tuple[Any, Any]:
-    for path in files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if text in line:
-                        return _rel(path), lineno
-        except OSError:
-            continue
-    return None, None
 
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:
