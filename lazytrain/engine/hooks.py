@@ -71,8 +71,7 @@ class PeriodicCheckpointer(HookBase):
         self.keep_last = keep_last
 
     def after_step(self) -> None:
-        next_iter = self.trainer.iter + 1
-        if self.period > 0 and next_iter % self.period == 0 and next_iter < self.trainer.max_iter:
+        if _due_before_the_end(self.trainer, self.period):
             self.save(f"model_{self.trainer.iter:07d}")
 
     def after_train(self) -> None:
@@ -105,8 +104,7 @@ class EvalHook(HookBase):
         self.period = period
 
     def after_step(self) -> None:
-        next_iter = self.trainer.iter + 1
-        if self.period > 0 and next_iter % self.period == 0 and next_iter < self.trainer.max_iter:
+        if _due_before_the_end(self.trainer, self.period):
             self._evaluate()
 
     def after_train(self) -> None:
@@ -153,6 +151,13 @@ class PeriodicWriter(HookBase):
     def __repr__(self) -> str:
         names = ", ".join(type(w).__name__ for w in self.writers)
         return f"PeriodicWriter(period={self.period}, writers=[{names}])"
+
+
+def _due_before_the_end(trainer: Any, period: int) -> bool:
+    """Whether the iteration that just ran completes a ``period`` (0: never) and is not the last one (what
+    happens at the end is each hook's ``after_train``)."""
+    next_iter = trainer.iter + 1
+    return period > 0 and next_iter % period == 0 and next_iter < trainer.max_iter
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
