@@ -162,21 +162,19 @@ def _ddp_device(rank: int) -> torch.device:
     return torch.device("cuda", rank) if torch.cuda.device_count() >= 2 else torch.device("cpu")
 
 
-def _hand_ddp_worker(rank: int, url: str, iters: int, threads: int, stamps_file: str) -> None:
+def _hand_ddp_loop(rank: int, iters: int) -> list[float]:
     """A hand-written DDP loop: DistributedSampler, DDP model, forward, backward, step."""
-    import torch.distributed as dist
     from torch.utils.data.distributed import DistributedSampler
 
-    torch.set_num_threads(threads)
     device = _ddp_device(rank)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
     case = tiny_case()
     torch.manual_seed(0)
     model = nn.parallel.DistributedDataParallel(case["model"]().to(device),
                                                 device_ids=[rank] if device.type == "cuda" else None)  # fmt: skip
     opt = case["optimizer"](model.parameters())
     sampler = DistributedSampler(case["dataset"], shuffle=True)
-    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], sampler=sampler, drop_last=True)
+    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], sampler=sampler, drop_last=True,
+                        pin_memory=device.type == "cuda")  # fmt: skip
     stamps, epoch, it = [], 0, iter(loader)
     for _ in range(iters):
         try:
@@ -192,44 +190,50 @@ def _hand_ddp_worker(rank: int, url: str, iters: int, threads: int, stamps_file:
         opt.step()
         opt.zero_grad(set_to_none=True)
         stamps.append(time.perf_counter())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return stamps
+
+
+def _ddp_pair_worker(rank: int, url: str, iters: int, repeats: int, threads: int, out: str) -> None:
+    """Both runners in the same two processes, one after the other in each repeat: pairs taken seconds apart
+    on the same process group, so process start-up and placement do not enter the comparison."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    os.environ["LOCAL_RANK"] = str(rank)  # what lazytrain's launcher and torchrun set
+    device = _ddp_device(rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
+    warnings.filterwarnings("ignore")
+    runs: list[dict[str, list[float]]] = []
+    for repeat in range(repeats):
+        pair = {}
+        dist.barrier()
+        pair["hand-written"] = _hand_ddp_loop(rank, iters)
+        dist.barrier()
+        cfg = lazytrain_config(tiny_case(), iters, device, False, os.path.join(out, f"lazytrain{repeat}"))
+        pair["lazytrain"] = train_with_clock(cfg)
+        runs.append(pair)
     if rank == 0:
-        with open(stamps_file, "w") as f:
-            json.dump(stamps, f)
+        with open(os.path.join(out, "runs.json"), "w") as f:
+            json.dump(runs, f)
     dist.destroy_process_group()
 
 
-def run_hand_ddp(iters: int, out: str) -> list[float]:
+def run_ddp_pairs(iters: int, repeats: int) -> list[dict[str, list[float]]]:
+    """Spawn the two processes once (plain torch.multiprocessing + init_process_group) and return rank 0's
+    step stamps of each runner per repeat."""
     import torch.multiprocessing as mp
 
     from lazytrain.launch import _free_port
 
-    os.makedirs(out, exist_ok=True)
-    stamps_file = os.path.join(out, "stamps.json")
-    url = f"tcp://127.0.0.1:{_free_port()}"
-    mp.spawn(_hand_ddp_worker, args=(url, iters, torch.get_num_threads(), stamps_file), nprocs=2)
-    with open(stamps_file) as f:
-        return json.load(f)
-
-
-def _lazytrain_ddp_main(iters: int, threads: int, out: str, stamps_file: str) -> None:
-    from lazytrain import comm
-
-    torch.set_num_threads(threads)
-    cfg = lazytrain_config(tiny_case(), iters, _ddp_device(comm.get_rank()), False, out)
-    stamps = train_with_clock(cfg)
-    if comm.is_main_process():
-        with open(stamps_file, "w") as f:
-            json.dump(stamps, f)
-
-
-def run_lazytrain_ddp(iters: int, out: str) -> list[float]:
-    from lazytrain.launch import launch
-
-    os.makedirs(out, exist_ok=True)
-    stamps_file = os.path.join(out, "stamps.json")
-    launch(_lazytrain_ddp_main, num_procs=2, args=(iters, torch.get_num_threads(), out, stamps_file))
-    with open(stamps_file) as f:
-        return json.load(f)
+    with tempfile.TemporaryDirectory() as out:
+        url = f"tcp://127.0.0.1:{_free_port()}"
+        mp.spawn(_ddp_pair_worker, args=(url, iters, repeats, torch.get_num_threads(), out), nprocs=2)
+        with open(os.path.join(out, "runs.json")) as f:
+            return json.load(f)
 
 
 def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float] | None:
@@ -281,33 +285,38 @@ def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, 
     """Per runner: the median over repeats of each run's median step, and the ratio to the hand-written loop
     (median, min and max over repeats: runs are paired within a repeat, which cancels slow drifts)."""
     warmup = max(5, iters // 10)
+    if case.get("ddp"):
+        runs = run_ddp_pairs(iters, repeats)
+    else:
+        runs = [run_each(case, iters, device, amp) for _ in range(repeats)]
+    steps: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    for run in runs:
+        for name, stamps in run.items():
+            steps.setdefault(name, []).append(median_step(stamps, warmup)[0])
+            ratios.setdefault(name, []).append(steps[name][-1] / steps["hand-written"][-1])
+    return {
+        name: (statistics.median(steps[name]), statistics.median(ratios[name]), min(ratios[name]), max(ratios[name]))
+        for name in steps
+    }
+
+
+def run_each(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, list[float]]:
+    """One repeat: every runner once, one after the other, in this process; their step stamps."""
     runners: dict[str, Callable[[str], list[float] | None]] = {
         "hand-written": lambda out: run_hand_written(case, iters, device, amp),
         "lazytrain": lambda out: run_lazytrain(case, iters, device, amp, out),
     }
-    if case.get("ddp"):
-        runners = {"hand-written": lambda out: run_hand_ddp(iters, out),
-                   "lazytrain": lambda out: run_lazytrain_ddp(iters, out)}  # fmt: skip
     if case.get("seeded_variant"):
         runners["lazytrain*"] = lambda out: run_lazytrain(case, iters, device, amp, out, seed_batches=True)
-    if not case.get("ddp"):
-        runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
-    steps: dict[str, list[float]] = {name: [] for name in runners}
-    ratios: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as out:
-            for name, run in runners.items():
-                stamps = run(os.path.join(out, name))
-                if stamps is not None:
-                    steps[name].append(median_step(stamps, warmup)[0])
-        for name in runners:
-            if steps[name]:
-                ratios[name].append(steps[name][-1] / steps["hand-written"][-1])
-    return {
-        name: (statistics.median(steps[name]), statistics.median(ratios[name]), min(ratios[name]), max(ratios[name]))
-        for name in runners
-        if steps[name]
-    }
+    runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
+    run: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as out:
+        for name, runner in runners.items():
+            stamps = runner(os.path.join(out, name))
+            if stamps is not None:
+                run[name] = stamps
+    return run
 
 
 def cpu_name() -> str:
