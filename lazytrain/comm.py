@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather",
+    "get_backend",
     "get_local_rank",
     "get_rank",
     "get_world_size",
@@ -29,6 +30,11 @@ def get_world_size() -> int:
 
 def get_rank() -> int:
     return dist.get_rank() if is_distributed() else 0
+
+
+def get_backend() -> str:
+    """The process group's backend ("nccl", "gloo", ...), or "none" without one."""
+    return str(dist.get_backend()) if is_distributed() else "none"
 
 
 def get_local_rank() -> int:

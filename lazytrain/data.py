@@ -161,7 +161,7 @@ class TrainLoader:
         self.num_workers = num_workers
         self.collate_fn = collate_fn
         self.drop_last = drop_last  # the stream has no end, so every batch is full either way
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.pin_memory = pin_memory  # None: decided by the trainer's device (see resolve_pin_memory)
         self.shuffle = shuffle
         self.seed = seed
         self.seed_batches = seed_batches
@@ -176,7 +176,7 @@ class TrainLoader:
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
-            pin_memory=self.pin_memory,
+            pin_memory=_pin(self.pin_memory),
             drop_last=self.drop_last,
             # a generator of its own, so making workers does not draw from the global torch RNG
             generator=torch.Generator().manual_seed(self.seed),
@@ -217,7 +217,8 @@ def build_train_loader(
 ) -> TrainLoader:
     """An infinite, seeded, shuffled loader; ``batch_size`` is per process; resumable (see :class:`TrainLoader`).
 
-    ``pin_memory=None`` pins when CUDA is available. ``seed_batches``: None seeds the RNGs per batch in
+    ``pin_memory=None`` pins when the trainer's device is CUDA (used without a trainer: when CUDA is
+    available). ``seed_batches``: None seeds the RNGs per batch in
     worker processes only (what exact resume needs); True also in the main process, so a run draws the same
     samples whatever ``num_workers`` is; False never (augmentations in workers then do not resume exactly).
     """
@@ -244,7 +245,19 @@ def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
 
 class _TestLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        self.pin_memory = _pin(self.pin_memory)  # type: ignore[arg-type]
         return _worker_errors_unwrapped(super().__iter__())
+
+
+def _pin(pin_memory: Optional[bool]) -> bool:
+    return torch.cuda.is_available() if pin_memory is None else pin_memory
+
+
+def resolve_pin_memory(loader: Any, device: torch.device) -> None:
+    """Pin the batches of a loader built with ``pin_memory=None`` exactly when they go to a CUDA device (a run
+    on the CPU of a GPU machine pins nothing: pinning costs time and a CUDA context per process)."""
+    if isinstance(loader, (TrainLoader, _TestLoader)) and loader.pin_memory is None:
+        loader.pin_memory = device.type == "cuda"
 
 
 def build_test_loader(
@@ -262,7 +275,7 @@ def build_test_loader(
         sampler=InferenceSampler(len(dataset)),
         num_workers=num_workers,
         collate_fn=collate_fn,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        pin_memory=pin_memory,  # type: ignore[arg-type]  # None: as for build_train_loader
         drop_last=False,
     )
 

@@ -73,11 +73,13 @@ def launch(
         )
     if world_size == 1:
         return main_fn(*args)
-    if torch.cuda.is_available() and num_procs > torch.cuda.device_count():
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus and num_procs > gpus:
         raise ConfigError(
-            f"--num-procs {num_procs} asks for one process per GPU, but this machine has "
-            f"{torch.cuda.device_count()} GPUs.",
-            hint=f"Use --num-procs {torch.cuda.device_count()} (or fewer).",
+            f"--num-procs {num_procs} asks for one process per GPU, but this machine has {gpus} "
+            f"GPU{'s' if gpus > 1 else ''}.",
+            hint=f"Use --num-procs {gpus} (or fewer); to run CPU processes over gloo instead, hide the GPUs: "
+            "CUDA_VISIBLE_DEVICES= lazytrain train ...",
         )
     if dist_url == "auto":
         if num_machines > 1:

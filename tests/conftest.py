@@ -7,10 +7,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "examples" / "toy_project"
 sys.path.insert(0, str(TOY))
+
+# Tests of the CUDA paths run where a GPU is present (`python -m pytest -k cuda` on a GPU machine) and are
+# skipped elsewhere; most are the CPU tests, parametrized over the device.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
 
 def load_config(path: str | os.PathLike, *overrides: str):

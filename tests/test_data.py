@@ -9,6 +9,7 @@ from collections import namedtuple
 import numpy as np
 import pytest
 import torch
+from conftest import requires_cuda
 
 from lazytrain.data import (
     InferenceSampler,
@@ -16,6 +17,7 @@ from lazytrain.data import (
     TrainingSampler,
     build_test_loader,
     build_train_loader,
+    resolve_pin_memory,
     to_device,
 )
 
@@ -129,6 +131,32 @@ def test_to_device_moves_tensors_inside_nested_containers():
     assert isinstance(moved["pair"], Pair) and moved["pair"].a.device.type == "meta" and moved["pair"].b == 3
     assert isinstance(moved["sample"], Sample) and moved["sample"].points.device.type == "meta"
     assert moved["sample"].name == "scan0"
+
+
+@requires_cuda
+def test_pinned_batches_reach_the_gpu_with_the_same_values():
+    loader = build_train_loader(NoisyRange(), batch_size=2, num_workers=2)
+    resolve_pin_memory(loader, torch.device("cuda"))
+    it = iter(loader)
+    batch = next(it)
+    assert batch.is_pinned()
+    moved = to_device({"points": batch, "names": ["a", "b"]}, torch.device("cuda"))  # non-blocking: pinned
+    torch.cuda.synchronize()
+    assert moved["points"].is_cuda and torch.equal(moved["points"].cpu(), batch)
+    it.close()
+
+
+@pytest.mark.parametrize("build", [build_train_loader, build_test_loader])
+def test_auto_pin_memory_follows_the_device_the_batches_go_to(build, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, whichever this one is
+    for device, pinned in (("cpu", False), ("cuda", True)):
+        loader = build(NoisyRange(), batch_size=2)
+        resolve_pin_memory(loader, torch.device(device))
+        assert loader.pin_memory is pinned
+    for device, given in (("cpu", True), ("cuda", False)):  # what the config says stays
+        loader = build(NoisyRange(), batch_size=2, pin_memory=given)
+        resolve_pin_memory(loader, torch.device(device))
+        assert loader.pin_memory is given
 
 
 class BrokenFile(torch.utils.data.Dataset):

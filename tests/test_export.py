@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TOY, cli_env, load_config
+from conftest import DEVICES, REPO, TOY, cli_env, load_config
 
 from lazytrain.checkpoint import Checkpointer
 from lazytrain.config import ConfigError, L, instantiate
@@ -42,6 +42,18 @@ def test_export_of_the_example_model_matches_torch_with_a_dynamic_batch(toy, tmp
     session = ort.InferenceSession(str(tmp_path / "toy.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((7, 8)).astype(np.float32)
     assert session.run(None, {"x": x})[0].shape == (7, 4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_trained_on_the_device_exports_and_matches(device, tmp_path):
+    from lazytrain.engine import train_main
+
+    cfg = load_config(TOY / "configs" / "toy.py", f"train.output_dir={tmp_path / 'run'}", "train.max_iter=6",
+                      f"train.device={device}", "train.amp.enabled=True")  # fmt: skip
+    train_main(cfg)
+    weights = tmp_path / "run" / "checkpoints" / "model_final.pth"
+    report = export_onnx(cfg, str(weights), str(tmp_path / "toy.onnx"))
+    assert report["passed"] and report["max_abs_diff"] < 1e-4, report
 
 
 def test_export_of_the_flagship_model(tmp_path):

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TOY, cli_env
 
 from lazytrain.launch import _first_slurm_host, cluster_environment
@@ -31,14 +32,24 @@ def configs(tmp_path):
     return folder
 
 
-def lazytrain(*args, env=None, timeout=120):
-    env = env or cli_env()
-    env["PYTHONPATH"] += os.pathsep + TESTS
+def lazytrain(*args, env=None, timeout=120, gpus=False):
+    """Run the CLI; processes use gloo on the CPU unless ``gpus`` (a GPU machine would otherwise get NCCL and
+    one process per GPU)."""
+    env = env or cpu_env()
+    if gpus:
+        env.pop("CUDA_VISIBLE_DEVICES", None)
     start = time.monotonic()
     r = subprocess.run([sys.executable, "-m", "lazytrain.cli", *map(str, args)], capture_output=True, text=True,
                        env=env, timeout=timeout)  # fmt: skip
     r.seconds = time.monotonic() - start
     return r
+
+
+def cpu_env():
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + TESTS
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
 
 
 def metrics(out):
@@ -51,6 +62,7 @@ def test_two_processes_train_and_the_checkpoint_evaluates_the_same_in_one_and_tw
     r = lazytrain("train", configs / "toy.py", "--num-procs", 2, "train.max_iter=30", f"--output-dir={out}")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Starting training") == 1  # rank 0 logs; rank 1 only warns
+    assert "Process group: 2 processes, backend gloo." in r.stdout
     weights = out / "checkpoints" / "model_final.pth"
     results = {}
     for procs in (1, 2):
@@ -59,6 +71,22 @@ def test_two_processes_train_and_the_checkpoint_evaluates_the_same_in_one_and_tw
         assert r.returncode == 0, r.stderr
         results[procs] = metrics(tmp_path / f"eval{procs}")[-1]
     assert results[1]["num_samples"] == results[2]["num_samples"] == 256  # each test sample exactly once
+    assert results[1]["accuracy"] == results[2]["accuracy"]
+
+
+@pytest.mark.skipif(not torch.cuda.device_count() >= 2, reason="needs two CUDA GPUs")
+def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
+    out = tmp_path / "run"
+    r = lazytrain("train", configs / "toy.py", "--num-procs", 2, "train.max_iter=30", f"--output-dir={out}", gpus=True)
+    assert r.returncode == 0, r.stderr
+    assert "Process group: 2 processes, backend nccl." in r.stdout
+    results = {}
+    for procs in (1, 2):
+        r = lazytrain("eval", configs / "toy.py", "--weights", out / "checkpoints" / "model_final.pth",
+                      "--num-procs", procs, f"--output-dir={tmp_path / f'eval{procs}'}", gpus=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        results[procs] = metrics(tmp_path / f"eval{procs}")[-1]
+    assert results[1]["num_samples"] == results[2]["num_samples"] == 256
     assert results[1]["accuracy"] == results[2]["accuracy"]
 
 
@@ -107,8 +135,7 @@ def test_torchrun_style_environment_is_joined(tmp_path, configs):
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = cli_env()
-        env["PYTHONPATH"] += os.pathsep + TESTS
+        env = cpu_env()
         env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port))  # fmt: skip
         procs.append(subprocess.Popen(
@@ -140,8 +167,7 @@ def test_first_slurm_host_forms():
 
 
 def test_sigterm_to_the_launcher_stops_its_workers(tmp_path, configs):
-    env = cli_env()
-    env["PYTHONPATH"] += os.pathsep + TESTS
+    env = cpu_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazytrain.cli", "train", str(configs / "toy.py"), "--num-procs", "2",
          "train.max_iter=100000", f"--output-dir={tmp_path / 'o'}"],
@@ -188,3 +214,15 @@ def test_a_killed_rank_is_named_even_when_its_peer_failed_in_the_same_instant(tm
     assert str(error).startswith("rank 1 was killed by signal SIGKILL")
     error = _failure({0: 1}, 0, str(tmp_path))
     assert str(error).startswith("rank 0 failed: RuntimeError: gloo read error")
+
+
+def test_more_processes_than_gpus_is_an_error_that_says_how_to_use_the_cpu(monkeypatch):
+    from lazytrain.config import ConfigError
+    from lazytrain.launch import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError) as info:
+        launch(print, num_procs=2)
+    assert "--num-procs 2 asks for one process per GPU, but this machine has 1 GPU." in str(info.value)
+    assert "CUDA_VISIBLE_DEVICES=" in str(info.value)

@@ -18,6 +18,7 @@ from .. import comm
 from ..checkpoint import Checkpointer, set_rng_state
 from ..config import LazyConfig, instantiate
 from ..config.lazy_config import resolved_copy, source_line
+from ..data import resolve_pin_memory
 from ..errors import ConfigError, did_you_mean
 from ..evaluation import format_results, inference_on_dataset
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
@@ -212,6 +213,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise ConfigError(f"'optimizer' must build a torch.optim.Optimizer, got {type(optimizer).__name__}.")
     train_loader = instantiate(cfg.dataloader.train, key="dataloader.train")
+    resolve_pin_memory(train_loader, device)
 
     trainer = Trainer(
         train_model,
@@ -228,7 +230,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if cfg.get("lr_multiplier") is not None:
         multiplier = instantiate(cfg.lr_multiplier, key="lr_multiplier")
         trainer.lr_scheduler = LRMultiplier(optimizer, multiplier, t.max_iter)
-    trainer.evaluator, trainer.test_loader = build_evaluation(cfg)
+    trainer.evaluator, trainer.test_loader = build_evaluation(cfg, device)
     checkpointables: dict[str, Any] = {"optimizer": optimizer}
     if trainer.lr_scheduler is not None:
         checkpointables["lr_scheduler"] = trainer.lr_scheduler
@@ -248,8 +250,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     return trainer
 
 
-def build_evaluation(cfg: DictConfig) -> tuple[Any, Any]:
-    """``(evaluator, test_loader)`` from the config, or ``(None, None)`` when it has no evaluator."""
+def build_evaluation(cfg: DictConfig, device: torch.device) -> tuple[Any, Any]:
+    """``(evaluator, test_loader)`` from the config, or ``(None, None)`` when it has no evaluator; the test
+    batches will go to ``device``."""
     if cfg.get("evaluator") is None:
         return None, None
     test_cfg = OmegaConf.select(cfg, "dataloader.test", default=None)
@@ -259,7 +262,9 @@ def build_evaluation(cfg: DictConfig) -> tuple[Any, Any]:
             key="dataloader.test",
             hint="Add dataloader.test = L(build_test_loader)(dataset=..., batch_size=...).",
         )
-    return instantiate(cfg.evaluator, key="evaluator"), instantiate(test_cfg, key="dataloader.test")
+    test_loader = instantiate(test_cfg, key="dataloader.test")
+    resolve_pin_memory(test_loader, device)
+    return instantiate(cfg.evaluator, key="evaluator"), test_loader
 
 
 def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
@@ -317,6 +322,8 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
     the evaluator's results."""
     check_required(cfg)
     prepare_output_dir(cfg)
+    if comm.get_world_size() > 1:
+        logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
     trainer = build_trainer(cfg)
     logger.info("Hooks: %s", ", ".join(repr(h) for h in trainer.hooks))
     start_iter = resume_or_load(trainer, cfg, resume)
@@ -338,7 +345,7 @@ def evaluate_main(cfg: DictConfig, weights: str) -> dict[str, Any]:
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
     extra = Checkpointer(model, save_to_disk=False).load(weights, checkpointables=[])
-    evaluator, test_loader = build_evaluation(cfg)
+    evaluator, test_loader = build_evaluation(cfg, device)
     autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
     results = inference_on_dataset(model, test_loader, evaluator, device=device, autocast=autocast)
     iteration = int(extra.get("iteration", -1))
