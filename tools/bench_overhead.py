@@ -1,7 +1,11 @@
 """Framework overhead: the same model, data, optimizer and iterations run as a hand-written PyTorch loop,
 through lazytrain's Trainer with its default hooks (terminal / JSON / TensorBoard writers every 20
 iterations, checkpoints at the default period), and through Lightning's Trainer (where installed, at its
-defaults) -- interleaved and repeated in one process. Prints the median step time of each and the ratios.
+defaults), repeated in one process run. Prints each trainer's step time, the hand-written loop's step time
+measured beside it, and their ratio.
+
+On the CPU the hand-written loop runs inside the other trainer's step callback, one of its steps after each of
+the trainer's, so both see the same machine; on CUDA the runs go one after the other (see Interleave, Clock).
 
     python tools/bench_overhead.py                      # tiny MLP and RangeNet on the CPU (and CUDA cases if any)
     python tools/bench_overhead.py --case tiny --repeats 7 --iters 600
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import logging
@@ -73,6 +78,10 @@ def tiny_case() -> dict[str, Any]:
                 seeded_variant=True)  # fmt: skip
 
 
+def ddp_case() -> dict[str, Any]:
+    return dict(tiny_case(), name="tiny MLP, 2-process DDP", ddp=True, seeded_variant=False)
+
+
 def rangenet_case() -> dict[str, Any]:
     g = torch.Generator().manual_seed(0)
 
@@ -84,43 +93,103 @@ def rangenet_case() -> dict[str, Any]:
                 optimizer=lambda params: torch.optim.AdamW(params, lr=1e-3))  # fmt: skip
 
 
-def median_step(stamps: list[float], warmup: int) -> tuple[float, float]:
-    """(median, mean) of the time between consecutive step ends, after ``warmup`` steps."""
-    diffs = [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :])]
-    return statistics.median(diffs), sum(diffs) / len(diffs)
+class HandLoop:
+    """The hand-written loop, one step per call: DataLoader (a DistributedSampler under DDP), forward, backward,
+    ``step``, ``zero_grad``."""
 
+    def __init__(self, case: dict[str, Any], device: torch.device, amp: bool) -> None:
+        torch.manual_seed(0)
+        self.device, self.amp = device, amp
+        model = case["model"]().to(device).train()
+        self.sampler: Any = None
+        if torch.distributed.is_initialized():
+            from torch.utils.data.distributed import DistributedSampler
 
-def run_hand_written(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> list[float]:
-    torch.manual_seed(0)
-    model = case["model"]().to(device).train()
-    opt = case["optimizer"](model.parameters())
-    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=True, drop_last=True,
-                        pin_memory=device.type == "cuda")  # fmt: skip
-    stamps, it = [], iter(loader)
-    for _ in range(iters):
+            ids = [device.index] if device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            self.sampler = DistributedSampler(case["dataset"], shuffle=True)
+        self.model = model
+        self.opt = case["optimizer"](model.parameters())
+        self.loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=self.sampler is None,
+                                 sampler=self.sampler, drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
+        self.epoch, self.batches = 0, iter(self.loader)
+
+    def step(self) -> None:
         try:
-            batch = next(it)
+            batch = next(self.batches)
         except StopIteration:
-            it = iter(loader)
-            batch = next(it)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = sum(model(batch).values())
+            self.epoch += 1
+            if self.sampler is not None:
+                self.sampler.set_epoch(self.epoch)
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            loss = sum(self.model(batch).values())
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        stamps.append(time.perf_counter())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return stamps
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
 
 
-class _StepClock(HookBase):
-    def __init__(self) -> None:
+def run_hand_written(case: dict[str, Any], iters: int, device: torch.device, amp: bool, on_step: Callable) -> None:
+    loop = HandLoop(case, device, amp)
+    for _ in range(iters):
+        loop.step()
+        on_step()
+
+
+class Interleave:
+    """Called at the end of each step of a trainer (its last hook, or a Lightning callback): times that step
+    (from the end of the previous call), then runs and times one step of a hand-written loop. The two loops
+    alternate step by step, so a slower spell of the machine (this VM has them, lasting seconds) slows both.
+    The ratio is of mean step times over the window, so periodic work (log writes) counts in full."""
+
+    def __init__(self, hand: HandLoop, warmup: int) -> None:
+        self.hand, self.warmup = hand, warmup
+        self.mark: float | None = None
+        self.trainer_steps: list[float] = []
+        self.hand_steps: list[float] = []
+
+    def __call__(self) -> None:
+        now = time.perf_counter()
+        if self.mark is not None:
+            self.trainer_steps.append(now - self.mark)
+        self.hand.step()
+        self.mark = time.perf_counter()
+        self.hand_steps.append(self.mark - now)
+
+    def step_times(self) -> tuple[float, float]:
+        """(trainer, hand-written) mean step over the window: after the warm-up, and before the trainer's
+        last step, which writes its final checkpoint."""
+        trainer = self.trainer_steps[self.warmup : -1]
+        hand = self.hand_steps[self.warmup : -1]
+        return statistics.fmean(trainer), statistics.fmean(hand)
+
+
+class Clock:
+    """For CUDA, where steps cannot be interleaved without syncing each one: stamps each step's end, waits for
+    the GPU at both ends of the window (after the warm-up; before the last step), and gives the window's mean
+    step. Runners run one after the other in each repeat."""
+
+    def __init__(self, warmup: int, iters: int) -> None:
+        self.first, self.last = warmup, iters - 2
         self.stamps: list[float] = []
 
-    def after_step(self) -> None:
+    def __call__(self) -> None:
+        if len(self.stamps) in (self.first, self.last):
+            torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
+
+    def step_time(self) -> float:
+        return (self.stamps[self.last] - self.stamps[self.first]) / (self.last - self.first)
+
+
+class _OnStep(HookBase):
+    def __init__(self, on_step: Callable[[], None]) -> None:
+        self.on_step = on_step
+
+    def after_step(self) -> None:
+        self.on_step()
 
 
 def lazytrain_config(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str,
@@ -132,13 +201,16 @@ def lazytrain_config(case: dict[str, Any], iters: int, device: torch.device, amp
     cfg.dataloader = dict(
         train=L(build_train_loader)(dataset=dataset, batch_size=case["batch_size"], seed_batches=seed_batches)
     )
-    cfg.train = dict(max_iter=iters, output_dir=out, device=device.type, amp=dict(enabled=amp, dtype="bf16"))
+    cfg.train = dict(max_iter=iters, output_dir=out, device=str(device), amp=dict(enabled=amp, dtype="bf16"))
     add_train_defaults(cfg)
     return cfg
 
 
-def train_with_clock(cfg: Any) -> list[float]:
-    """lazytrain's own path: output dir, logger, trainer with the default hooks; plus a clock hook."""
+def run_lazytrain(case: dict[str, Any], iters: int, device: torch.device, amp: bool, on_step: Callable[[], None],
+                  out: str, seed_batches: bool | None = None) -> None:  # fmt: skip
+    """lazytrain's own path: output dir, logger, trainer with the default hooks, and ``on_step`` as the last
+    hook (so a step's time includes every default hook's work)."""
+    cfg = lazytrain_config(case, iters, device, amp, out, seed_batches)
     with _quiet_stdout():
         prepare_output_dir(cfg)
     for handler in logging.getLogger("lazytrain").handlers:
@@ -146,101 +218,17 @@ def train_with_clock(cfg: Any) -> list[float]:
             handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - formatted like a real run, not shown
     torch.manual_seed(0)
     trainer = build_trainer(cfg)
-    clock = _StepClock()
-    trainer.register_hooks([clock])
+    trainer.register_hooks([_OnStep(on_step)])
     trainer.train(0, cfg.train.max_iter)
-    return clock.stamps
 
 
-def run_lazytrain(
-    case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str, seed_batches: bool | None = None
-) -> list[float]:
-    return train_with_clock(lazytrain_config(case, iters, device, amp, out, seed_batches))
+def lightning_installed() -> bool:
+    return importlib.util.find_spec("lightning") is not None
 
 
-def _ddp_device(rank: int) -> torch.device:
-    return torch.device("cuda", rank) if torch.cuda.device_count() >= 2 else torch.device("cpu")
-
-
-def _hand_ddp_loop(rank: int, iters: int) -> list[float]:
-    """A hand-written DDP loop: DistributedSampler, DDP model, forward, backward, step."""
-    from torch.utils.data.distributed import DistributedSampler
-
-    device = _ddp_device(rank)
-    case = tiny_case()
-    torch.manual_seed(0)
-    model = nn.parallel.DistributedDataParallel(case["model"]().to(device),
-                                                device_ids=[rank] if device.type == "cuda" else None)  # fmt: skip
-    opt = case["optimizer"](model.parameters())
-    sampler = DistributedSampler(case["dataset"], shuffle=True)
-    loader = DataLoader(case["dataset"], batch_size=case["batch_size"], sampler=sampler, drop_last=True,
-                        pin_memory=device.type == "cuda")  # fmt: skip
-    stamps, epoch, it = [], 0, iter(loader)
-    for _ in range(iters):
-        try:
-            batch = next(it)
-        except StopIteration:
-            epoch += 1
-            sampler.set_epoch(epoch)
-            it = iter(loader)
-            batch = next(it)
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        loss = sum(model(batch).values())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        stamps.append(time.perf_counter())
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return stamps
-
-
-def _ddp_pair_worker(rank: int, url: str, iters: int, repeats: int, threads: int, out: str) -> None:
-    """Both runners in the same two processes, one after the other in each repeat: pairs taken seconds apart
-    on the same process group, so process start-up and placement do not enter the comparison."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(threads)
-    os.environ["LOCAL_RANK"] = str(rank)  # what lazytrain's launcher and torchrun set
-    device = _ddp_device(rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
-    warnings.filterwarnings("ignore")
-    runs: list[dict[str, list[float]]] = []
-    for repeat in range(repeats):
-        pair = {}
-        dist.barrier()
-        pair["hand-written"] = _hand_ddp_loop(rank, iters)
-        dist.barrier()
-        cfg = lazytrain_config(tiny_case(), iters, device, False, os.path.join(out, f"lazytrain{repeat}"))
-        pair["lazytrain"] = train_with_clock(cfg)
-        runs.append(pair)
-    if rank == 0:
-        with open(os.path.join(out, "runs.json"), "w") as f:
-            json.dump(runs, f)
-    dist.destroy_process_group()
-
-
-def run_ddp_pairs(iters: int, repeats: int) -> list[dict[str, list[float]]]:
-    """Spawn the two processes once (plain torch.multiprocessing + init_process_group) and return rank 0's
-    step stamps of each runner per repeat."""
-    import torch.multiprocessing as mp
-
-    from lazytrain.launch import _free_port
-
-    with tempfile.TemporaryDirectory() as out:
-        url = f"tcp://127.0.0.1:{_free_port()}"
-        mp.spawn(_ddp_pair_worker, args=(url, iters, repeats, torch.get_num_threads(), out), nprocs=2)
-        with open(os.path.join(out, "runs.json")) as f:
-            return json.load(f)
-
-
-def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: bool, out: str) -> list[float] | None:
-    try:
-        import lightning as lt
-    except ImportError:
-        return None
+def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: bool, on_step: Callable[[], None],
+                  out: str) -> None:  # fmt: skip
+    import lightning as lt
 
     class Module(lt.LightningModule):
         def __init__(self) -> None:
@@ -255,24 +243,19 @@ def run_lightning(case: dict[str, Any], iters: int, device: torch.device, amp: b
         def configure_optimizers(self) -> Any:
             return case["optimizer"](self.parameters())
 
-    class Clock(lt.Callback):
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
+    class OnStep(lt.Callback):
         def on_train_batch_end(self, *args: Any) -> None:
-            self.stamps.append(time.perf_counter())
+            on_step()
 
     torch.manual_seed(0)
-    clock = Clock()
     loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=True, drop_last=True,
                         pin_memory=device.type == "cuda")  # fmt: skip
     trainer = lt.Trainer(max_steps=iters, accelerator=device.type, devices=1, default_root_dir=out,
-                         callbacks=[clock], precision="bf16-mixed" if amp else "32-true",
+                         callbacks=[OnStep()], precision="bf16-mixed" if amp else "32-true",
                          enable_model_summary=False)  # fmt: skip
     with _quiet_stdout(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(Module(), loader)
-    return clock.stamps
 
 
 @contextlib.contextmanager
@@ -281,42 +264,88 @@ def _quiet_stdout() -> Any:
         yield
 
 
-def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, amp: bool) -> dict[str, Any]:
-    """Per runner: the median over repeats of each run's median step, and the ratio to the hand-written loop
-    (median, min and max over repeats: runs are paired within a repeat, which cancels slow drifts)."""
-    warmup = max(5, iters // 10)
-    if case.get("ddp"):
-        runs = run_ddp_pairs(iters, repeats)
-    else:
-        runs = [run_each(case, iters, device, amp) for _ in range(repeats)]
-    steps: dict[str, list[float]] = {}
-    ratios: dict[str, list[float]] = {}
-    for run in runs:
-        for name, stamps in run.items():
-            steps.setdefault(name, []).append(median_step(stamps, warmup)[0])
-            ratios.setdefault(name, []).append(steps[name][-1] / steps["hand-written"][-1])
-    return {
-        name: (statistics.median(steps[name]), statistics.median(ratios[name]), min(ratios[name]), max(ratios[name]))
-        for name in steps
-    }
+Runner = Callable[[Callable[[], None], str], None]  # (on_step, output dir)
 
 
-def run_each(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, list[float]]:
-    """One repeat: every runner once, one after the other, in this process; their step stamps."""
-    runners: dict[str, Callable[[str], list[float] | None]] = {
-        "hand-written": lambda out: run_hand_written(case, iters, device, amp),
-        "lazytrain": lambda out: run_lazytrain(case, iters, device, amp, out),
+def runners(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, Runner]:
+    """The trainers compared with the hand-written loop; DDP runs lazytrain only."""
+    out: dict[str, Runner] = {
+        "lazytrain": lambda on_step, o: run_lazytrain(case, iters, device, amp, on_step, o),
     }
     if case.get("seeded_variant"):
-        runners["lazytrain*"] = lambda out: run_lazytrain(case, iters, device, amp, out, seed_batches=True)
-    runners["lightning"] = lambda out: run_lightning(case, iters, device, amp, out)
-    run: dict[str, list[float]] = {}
+        out["lazytrain*"] = lambda on_step, o: run_lazytrain(case, iters, device, amp, on_step, o, True)
+    if lightning_installed() and not case.get("ddp"):
+        out["lightning"] = lambda on_step, o: run_lightning(case, iters, device, amp, on_step, o)
+    return out
+
+
+def one_repeat(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, tuple[float, float]]:
+    """``{trainer: (its step time, the hand-written loop's step time it was paired with)}``."""
+    warmup = max(5, iters // 10)
+    result = {}
     with tempfile.TemporaryDirectory() as out:
-        for name, runner in runners.items():
-            stamps = runner(os.path.join(out, name))
-            if stamps is not None:
-                run[name] = stamps
-    return run
+        for name, run in runners(case, iters, device, amp).items():
+            if device.type == "cuda":
+                hand, trainer = Clock(warmup, iters), Clock(warmup, iters)
+                run_hand_written(case, iters, device, amp, hand)
+                run(trainer, os.path.join(out, name))
+                result[name] = (trainer.step_time(), hand.step_time())
+            else:
+                interleave = Interleave(HandLoop(case, device, amp), warmup)
+                run(interleave, os.path.join(out, name))
+                result[name] = interleave.step_times()
+    return result
+
+
+def _ddp_worker(rank: int, url: str, iters: int, repeats: int, threads: int, out: str) -> None:
+    """One of two processes (plain torch.multiprocessing + init_process_group): lazytrain's trainer joins this
+    process group as it joins torchrun's; the hand-written DDP loop runs in the same group."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(threads)
+    os.environ["LOCAL_RANK"] = str(rank)  # what lazytrain's launcher and torchrun set
+    device = _ddp_device(rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
+    warnings.filterwarnings("ignore")
+    results = [one_repeat(ddp_case(), iters, device, False) for _ in range(repeats)]
+    if rank == 0:
+        with open(os.path.join(out, "results.json"), "w") as f:
+            json.dump(results, f)
+    dist.destroy_process_group()
+
+
+def _ddp_device(rank: int) -> torch.device:
+    return torch.device("cuda", rank) if torch.cuda.device_count() >= 2 else torch.device("cpu")
+
+
+def ddp_repeats(iters: int, repeats: int) -> list[dict[str, tuple[float, float]]]:
+    import torch.multiprocessing as mp
+
+    from lazytrain.launch import _free_port
+
+    with tempfile.TemporaryDirectory() as out:
+        url = f"tcp://127.0.0.1:{_free_port()}"
+        mp.spawn(_ddp_worker, args=(url, iters, repeats, torch.get_num_threads(), out), nprocs=2)
+        with open(os.path.join(out, "results.json")) as f:
+            return json.load(f)
+
+
+def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, amp: bool) -> dict[str, Any]:
+    """Per trainer: the median over repeats of its step time and of the paired hand-written step time, and the
+    median, min and max over repeats of their ratio."""
+    if case.get("ddp"):
+        results = ddp_repeats(iters, repeats)
+    else:
+        results = [one_repeat(case, iters, device, amp) for _ in range(repeats)]
+    summary = {}
+    for name in results[0]:
+        pairs = [r[name] for r in results]
+        ratios = [trainer / hand for trainer, hand in pairs]
+        summary[name] = (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+                         statistics.median(ratios), min(ratios), max(ratios))  # fmt: skip
+    return summary
 
 
 def cpu_name() -> str:
@@ -353,17 +382,17 @@ def main() -> int:
             plans.append((rangenet_case(), args.iters or 200, torch.device("cuda"), True))
     if args.case in ("ddp", "all"):
         # two processes: NCCL on two GPUs when there are two, else gloo on the CPU
-        ddp = dict(tiny_case(), name="tiny MLP, 2-process DDP", ddp=True, seeded_variant=False)
-        plans.append((ddp, args.iters or 400, _ddp_device(0), False))
+        plans.append((ddp_case(), args.iters or 400, _ddp_device(0), False))
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(f"# {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}{gpu}")
     for case, iters, device, amp in plans:
         summary = bench(case, iters, args.repeats, device, amp)
-        label = f"{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats} repeats"
-        print(f"\n{label}")
-        print(f"  {'runner':<14}{'median step':>14}{'ratio':>9}{'min..max':>16}")
-        for name, (step, ratio, low, high) in summary.items():
-            print(f"  {name:<14}{step * 1e3:>11.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}")
+        how = "one after the other" if device.type == "cuda" else "interleaved step by step"
+        print(f"\n{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats} repeats, "
+              f"each trainer paired with a hand-written loop run {how}")  # fmt: skip
+        print(f"  {'trainer':<12}{'step':>12}{'hand-written':>15}{'ratio':>9}{'min..max':>16}")
+        for name, (step, hand, ratio, low, high) in summary.items():
+            print(f"  {name:<12}{step * 1e3:>9.3f} ms{hand * 1e3:>12.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}")
         if "lazytrain*" in summary:
             print("  (lazytrain*: build_train_loader(seed_batches=True): RNGs seeded per batch in this process too)")
     return 0
