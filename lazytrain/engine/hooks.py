@@ -131,6 +131,10 @@ class PeriodicWriter(HookBase):
         self.writers = list(writers)
         self.period = period
 
+    def before_train(self) -> None:
+        for writer in self.writers:
+            writer.open()
+
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
         if next_iter % self.period == 0 or next_iter == self.trainer.max_iter:
