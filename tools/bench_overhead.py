@@ -268,7 +268,7 @@ Runner = Callable[[Callable[[], None], str], None]  # (on_step, output dir)
 
 
 def runners(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, Runner]:
-    """The trainers compared with the hand-written loop; DDP runs lazytrain only."""
+    """The trainers compared with the hand-written loop (Lightning: not in the DDP case), and the control."""
     out: dict[str, Runner] = {
         "lazytrain": lambda on_step, o: run_lazytrain(case, iters, device, amp, on_step, o),
     }
@@ -276,6 +276,8 @@ def runners(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -
         out["lazytrain*"] = lambda on_step, o: run_lazytrain(case, iters, device, amp, on_step, o, True)
     if lightning_installed() and not case.get("ddp"):
         out["lightning"] = lambda on_step, o: run_lightning(case, iters, device, amp, on_step, o)
+    # the control: the hand-written loop against itself shows what the pairing alone does to a ratio
+    out["A/A"] = lambda on_step, o: run_hand_written(case, iters, device, amp, on_step)
     return out
 
 
@@ -394,7 +396,8 @@ def main() -> int:
         for name, (step, hand, ratio, low, high) in summary.items():
             print(f"  {name:<12}{step * 1e3:>9.3f} ms{hand * 1e3:>12.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}")
         if "lazytrain*" in summary:
-            print("  (lazytrain*: build_train_loader(seed_batches=True): RNGs seeded per batch in this process too)")
+            print("  lazytrain*: build_train_loader(seed_batches=True): RNGs seeded per batch in this process too")
+        print("  A/A: the hand-written loop in the trainer's place; its distance from 1 is the method's own error")
     return 0
 
 
