@@ -281,21 +281,25 @@ def runners(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -
     return out
 
 
-def one_repeat(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, tuple[float, float]]:
-    """``{trainer: (its step time, the hand-written loop's step time it was paired with)}``."""
+def one_repeat(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -> dict[str, tuple]:
+    """``{trainer: (its step time, the step time of the hand-written loop it was paired with, the ratio of their
+    peak CUDA memory or None on the CPU)}``."""
     warmup = max(5, iters // 10)
-    result = {}
+    result: dict[str, tuple] = {}
     with tempfile.TemporaryDirectory() as out:
         for name, run in runners(case, iters, device, amp).items():
             if device.type == "cuda":
                 hand, trainer = Clock(warmup, iters), Clock(warmup, iters)
+                torch.cuda.reset_peak_memory_stats()
                 run_hand_written(case, iters, device, amp, hand)
+                hand_peak = torch.cuda.max_memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
                 run(trainer, os.path.join(out, name))
-                result[name] = (trainer.step_time(), hand.step_time())
+                result[name] = (trainer.step_time(), hand.step_time(), torch.cuda.max_memory_allocated() / hand_peak)
             else:
                 interleave = Interleave(HandLoop(case, device, amp), warmup)
                 run(interleave, os.path.join(out, name))
-                result[name] = interleave.step_times()
+                result[name] = (*interleave.step_times(), None)
     return result
 
 
@@ -322,7 +326,7 @@ def _ddp_device(rank: int) -> torch.device:
     return torch.device("cuda", rank) if torch.cuda.device_count() >= 2 else torch.device("cpu")
 
 
-def ddp_repeats(iters: int, repeats: int) -> list[dict[str, tuple[float, float]]]:
+def ddp_repeats(iters: int, repeats: int) -> list[dict[str, tuple]]:
     import torch.multiprocessing as mp
 
     from lazytrain.launch import _free_port
@@ -335,18 +339,19 @@ def ddp_repeats(iters: int, repeats: int) -> list[dict[str, tuple[float, float]]
 
 
 def bench(case: dict[str, Any], iters: int, repeats: int, device: torch.device, amp: bool) -> dict[str, Any]:
-    """Per trainer: the median over repeats of its step time and of the paired hand-written step time, and the
-    median, min and max over repeats of their ratio."""
+    """Per trainer: the medians over repeats of its step time, of the paired hand-written step time and of
+    the ratio (with its min and max), and on CUDA the median ratio of peak memory."""
     if case.get("ddp"):
         results = ddp_repeats(iters, repeats)
     else:
         results = [one_repeat(case, iters, device, amp) for _ in range(repeats)]
     summary = {}
     for name in results[0]:
-        pairs = [r[name] for r in results]
-        ratios = [trainer / hand for trainer, hand in pairs]
-        summary[name] = (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
-                         statistics.median(ratios), min(ratios), max(ratios))  # fmt: skip
+        runs = [r[name] for r in results]
+        ratios = [trainer / hand for trainer, hand, _ in runs]
+        memory = statistics.median(m for _, _, m in runs) if runs[0][2] is not None else None
+        summary[name] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+                         statistics.median(ratios), min(ratios), max(ratios), memory)  # fmt: skip
     return summary
 
 
@@ -392,9 +397,12 @@ def main() -> int:
         how = "one after the other" if device.type == "cuda" else "interleaved step by step"
         print(f"\n{case['name']} on {device.type}{' bf16' if amp else ''}, {iters} it x {args.repeats} repeats, "
               f"each trainer paired with a hand-written loop run {how}")  # fmt: skip
-        print(f"  {'trainer':<12}{'step':>12}{'hand-written':>15}{'ratio':>9}{'min..max':>16}")
-        for name, (step, hand, ratio, low, high) in summary.items():
-            print(f"  {name:<12}{step * 1e3:>9.3f} ms{hand * 1e3:>12.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}")
+        memory = device.type == "cuda"
+        print(f"  {'trainer':<12}{'step':>12}{'hand-written':>15}{'ratio':>9}{'min..max':>16}"
+              + (f"{'peak memory ratio':>20}" if memory else ""))  # fmt: skip
+        for name, (step, hand, ratio, low, high, mem) in summary.items():
+            print(f"  {name:<12}{step * 1e3:>9.3f} ms{hand * 1e3:>12.3f} ms{ratio:>9.3f}{low:>9.3f}..{high:.3f}"
+                  + (f"{mem:>20.3f}" if memory else ""))  # fmt: skip
         if "lazytrain*" in summary:
             print("  lazytrain*: build_train_loader(seed_batches=True): RNGs seeded per batch in this process too")
         print("  A/A: the hand-written loop in the trainer's place; its distance from 1 is the method's own error")
