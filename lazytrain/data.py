@@ -28,6 +28,7 @@ __all__ = [
     "TrainingSampler",
     "build_test_loader",
     "build_train_loader",
+    "resolve_pin_memory",
     "to_device",
 ]
 
@@ -245,7 +246,7 @@ def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
 
 class _TestLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        self.pin_memory = _pin(self.pin_memory)  # type: ignore[arg-type]
+        self.pin_memory = _pin(self.pin_memory)  # type: ignore[arg-type]  # None: no trainer said where batches go
         return _worker_errors_unwrapped(super().__iter__())
 
 
@@ -268,14 +269,15 @@ def build_test_loader(
     collate_fn: Optional[Callable[[list[Any]], Any]] = None,
     pin_memory: Optional[bool] = None,
 ) -> DataLoader:
-    """A loader over this rank's part of ``dataset``, in order: across ranks each sample is seen exactly once."""
+    """A loader over this rank's part of ``dataset``, in order: across ranks each sample is seen exactly once.
+    ``pin_memory=None``: as for :func:`build_train_loader`."""
     return _TestLoader(
         dataset,
         batch_size=batch_size,
         sampler=InferenceSampler(len(dataset)),
         num_workers=num_workers,
         collate_fn=collate_fn,
-        pin_memory=pin_memory,  # type: ignore[arg-type]  # None: as for build_train_loader
+        pin_memory=pin_memory,  # type: ignore[arg-type]  # None until resolve_pin_memory or the first iter()
         drop_last=False,
     )
 
