@@ -131,14 +131,15 @@ class Checkpointer(_FvcoreCheckpointer):
 
 
 def get_rng_state() -> dict[str, Any]:
-    """The Python, NumPy, torch and CUDA RNG states of this process."""
+    """The Python, NumPy, torch and CUDA RNG states of this process. CUDA: the state of this process's own
+    device only (a rank uses one GPU), so a resume on a machine with another number of GPUs works."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.random.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -146,5 +147,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.random.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # an earlier layout: the states of every visible GPU
+            index = torch.cuda.current_device()
+            if index >= len(cuda):
+                return
+            cuda = cuda[index]
+        torch.cuda.set_rng_state(cuda)

@@ -468,3 +468,23 @@ def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     trainer = build_trainer(toy_config("train.device=cpu"))
     assert trainer.data_loader.pin_memory is False and trainer.test_loader.pin_memory is False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saved_rng_state_repeats_the_same_draws(device):
+    import random
+
+    import numpy as np
+
+    from lazytrain.checkpoint import get_rng_state, set_rng_state
+
+    torch.rand(1, device=device)  # CUDA: its RNG state is saved once CUDA is in use
+
+    def draw():
+        return random.random(), float(np.random.rand()), torch.rand(3, device=device).tolist()
+
+    state = get_rng_state()
+    first = draw()
+    set_rng_state(state)
+    assert draw() == first
+    assert device != "cuda" or "cuda" in state
