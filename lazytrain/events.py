@@ -14,6 +14,7 @@ import os
 import statistics
 import time
 from collections import defaultdict, deque
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import torch
@@ -66,9 +67,13 @@ class EventStorage:
         for name, value in values.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite)
 
-    def flush(self) -> None:
-        """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype."""
-        if not self._pending:
+    def flush(self, gather: Optional[Callable[[Any], list[Any]]] = None) -> None:
+        """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype.
+
+        ``gather`` (``comm.all_gather``; then every rank must flush at the same point) makes each value the
+        mean over the ranks that put the same name at the same iteration.
+        """
+        if not self._pending and gather is None:
             return
         pending, self._pending = self._pending, []
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
@@ -79,7 +84,10 @@ class EventStorage:
             stacked = torch.stack([pending[i][1] for i in indices]).cpu().tolist()
             for i, v in zip(indices, stacked):
                 values[i] = float(v)
-        self._record([(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)])
+        entries = [(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)]
+        if gather is not None:
+            entries = _mean_over_ranks(entries, gather([(name, value, it) for name, value, it, _ in entries]))
+        self._record(entries)
 
     def _record(self, entries: list[tuple[str, float, int, bool]]) -> None:
         bad = [it for _, value, it, check in entries if check and not math.isfinite(value)]
@@ -128,6 +136,17 @@ class EventStorage:
     def __exit__(self, *exc: Any) -> None:
         assert _CURRENT_STORAGE[-1] is self
         _CURRENT_STORAGE.pop()
+
+
+def _mean_over_ranks(
+    entries: list[tuple[str, float, int, bool]], every_rank: list[list[tuple[str, float, int]]]
+) -> list[tuple[str, float, int, bool]]:
+    """This rank's entries, each value replaced by its mean over the ranks with the same (name, iteration)."""
+    values: dict[tuple[str, int], list[float]] = defaultdict(list)
+    for rank_entries in every_rank:
+        for name, value, iteration in rank_entries:
+            values[(name, iteration)].append(value)
+    return [(name, statistics.fmean(values[(name, it)]), it, check) for name, _, it, check in entries]
 
 
 def _newest(history: deque, n: int) -> list:

@@ -1,10 +1,13 @@
-"""Hooks that inject failures into multi-process runs (importable by spawned workers)."""
+"""Hooks that inject failures into multi-process runs, and a model whose loss is its rank (importable by spawned
+workers)."""
 
 from __future__ import annotations
 
 import os
 import signal
 from typing import Optional
+
+import torch
 
 from lazytrain import comm
 from lazytrain.engine import HookBase
@@ -23,3 +26,14 @@ class FailAt(HookBase):
         if self.how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         raise RuntimeError(f"injected failure at iteration {self.iteration}")
+
+
+class RankLoss(torch.nn.Module):
+    """A model whose loss is its rank (plus 0 x a parameter, so that there is something to train)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"loss_rank": (self.w * 0).sum() + float(comm.get_rank()), "loss_one": (self.w * 0).sum() + 1.0}

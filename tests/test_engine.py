@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -460,6 +461,19 @@ def test_event_storage_flags_the_first_nonfinite_loss_with_its_terms():
         assert storage.first_nonfinite is None or storage.first_nonfinite[0] == 2  # lazily: not yet converted
         storage.flush()
         assert storage.first_nonfinite == (2, {"total_loss": float("inf"), "loss_x": 0.5})
+
+
+def test_flush_across_ranks_averages_what_this_rank_logged():
+    other_rank = [("loss_a", 3.0, 0), ("loss_b", 7.0, 0), ("loss_a", float("nan"), 1)]  # loss_b: only there
+    with EventStorage() as storage:
+        for it in range(2):
+            storage.iter = it
+            storage.put_scalars(loss_a=torch.tensor(1.0), check_finite=True)
+        storage.flush(gather=lambda mine: [mine, other_rank])
+        assert storage.history("loss_a")[0] == (2.0, 0)
+        iteration, terms = storage.first_nonfinite
+        assert iteration == 1 and math.isnan(terms["loss_a"])  # a NaN on another rank stops this rank too
+        assert "loss_b" not in storage.latest()
 
 
 def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):

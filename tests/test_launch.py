@@ -74,6 +74,21 @@ def test_two_processes_train_and_the_checkpoint_evaluates_the_same_in_one_and_tw
     assert results[1]["accuracy"] == results[2]["accuracy"]
 
 
+def test_logged_losses_are_the_mean_over_ranks(tmp_path, configs):
+    (configs / "rank.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import RankLoss\n"
+        "model = L(RankLoss)()\nevaluator = None\nhooks = []\n"
+    )
+    out = tmp_path / "run"
+    r = lazytrain("train", configs / "rank.py", "--num-procs", 2, "train.max_iter=6", "train.log_period=3",
+                  f"--output-dir={out}")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    rows = [row for row in metrics(out) if "loss_rank" in row]
+    assert [row["iteration"] for row in rows] == [2, 5]  # one row per log period
+    assert {row["loss_rank"] for row in rows} == {0.5}  # ranks 0 and 1
+    assert {row["loss_one"] for row in rows} == {1.0} and {row["total_loss"] for row in rows} == {1.5}
+
+
 @pytest.mark.skipif(not torch.cuda.device_count() >= 2, reason="needs two CUDA GPUs")
 def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
     out = tmp_path / "run"

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from .. import comm
 from ..errors import TrainingError
 from ..events import EventStorage
 
@@ -88,9 +89,13 @@ class TrainerBase:
 
     def check_finite(self) -> None:
         """Raise if a loss put with ``check_finite=True`` was NaN or infinite (checked lazily, without a sync
-        per step): hooks call this before they save or log, so no checkpoint holds a diverged state."""
+        per step): hooks call this before they save or log, so no checkpoint holds a diverged state.
+
+        In a process group the values put since the last call are averaged over the ranks here (the logged
+        losses are those of the global batch, and a NaN on any rank stops every rank), so every rank must call
+        it at the same points, as the standard hooks do."""
         assert self.storage is not None
-        self.storage.flush()
+        self.storage.flush(gather=comm.all_gather if comm.get_world_size() > 1 else None)
         if self.storage.first_nonfinite is None:
             return
         iteration, terms = self.storage.first_nonfinite
