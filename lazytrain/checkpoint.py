@@ -6,7 +6,6 @@ from __future__ import annotations
 import glob
 import os
 import random
-import tempfile
 from typing import Any, Optional
 
 import numpy as np
@@ -14,53 +13,23 @@ import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 
 from .errors import ConfigError, TrainingError
+from .fileio import TMP_PREFIX, atomic_write
 
 __all__ = ["Checkpointer", "atomic_save", "get_rng_state", "set_rng_state"]
 
-_TMP_PREFIX = ".tmp-"
-
 
 def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the same folder, fsync, then ``os.replace``: a reader (or a crash) never
-    sees a half-written ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(obj, (bytes, str)):
-                f.write(obj.encode() if isinstance(obj, str) else obj)
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot fsync a folder; the rename is still atomic
-    finally:
-        os.close(fd)
+    """``torch.save`` through :func:`lazytrain.fileio.atomic_write`: a reader (or a crash) never sees a
+    half-written ``path``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 class Checkpointer(_FvcoreCheckpointer):
     """Saves ``model`` and every checkpointable (anything with ``state_dict`` / ``load_state_dict``).
 
-    Writes are atomic, ``last_checkpoint`` is replaced only after its file is complete, and only the newest
-    ``keep_last`` periodic checkpoints stay (``model_final`` is always kept). Loading reports missing and
-    unexpected keys (fvcore's report) and names the file when it cannot be read.
+    Writes are atomic and ``last_checkpoint`` is replaced only after its file is complete;
+    :meth:`remove_old` keeps the newest periodic checkpoints. Loading reports missing and unexpected keys
+    (fvcore's report) and names the file when it cannot be read.
     """
 
     def __init__(
@@ -68,15 +37,13 @@ class Checkpointer(_FvcoreCheckpointer):
         model: torch.nn.Module,
         save_dir: str = "",
         *,
-        keep_last: Optional[int] = None,
         save_to_disk: bool = True,
         **checkpointables: Any,
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
-        self.keep_last = keep_last
         if save_dir and save_to_disk:
             os.makedirs(save_dir, exist_ok=True)
-            for stale in glob.glob(os.path.join(save_dir, _TMP_PREFIX + "*")):
+            for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):
                 os.remove(stale)  # left by a run killed while it was writing
 
     def save(self, name: str, **extra: Any) -> None:
@@ -91,21 +58,22 @@ class Checkpointer(_FvcoreCheckpointer):
         self.logger.info("Saving checkpoint to %s", path)
         atomic_save(data, path)
         self.tag_last_checkpoint(basename)
-        self._remove_old()
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        atomic_save(last_filename_basename, os.path.join(self.save_dir, "last_checkpoint"))
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     def periodic_checkpoints(self) -> list[str]:
         """The ``model_<iter>.pth`` files, oldest first."""
         files = glob.glob(os.path.join(self.save_dir, "model_[0-9]*.pth"))
         return sorted(files, key=lambda f: int(os.path.basename(f)[len("model_") : -len(".pth")]))
 
-    def _remove_old(self) -> None:
-        if not self.keep_last or self.keep_last <= 0:
+    def remove_old(self, keep_last: int) -> None:
+        """Delete all but the newest ``keep_last`` periodic checkpoints (0: keep all); the one
+        ``last_checkpoint`` names and any other file (``model_final.pth``) always stay."""
+        if keep_last <= 0 or not self.save_to_disk:
             return
         last = self.get_checkpoint_file()
-        for path in self.periodic_checkpoints()[: -self.keep_last]:
+        for path in self.periodic_checkpoints()[:-keep_last]:
             if os.path.abspath(path) != os.path.abspath(last):
                 os.remove(path)
 

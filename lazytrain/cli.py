@@ -88,27 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(args: argparse.Namespace) -> Any:
     """The config of a command: the file, the ``train`` defaults, the overrides, then ``--output-dir``."""
-    from .config import LazyConfig
-    from .engine.defaults import add_train_defaults
+    from .engine.settings import load_run_config
 
-    cfg = LazyConfig.load(args.config, check=False)
-    add_train_defaults(cfg, args.config)  # before the check: configs may refer to ${train.seed} and the like
-    LazyConfig.apply_overrides(cfg, args.overrides)
-    LazyConfig.check(cfg)
-    if getattr(args, "output_dir", None):
-        cfg.train.output_dir = args.output_dir
-    return cfg
+    return load_run_config(args.config, args.overrides, getattr(args, "output_dir", None))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.defaults import train_main
+    from .engine.run import train_main
 
     _launch(train_main, args, load_config(args), args.resume, args.eval_only)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.defaults import evaluate_main
+    from .engine.run import evaluate_main
 
     _launch(evaluate_main, args, load_config(args), args.weights)
     return 0
@@ -131,7 +124,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from .engine.defaults import build_hooks
+    from .engine.hook_list import build_hooks
 
     cfg = load_config(args)
     for i, hook in enumerate(build_hooks(cfg)):

@@ -24,11 +24,10 @@ from .errors import LazytrainError, from_worker
 __all__ = [
     "InferenceSampler",
     "StreamOrder",
+    "StreamPositionSampler",
     "TrainLoader",
-    "TrainingSampler",
     "build_test_loader",
     "build_train_loader",
-    "resolve_pin_memory",
     "to_device",
 ]
 
@@ -68,14 +67,14 @@ class StreamOrder:
         return self._order
 
 
-class TrainingSampler(Sampler):
+class StreamPositionSampler(Sampler):
     """The stream positions of rank ``r`` of ``W``: ``r, r+W, r+2W, ...``, from its ``start``-th one, without
     end. Positions (plain ints, yielded at C speed) become dataset indices through :class:`StreamOrder`, in
     whichever process loads the batch."""
 
     def __init__(self, size: int, *, rank: int = 0, world_size: int = 1, start: int = 0) -> None:
         if size <= 0:
-            raise ValueError(f"TrainingSampler needs a non-empty dataset, got size {size}.")
+            raise ValueError(f"StreamPositionSampler needs a non-empty dataset, got size {size}.")
         self.size, self.rank, self.world_size, self.start = size, rank, world_size, start
 
     def __iter__(self) -> Iterator[int]:
@@ -139,8 +138,16 @@ class _SeededSamples(Dataset):
 
 
 class TrainLoader:
-    """Iterable of training batches without end. Its ``state_dict`` is the stream position, saved in checkpoints;
-    after ``load_state_dict`` the next ``iter()`` continues where the checkpointed run stopped."""
+    """Training batches without end: an infinite, seeded, shuffled stream; ``batch_size`` is per process and
+    rank ``r`` of ``W`` takes stream positions ``r, r+W, ...`` (every batch is full: the stream never ends).
+
+    Its ``state_dict`` is the stream position, saved in checkpoints; after ``load_state_dict`` the next
+    ``iter()`` continues where the checkpointed run stopped. ``pin_memory=None`` pins when CUDA is available;
+    the trainer fills it with whether the run's device is CUDA. ``seed_batches``: None seeds the RNGs per
+    batch in worker processes only (what exact resume needs); True also in the main process, so a run draws
+    the same samples whatever ``num_workers`` is; False never (augmentations in workers then do not resume
+    exactly).
+    """
 
     def __init__(
         self,
@@ -149,7 +156,6 @@ class TrainLoader:
         *,
         num_workers: int = 0,
         collate_fn: Optional[Callable[[list[Any]], Any]] = None,
-        drop_last: bool = True,
         pin_memory: Optional[bool] = None,
         shuffle: bool = True,
         seed: int = 0,
@@ -161,8 +167,7 @@ class TrainLoader:
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.collate_fn = collate_fn
-        self.drop_last = drop_last  # the stream has no end, so every batch is full either way
-        self.pin_memory = pin_memory  # None: decided by the trainer's device (see resolve_pin_memory)
+        self.pin_memory = auto_pin_memory(pin_memory)
         self.shuffle = shuffle
         self.seed = seed
         self.seed_batches = seed_batches
@@ -170,15 +175,16 @@ class TrainLoader:
         self.consumed = 0  # samples this rank has handed out
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = TrainingSampler(len(self.dataset), rank=self.rank, world_size=self.world_size, start=self.consumed)
+        sampler = StreamPositionSampler(
+            len(self.dataset), rank=self.rank, world_size=self.world_size, start=self.consumed
+        )
         loader = DataLoader(
             _SeededSamples(self.dataset, self.seed, self.shuffle, self.seed_batches),
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
-            pin_memory=_pin(self.pin_memory),
-            drop_last=self.drop_last,
+            pin_memory=self.pin_memory,
             # a generator of its own, so making workers does not draw from the global torch RNG
             generator=torch.Generator().manual_seed(self.seed),
         )
@@ -204,36 +210,7 @@ class TrainLoader:
         self.consumed = state["consumed"] * state["world_size"] // self.world_size
 
 
-def build_train_loader(
-    dataset: Any,
-    batch_size: int,
-    *,
-    num_workers: int = 0,
-    collate_fn: Optional[Callable[[list[Any]], Any]] = None,
-    drop_last: bool = True,
-    pin_memory: Optional[bool] = None,
-    shuffle: bool = True,
-    seed: int = 0,
-    seed_batches: Optional[bool] = None,
-) -> TrainLoader:
-    """An infinite, seeded, shuffled loader; ``batch_size`` is per process; resumable (see :class:`TrainLoader`).
-
-    ``pin_memory=None`` pins when the trainer's device is CUDA (used without a trainer: when CUDA is
-    available). ``seed_batches``: None seeds the RNGs per batch in
-    worker processes only (what exact resume needs); True also in the main process, so a run draws the same
-    samples whatever ``num_workers`` is; False never (augmentations in workers then do not resume exactly).
-    """
-    return TrainLoader(
-        dataset,
-        batch_size,
-        num_workers=num_workers,
-        collate_fn=collate_fn,
-        drop_last=drop_last,
-        pin_memory=pin_memory,
-        shuffle=shuffle,
-        seed=seed,
-        seed_batches=seed_batches,
-    )
+build_train_loader = TrainLoader  # the name configs use, as detectron2's; the one class behind it
 
 
 def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
@@ -246,19 +223,14 @@ def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
 
 class _TestLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        self.pin_memory = _pin(self.pin_memory)  # type: ignore[arg-type]  # None: no trainer said where batches go
         return _worker_errors_unwrapped(super().__iter__())
 
 
-def _pin(pin_memory: Optional[bool]) -> bool:
+def auto_pin_memory(pin_memory: Optional[bool]) -> bool:
+    """A loader's ``pin_memory=None`` ("auto"): pin when CUDA is available. The trainer passes an explicit
+    value instead (whether the run's device is CUDA: a CPU run on a GPU machine pins nothing, as pinning
+    costs time and a CUDA context per process)."""
     return torch.cuda.is_available() if pin_memory is None else pin_memory
-
-
-def resolve_pin_memory(loader: Any, device: torch.device) -> None:
-    """Pin the batches of a loader built with ``pin_memory=None`` exactly when they go to a CUDA device (a run
-    on the CPU of a GPU machine pins nothing: pinning costs time and a CUDA context per process)."""
-    if isinstance(loader, (TrainLoader, _TestLoader)) and loader.pin_memory is None:
-        loader.pin_memory = device.type == "cuda"
 
 
 def build_test_loader(
@@ -270,14 +242,14 @@ def build_test_loader(
     pin_memory: Optional[bool] = None,
 ) -> DataLoader:
     """A loader over this rank's part of ``dataset``, in order: across ranks each sample is seen exactly once.
-    ``pin_memory=None``: as for :func:`build_train_loader`."""
+    ``pin_memory=None``: as for :class:`TrainLoader`."""
     return _TestLoader(
         dataset,
         batch_size=batch_size,
         sampler=InferenceSampler(len(dataset)),
         num_workers=num_workers,
         collate_fn=collate_fn,
-        pin_memory=pin_memory,  # type: ignore[arg-type]  # None until resolve_pin_memory or the first iter()
+        pin_memory=auto_pin_memory(pin_memory),
         drop_last=False,
     )
 

@@ -13,7 +13,14 @@ import torch
 from .comm import all_gather, reduce_sum
 from .data import to_device
 
-__all__ = ["DatasetEvaluator", "all_gather", "format_results", "inference_on_dataset", "reduce_sum"]
+__all__ = [
+    "DatasetEvaluator",
+    "all_gather",
+    "flatten_results",
+    "format_results",
+    "inference_on_dataset",
+    "reduce_sum",
+]
 
 
 @runtime_checkable
@@ -56,13 +63,23 @@ def inference_on_dataset(
 
 def format_results(results: Mapping[str, Any]) -> str:
     """A two-column table of (possibly nested) results for the log."""
-    from .engine.hooks import flatten_results
-
     flat = flatten_results(results)
     if not flat:
         return "(no results)"
     width = max(len(k) for k in flat)
     return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in flat.items())
+
+
+def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"sem_seg": {"mIoU": 0.5}}`` → ``{"sem_seg/mIoU": 0.5}``: the names results are logged under."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_results(value, name))
+        else:
+            flat[name] = float(value)
+    return flat
 
 
 @contextlib.contextmanager

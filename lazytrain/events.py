@@ -42,12 +42,23 @@ def get_event_storage() -> EventStorage:
 class EventStorage:
     """Per-run scalars: ``put_scalar(name, value)`` at ``storage.iter``; writers read histories and latest values.
 
+    Tensors put are turned into floats by :meth:`flush`. With ``gather`` (``comm.all_gather`` in a process
+    group) a flush is a collective that makes each value the mean over the ranks, so only the collective
+    flush ever turns pending values into floats: reads (:meth:`latest`, :meth:`history`, :meth:`median`) see
+    the values up to the last flush and never flush on one rank alone. Without ``gather`` reads flush first.
+
     ``check_finite=True`` marks a value that must be finite (the losses): :meth:`flush` remembers the first
     iteration where one was not, in :attr:`first_nonfinite`.
     """
 
-    def __init__(self, start_iter: int = 0, history_length: int = 10000) -> None:
+    def __init__(
+        self,
+        start_iter: int = 0,
+        history_length: int = 10000,
+        gather: Optional[Callable[[Any], list[Any]]] = None,
+    ) -> None:
         self.iter = start_iter
+        self.gather = gather
         self._history: dict[str, deque[tuple[float, int]]] = defaultdict(lambda: deque(maxlen=history_length))
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing: dict[str, bool] = {}
@@ -67,12 +78,13 @@ class EventStorage:
         for name, value in values.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite)
 
-    def flush(self, gather: Optional[Callable[[Any], list[Any]]] = None) -> None:
+    def flush(self) -> None:
         """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype.
 
-        ``gather`` (``comm.all_gather``; then every rank must flush at the same point) makes each value the
-        mean over the ranks that put the same name at the same iteration.
+        With ``gather`` this is a collective (every rank must flush at the same points, even with nothing
+        pending): each value becomes the mean over the ranks that put the same name at the same iteration.
         """
+        gather = self.gather
         if not self._pending and gather is None:
             return
         pending, self._pending = self._pending, []
@@ -98,13 +110,17 @@ class EventStorage:
             self._history[name].append((value, iteration))
             self._latest[name] = (value, iteration)
 
+    def _flush_for_read(self) -> None:
+        if self.gather is None:  # in a process group only the collective flush may record values
+            self.flush()
+
     def history(self, name: str) -> list[tuple[float, int]]:
-        self.flush()
+        self._flush_for_read()
         return list(self._history[name])
 
     def latest(self) -> dict[str, tuple[float, int]]:
         """``{name: (value, iteration)}`` of the newest value of every scalar."""
-        self.flush()
+        self._flush_for_read()
         return dict(self._latest)
 
     def new_values(self, written: dict[str, int]) -> dict[str, tuple[float, int]]:
@@ -114,13 +130,13 @@ class EventStorage:
         return fresh
 
     def median(self, name: str, window: int) -> float:
-        self.flush()
+        self._flush_for_read()
         values = [v for v, _ in _newest(self._history[name], window)]
         return statistics.median(values) if values else float("nan")
 
     def latest_with_smoothing(self, window: int) -> dict[str, tuple[float, int]]:
         """Like :meth:`latest`, with values that asked for smoothing replaced by their median over ``window``."""
-        self.flush()
+        self._flush_for_read()
         out = {}
         for name, (value, iteration) in self._latest.items():
             if self._smoothing.get(name, True):

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import Checkpointer
 from .config import instantiate
-from .data import resolve_pin_memory
+from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "verify_onnx"]
@@ -209,8 +209,7 @@ def _input_batches(cfg: DictConfig, input_keys: Sequence[str]) -> Iterator[tuple
             key="dataloader.test",
             hint="Add a test loader, or skip the check with --no-check.",
         )
-    loader = instantiate(OmegaConf.select(cfg, key), key=key)
-    resolve_pin_memory(loader, torch.device("cpu"))  # the check runs on the CPU
+    loader = build_loader(OmegaConf.select(cfg, key), key, torch.device("cpu"))  # the check runs on the CPU
     for batch in loader:
         missing = [k for k in input_keys if k not in batch]
         if missing:

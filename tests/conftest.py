@@ -21,14 +21,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]
 
 def load_config(path: str | os.PathLike, *overrides: str):
     """What `lazytrain train PATH OVERRIDES...` builds before it trains."""
-    from lazytrain.config import LazyConfig
-    from lazytrain.engine.defaults import add_train_defaults
+    from lazytrain.engine import load_run_config
 
-    cfg = LazyConfig.load(path, check=False)
-    add_train_defaults(cfg, str(path))
-    LazyConfig.apply_overrides(cfg, list(overrides))
-    LazyConfig.check(cfg)
-    return cfg
+    return load_run_config(path, overrides)
 
 
 @pytest.fixture

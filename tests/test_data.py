@@ -11,15 +11,16 @@ import pytest
 import torch
 from conftest import requires_cuda
 
+from lazytrain.config import LazyCall as L
 from lazytrain.data import (
     InferenceSampler,
     StreamOrder,
-    TrainingSampler,
+    StreamPositionSampler,
     build_test_loader,
     build_train_loader,
-    resolve_pin_memory,
     to_device,
 )
+from lazytrain.engine.build import build_loader
 
 
 def take(sampler, n, seed=3):
@@ -28,13 +29,13 @@ def take(sampler, n, seed=3):
 
 
 def test_training_stream_shards_are_disjoint_and_cover_each_epoch():
-    shards = [take(TrainingSampler(10, rank=r, world_size=2), 5) for r in range(2)]
+    shards = [take(StreamPositionSampler(10, rank=r, world_size=2), 5) for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
-    epochs = take(TrainingSampler(10), 30)
+    epochs = take(StreamPositionSampler(10), 30)
     assert all(sorted(epochs[i : i + 10]) == list(range(10)) for i in (0, 10, 20))
     assert epochs[:10] != list(range(10)) and epochs[:10] != epochs[10:20]  # shuffled, anew each epoch
-    assert take(TrainingSampler(10), 10) == take(TrainingSampler(10), 10)  # seeded
-    assert take(TrainingSampler(10), 10, seed=4) != take(TrainingSampler(10), 10)
+    assert take(StreamPositionSampler(10), 10) == take(StreamPositionSampler(10), 10)  # seeded
+    assert take(StreamPositionSampler(10), 10, seed=4) != take(StreamPositionSampler(10), 10)
 
 
 def test_stream_order_batch_lookup_equals_one_by_one_across_epochs():
@@ -44,8 +45,8 @@ def test_stream_order_batch_lookup_equals_one_by_one_across_epochs():
 
 
 def test_training_sampler_start_continues_the_same_stream():
-    whole = list(itertools.islice(iter(TrainingSampler(7, rank=1, world_size=3)), 20))
-    tail = list(itertools.islice(iter(TrainingSampler(7, rank=1, world_size=3, start=12)), 8))
+    whole = list(itertools.islice(iter(StreamPositionSampler(7, rank=1, world_size=3)), 20))
+    tail = list(itertools.islice(iter(StreamPositionSampler(7, rank=1, world_size=3, start=12)), 8))
     assert whole[12:] == tail
 
 
@@ -135,8 +136,7 @@ def test_to_device_moves_tensors_inside_nested_containers():
 
 @requires_cuda
 def test_pinned_batches_reach_the_gpu_with_the_same_values():
-    loader = build_train_loader(NoisyRange(), batch_size=2, num_workers=2)
-    resolve_pin_memory(loader, torch.device("cuda"))
+    loader = build_train_loader(NoisyRange(), batch_size=2, num_workers=2, pin_memory=True)
     it = iter(loader)
     batch = next(it)
     assert batch.is_pinned()
@@ -149,14 +149,18 @@ def test_pinned_batches_reach_the_gpu_with_the_same_values():
 @pytest.mark.parametrize("build", [build_train_loader, build_test_loader])
 def test_auto_pin_memory_follows_the_device_the_batches_go_to(build, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, whichever this one is
-    for device, pinned in (("cpu", False), ("cuda", True)):
-        loader = build(NoisyRange(), batch_size=2)
-        resolve_pin_memory(loader, torch.device(device))
-        assert loader.pin_memory is pinned
+    assert build(NoisyRange(), batch_size=2).pin_memory is True  # built alone: CUDA is there
+    loader_cfg = L(build)(dataset=L(NoisyRange)(), batch_size=2)
+    for device, pinned in (("cpu", False), ("cuda", True)):  # built for a run: the run's device decides
+        assert build_loader(loader_cfg, "dataloader.train", torch.device(device)).pin_memory is pinned
     for device, given in (("cpu", True), ("cuda", False)):  # what the config says stays
-        loader = build(NoisyRange(), batch_size=2, pin_memory=given)
-        resolve_pin_memory(loader, torch.device(device))
-        assert loader.pin_memory is given
+        loader_cfg.pin_memory = given
+        assert build_loader(loader_cfg, "dataloader.train", torch.device(device)).pin_memory is given
+
+
+def test_a_plain_dataloader_keeps_its_own_pin_memory_default():
+    loader_cfg = L(torch.utils.data.DataLoader)(dataset=L(NoisyRange)(), batch_size=2)
+    assert build_loader(loader_cfg, "dataloader.test", torch.device("cuda")).pin_memory is False
 
 
 class BrokenFile(torch.utils.data.Dataset):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -14,9 +13,8 @@ import torch
 from conftest import DEVICES, REPO, TOY, cli_env, load_config
 
 from lazytrain.config import ConfigError, L
-from lazytrain.engine import HookBase, Trainer, train_main
+from lazytrain.engine import Trainer, train_main
 from lazytrain.errors import TrainingError
-from lazytrain.events import EventStorage
 
 
 def read_metrics(path) -> list[dict]:
@@ -60,37 +58,6 @@ def test_cli_run_writes_every_output_file(tmp_path):
     assert LazyConfig.load(out / "config.yaml").model.num_classes == 4
 
 
-def test_tensorboard_event_file_holds_the_scalars(toy_config, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    cfg = toy_config("train.log_period=5")
-    train_main(cfg)
-    acc = EventAccumulator(str(tmp_path / "out"))
-    acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert {"total_loss", "lr", "accuracy"} <= set(tags)
-    assert [e.step for e in acc.Scalars("total_loss")] == [4, 9]
-
-
-def test_writers_are_set_up_before_the_first_step(toy_config, tmp_path):
-    """tensorboard takes ~0.3 s to import: done in before_train, it does not stall a step in the timed loop."""
-
-    class LookAtFirstStep(HookBase):
-        def before_step(self):
-            if self.trainer.iter == 0:
-                self.files = os.listdir(tmp_path / "out")
-
-    from lazytrain.engine.defaults import build_trainer, prepare_output_dir
-
-    cfg = toy_config("train.max_iter=2")
-    prepare_output_dir(cfg)
-    trainer = build_trainer(cfg)
-    look = LookAtFirstStep()
-    trainer.register_hooks([look])
-    trainer.train(0, 2)
-    assert any(name.startswith("events.out.tfevents") for name in look.files)
-
-
 def test_hooks_command_prints_the_list_in_order_with_periods():
     r = subprocess.run(
         [sys.executable, "-m", "lazytrain.cli", "hooks", str(TOY / "configs" / "toy.py"), "train.log_period=7"],
@@ -127,7 +94,7 @@ def test_optimizer_param_groups_from_a_function_of_the_model(toy_config):
 
 
 def test_hooks_replace_keeps_only_the_config_hooks(toy_config):
-    from lazytrain.engine.defaults import build_hooks
+    from lazytrain.engine import build_hooks
 
     hooks = build_hooks(toy_config("train.hooks_replace=True"))
     assert [type(h).__name__ for h in hooks] == ["ParamNormLogger"]
@@ -164,7 +131,7 @@ def test_amp_bf16_runs_the_forward_in_bf16(device):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = run_trainer(Trainer(model, batches(3, 8), opt, device=device, amp_enabled=True, amp_dtype="bf16"), 3)
     assert model.seen_dtypes == [torch.bfloat16] * 3
-    assert trainer.grad_scaler is None
+    assert not trainer.grad_scaler.is_enabled()  # bf16 has fp32's range: no loss scaling
     losses = [v for v, _ in trainer.storage.history("total_loss")]
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
 
@@ -185,7 +152,7 @@ def test_amp_fp16_uses_a_grad_scaler(device):
         model, batches(2, 8), torch.optim.SGD(model.parameters(), lr=0.1), device=device, amp_enabled=True,
         amp_dtype="fp16",
     )  # fmt: skip
-    assert isinstance(trainer.grad_scaler, torch.amp.GradScaler)
+    assert trainer.grad_scaler.is_enabled()
     run_trainer(trainer, 5)  # the scaler may skip a step or two with inf gradients while it finds its scale
     assert model.seen_dtypes[0] == torch.float16
     assert not torch.equal(model.lin.weight, before)
@@ -213,83 +180,6 @@ def test_clipping_bounds_the_update_norm():
     step = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)])
     assert step.norm() <= 0.5 + 1e-5
     assert trainer.storage.history("grad_norm")[0][0] > 0.5  # the norm before clipping was larger
-
-
-class CrashAt(HookBase):
-    """Simulates a crash (after the checkpointer ran) at one iteration."""
-
-    def __init__(self, iteration):
-        self.iteration = iteration
-
-    def after_step(self):
-        if self.trainer.iter == self.iteration:
-            raise KeyboardInterrupt("simulated crash")
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_continues_with_identical_losses(tmp_path, num_workers):
-    common = [
-        "train.max_iter=16",
-        "train.log_period=1",
-        "train.checkpoint_period=8",
-        "train.deterministic=True",
-        "train.eval_period=0",
-        f"dataloader.train.num_workers={num_workers}",
-        "model.dropout=0.2",
-    ]
-    full = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'full'}", *common)
-    train_main(full)
-
-    parts = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
-    parts.hooks.append(L(CrashAt)(iteration=9))
-    with pytest.raises(KeyboardInterrupt):
-        train_main(parts)
-    resumed = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
-    train_main(resumed, resume=True)
-
-    def losses(run):
-        rows = read_metrics(tmp_path / run / "metrics.jsonl")
-        return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
-
-    a, b = losses("full"), losses("parts")
-    assert sorted(a) == list(range(16)) and sorted(b) == list(range(16))
-    assert [a[i] for i in range(16)] == [b[i] for i in range(16)]  # to the last bit
-    assert len({a[i] for i in range(16)}) > 8  # they really vary: dropout, jitter and shuffling are in play
-
-
-def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import sys, torch
-        from lazytrain.checkpoint import Checkpointer
-        model = torch.nn.Linear(4, 4)
-        ckpt = Checkpointer(model, {str(tmp_path)!r})
-        ckpt.save("model_0000000", iteration=0)
-        model.register_buffer("big", torch.zeros(200_000_000))  # 800 MB: the write takes a while
-        print("saving", flush=True)
-        ckpt.save("model_0000001", iteration=1)
-        print("saved", flush=True)
-        """
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=cli_env())
-    assert proc.stdout.readline().strip() == "saving"
-    import time
-
-    deadline = time.time() + 30
-    while time.time() < deadline:  # kill it once the temp file is being written
-        if any(n.startswith(".tmp-") and os.path.getsize(tmp_path / n) > 0 for n in os.listdir(tmp_path)):
-            break
-        time.sleep(0.002)
-    proc.kill()
-    proc.wait()
-    assert proc.returncode == -9
-    assert not (tmp_path / "model_0000001.pth").exists()
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
-    from lazytrain.checkpoint import Checkpointer
-
-    ckpt = Checkpointer(torch.nn.Linear(4, 4), str(tmp_path))  # also removes the stale temp file
-    assert ckpt.load(ckpt.get_checkpoint_file())["iteration"] == 0
-    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
 
 
 class NaNAt(torch.nn.Module):
@@ -453,52 +343,9 @@ def test_eval_only_uses_resumed_weights(toy_config, tmp_path):
     assert results["accuracy"] > 0.5
 
 
-def test_event_storage_flags_the_first_nonfinite_loss_with_its_terms():
-    with EventStorage() as storage:
-        for it, value in enumerate([1.0, 2.0, float("inf"), float("nan")]):
-            storage.iter = it
-            storage.put_scalars(total_loss=torch.tensor(value), loss_x=torch.tensor(0.5), check_finite=True)
-        assert storage.first_nonfinite is None or storage.first_nonfinite[0] == 2  # lazily: not yet converted
-        storage.flush()
-        assert storage.first_nonfinite == (2, {"total_loss": float("inf"), "loss_x": 0.5})
-
-
-def test_flush_across_ranks_averages_what_this_rank_logged():
-    other_rank = [("loss_a", 3.0, 0), ("loss_b", 7.0, 0), ("loss_a", float("nan"), 1)]  # loss_b: only there
-    with EventStorage() as storage:
-        for it in range(2):
-            storage.iter = it
-            storage.put_scalars(loss_a=torch.tensor(1.0), check_finite=True)
-        storage.flush(gather=lambda mine: [mine, other_rank])
-        assert storage.history("loss_a")[0] == (2.0, 0)
-        iteration, terms = storage.first_nonfinite
-        assert iteration == 1 and math.isnan(terms["loss_a"])  # a NaN on another rank stops this rank too
-        assert "loss_b" not in storage.latest()
-
-
 def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):
-    from lazytrain.engine.defaults import build_trainer
+    from lazytrain.engine import build_trainer
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     trainer = build_trainer(toy_config("train.device=cpu"))
     assert trainer.data_loader.pin_memory is False and trainer.test_loader.pin_memory is False
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_saved_rng_state_repeats_the_same_draws(device):
-    import random
-
-    import numpy as np
-
-    from lazytrain.checkpoint import get_rng_state, set_rng_state
-
-    torch.rand(1, device=device)  # CUDA: its RNG state is saved once CUDA is in use
-
-    def draw():
-        return random.random(), float(np.random.rand()), torch.rand(3, device=device).tolist()
-
-    state = get_rng_state()
-    first = draw()
-    set_rng_state(state)
-    assert draw() == first
-    assert device != "cuda" or "cuda" in state

@@ -39,8 +39,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from lazytrain.config import LazyCall as L
 from lazytrain.data import build_train_loader
-from lazytrain.engine import HookBase
-from lazytrain.engine.defaults import add_train_defaults, build_trainer, prepare_output_dir
+from lazytrain.engine import HookBase, add_train_defaults, build_trainer, prepare_output_dir
 from lazytrain.lidar import RangeNet
 
 

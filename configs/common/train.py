@@ -1,5 +1,5 @@
-"""Run settings shared by the configs in this folder. Every other `train` key takes its default (DESIGN.md;
-`lazytrain config CONFIG` prints them all)."""
+"""Run settings shared by the configs in this folder. Every other `train` key takes its default (README.md,
+"Run settings"; `lazytrain config CONFIG` prints them all)."""
 
 train = dict(
     max_iter=1000,

@@ -6,7 +6,6 @@ import ast
 import contextlib
 import os
 import re
-import tempfile
 import warnings
 import weakref
 from collections.abc import Iterator, Sequence
@@ -18,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError, did_you_mean
+from ..fileio import atomic_write
 from .lazy import TARGET_KEY, accepts_argument, check_arguments, is_importable, locate, target_name
 from .loader import _rel, load_python_config
 
@@ -105,10 +105,10 @@ class LazyConfig:
                     f"saved it with cloudpickle to '{side}'.",
                     stacklevel=2,
                 )
-            _atomic_write(side, cloudpickle.dumps(pickled))
+            atomic_write(side, cloudpickle.dumps(pickled))
         elif os.path.exists(side):
             os.remove(side)
-        _atomic_write(path, text.encode())
+        atomic_write(path, text.encode())
 
     @staticmethod
     def to_yaml(cfg: DictConfig, resolve: bool = False) -> str:
@@ -335,19 +335,3 @@ def _resolve_targets(cfg: Any) -> None:
     elif isinstance(cfg, ListConfig):
         for i in range(len(cfg)):
             _resolve_targets(cfg._get_node(i))
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -1,12 +1,22 @@
-"""The training engine: TrainerBase and its hooks, the train step, and building a run from a config."""
+"""The training engine: TrainerBase and its hooks, the train step, and building a run from a config.
 
-from .defaults import build_trainer, default_hooks, evaluate_main, train_main
+Where a batch goes, in three files: ``lazytrain/data.py`` (``TrainLoader`` yields it), ``trainer.py``
+(``Trainer.run_step``: to the device, the model's forward returns the losses, backward, optimizer step) and
+``train_loop.py`` (``TrainerBase.train``: the loop and the hooks around each step).
+"""
+
+from .build import build_trainer
+from .hook_list import build_hooks, default_hooks
 from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from .lr import LRMultiplier, WarmupParamScheduler
+from .resume import resume_or_load
+from .run import evaluate_main, prepare_output_dir, train_main
+from .settings import TRAIN_DEFAULTS, add_train_defaults, load_run_config
 from .train_loop import HookBase, TrainerBase
 from .trainer import Trainer
 
 __all__ = [
+    "TRAIN_DEFAULTS",
     "EvalHook",
     "HookBase",
     "IterationTimer",
@@ -17,8 +27,13 @@ __all__ = [
     "Trainer",
     "TrainerBase",
     "WarmupParamScheduler",
+    "add_train_defaults",
+    "build_hooks",
     "build_trainer",
     "default_hooks",
     "evaluate_main",
+    "load_run_config",
+    "prepare_output_dir",
+    "resume_or_load",
     "train_main",
 ]

@@ -9,11 +9,12 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__, comm
 from ..checkpoint import get_rng_state
+from ..evaluation import flatten_results
 from ..events import EventWriter
 from .train_loop import HookBase
 
@@ -23,7 +24,6 @@ __all__ = [
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
-    "flatten_results",
 ]
 
 logger = logging.getLogger("lazytrain")
@@ -64,7 +64,8 @@ class LRScheduler(HookBase):
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_<iter>.pth`` after every ``period`` iterations and ``model_final.pth`` when training
-    completes, with everything an exact resume needs. Every rank joins (RNG states are gathered); rank 0 writes."""
+    completes, with everything an exact resume needs, and keeps the newest ``keep_last`` periodic ones (0: all).
+    Every rank joins (RNG states are gathered); rank 0 writes."""
 
     def __init__(self, period: int, keep_last: int = 3) -> None:
         self.period = period
@@ -80,9 +81,8 @@ class PeriodicCheckpointer(HookBase):
 
     def save(self, name: str) -> None:
         trainer = self.trainer
-        trainer.check_finite()  # never save a diverged state
+        trainer.average_over_ranks_and_check_finite()  # never save a diverged state
         rng_states = comm.all_gather(get_rng_state())
-        trainer.checkpointer.keep_last = self.keep_last
         trainer.checkpointer.save(
             name,
             iteration=min(trainer.iter, trainer.max_iter - 1),
@@ -91,6 +91,7 @@ class PeriodicCheckpointer(HookBase):
             num_threads=trainer.num_threads,
             lazytrain_version=__version__,
         )
+        trainer.checkpointer.remove_old(self.keep_last)
 
     def __repr__(self) -> str:
         return f"PeriodicCheckpointer(period={self.period}, keep_last={self.keep_last}, and at the end)"
@@ -112,7 +113,7 @@ class EvalHook(HookBase):
             self._evaluate()
 
     def _evaluate(self) -> None:
-        self.trainer.check_finite()
+        self.trainer.average_over_ranks_and_check_finite()
         results = self.trainer.test()
         if results:
             self.trainer.storage.put_scalars(**flatten_results(results), smoothing_hint=False)
@@ -138,7 +139,8 @@ class PeriodicWriter(HookBase):
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
         if next_iter % self.period == 0 or next_iter == self.trainer.max_iter:
-            self.trainer.check_finite()  # the one sync per log period also catches a diverged loss
+            # the one collective per log period: logged values are means over ranks; a diverged loss stops here
+            self.trainer.average_over_ranks_and_check_finite()
             self._write()
 
     def after_train(self) -> None:
@@ -162,15 +164,3 @@ def _due_before_the_end(trainer: Any, period: int) -> bool:
     happens at the end is each hook's ``after_train``)."""
     next_iter = trainer.iter + 1
     return period > 0 and next_iter % period == 0 and next_iter < trainer.max_iter
-
-
-def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """``{"sem_seg": {"mIoU": 0.5}}`` → ``{"sem_seg/mIoU": 0.5}``."""
-    flat: dict[str, float] = {}
-    for key, value in results.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_results(value, name))
-        else:
-            flat[name] = float(value)
-    return flat

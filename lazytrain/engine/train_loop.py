@@ -74,7 +74,8 @@ class TrainerBase:
         self.max_iter = max_iter
         self.completed = False
         logger.info("Starting training from iteration %d to %d", start_iter, max_iter)
-        with EventStorage(start_iter) as self.storage:
+        gather = comm.all_gather if comm.get_world_size() > 1 else None
+        with EventStorage(start_iter, gather=gather) as self.storage:
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -82,20 +83,20 @@ class TrainerBase:
                     self.run_step()
                     self.after_step()
                 self.iter = max_iter
-                self.check_finite()
+                self.average_over_ranks_and_check_finite()
                 self.completed = True
             finally:
                 self.after_train()
 
-    def check_finite(self) -> None:
-        """Raise if a loss put with ``check_finite=True`` was NaN or infinite (checked lazily, without a sync
-        per step): hooks call this before they save or log, so no checkpoint holds a diverged state.
+    def average_over_ranks_and_check_finite(self) -> None:
+        """A collective: every rank must call it at the same points, as the standard hooks do.
 
-        In a process group the values put since the last call are averaged over the ranks here (the logged
-        losses are those of the global batch, and a NaN on any rank stops every rank), so every rank must call
-        it at the same points, as the standard hooks do."""
+        The tensors put since the last call become floats, averaged over the ranks in a process group (the
+        logged losses are those of the global batch; see :meth:`EventStorage.flush`). Then it raises if a loss
+        put with ``check_finite=True`` was NaN or infinite on any rank (checked here, lazily, not with a sync
+        per step): hooks call this before they save or log, so no checkpoint holds a diverged state."""
         assert self.storage is not None
-        self.storage.flush(gather=comm.all_gather if comm.get_world_size() > 1 else None)
+        self.storage.flush()
         if self.storage.first_nonfinite is None:
             return
         iteration, terms = self.storage.first_nonfinite

@@ -9,12 +9,13 @@ from typing import Any, Optional
 
 import torch
 
+from ..checkpoint import Checkpointer
 from ..data import to_device
 from ..errors import TrainingError
-from ..evaluation import format_results, inference_on_dataset
+from ..evaluation import DatasetEvaluator, format_results, inference_on_dataset
 from .train_loop import TrainerBase, logger
 
-__all__ = ["Trainer", "as_loss_dict", "autocast_context"]
+__all__ = ["Trainer", "amp_torch_dtype", "as_loss_dict", "autocast_context", "make_grad_scaler"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -23,7 +24,13 @@ class Trainer(TrainerBase):
     """One iteration = ``grad_accum`` micro-batches, forward and backward each, then one optimizer step.
 
     Each micro-batch's loss is divided by ``grad_accum``, so the update equals that of one batch
-    ``grad_accum`` times larger. ``amp_dtype="fp16"`` adds a GradScaler; ``"bf16"`` needs none.
+    ``grad_accum`` times larger. ``amp_dtype="fp16"`` enables the GradScaler; with ``"bf16"`` or without AMP
+    it is a disabled one, whose calls pass straight through.
+
+    What the standard hooks read is given here: ``lr_scheduler`` (stepped by LRScheduler), ``checkpointer``
+    (PeriodicCheckpointer), ``evaluator`` and ``test_loader`` (EvalHook, through :meth:`test`) and
+    ``config_yaml`` (the resolved config stored in every checkpoint). :func:`lazytrain.engine.build_trainer`
+    builds them all from a config.
     """
 
     def __init__(
@@ -38,38 +45,40 @@ class Trainer(TrainerBase):
         grad_accum: int = 1,
         clip_max_norm: Optional[float] = None,
         clip_norm_type: float = 2.0,
+        grad_scaler: Optional[torch.amp.GradScaler] = None,
+        lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+        checkpointer: Optional[Checkpointer] = None,
+        evaluator: Optional[DatasetEvaluator] = None,
+        test_loader: Optional[Iterable[Any]] = None,
         cfg: Any = None,
+        config_yaml: str = "",
     ) -> None:
         super().__init__()
         if grad_accum < 1:
             raise ValueError(f"train.grad_accum must be >= 1, got {grad_accum}.")
-        if amp_dtype not in _AMP_DTYPES:
-            raise ValueError(f"train.amp.dtype must be 'bf16' or 'fp16', got {amp_dtype!r}.")
         self.model = model
         self.data_loader = data_loader
         self.optimizer = optimizer
         self.device = torch.device(device)
-        self.cfg = cfg
         self.grad_accum = grad_accum
         self.clip_max_norm = clip_max_norm
         self.clip_norm_type = clip_norm_type
         self.amp_enabled = amp_enabled
-        self.amp_dtype = _AMP_DTYPES[amp_dtype]
-        use_scaler = amp_enabled and self.amp_dtype is torch.float16
-        self.grad_scaler: Optional[torch.amp.GradScaler] = (
-            torch.amp.GradScaler(self.device.type) if use_scaler else None
+        self.amp_dtype = amp_torch_dtype(amp_dtype)
+        self.grad_scaler = (
+            grad_scaler if grad_scaler is not None else make_grad_scaler(self.device, amp_enabled, amp_dtype)
         )
+        self.lr_scheduler = lr_scheduler
+        self.checkpointer = checkpointer
+        self.evaluator = evaluator
+        self.test_loader = test_loader
+        self.cfg = cfg
+        self.config_yaml = config_yaml
+        self.num_threads = torch.get_num_threads()
         self._data_iter: Optional[Iterator[Any]] = None
         self._epoch = 0  # epochs of a finite loader seen so far
         # an autocast context costs a few microseconds even when disabled: skip it without AMP
         self._autocast = self.autocast() if amp_enabled else contextlib.nullcontext()
-        # set by whoever builds the trainer (see engine.defaults.build_trainer); hooks read them
-        self.lr_scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None
-        self.checkpointer: Any = None
-        self.evaluator: Any = None
-        self.test_loader: Optional[Iterable[Any]] = None
-        self.config_yaml = ""
-        self.num_threads = torch.get_num_threads()
 
     def _next_batch(self) -> Any:
         """The next batch; a finite loader (a plain DataLoader, a list) starts a new epoch when it runs out."""
@@ -129,38 +138,25 @@ class Trainer(TrainerBase):
             data_time += time.perf_counter() - start
             if self.device.type != "cpu":  # CPU batches are used as the loader made them
                 batch = to_device(batch, self.device)
-            # DDP: reduce gradients only on the last micro-batch
-            skip_sync = micro < self.grad_accum - 1 and hasattr(self.model, "no_sync")
-            with self.model.no_sync() if skip_sync else _NO_CONTEXT, self._autocast:  # type: ignore[operator]
+            with self._gradient_sync(last_micro_batch=micro == self.grad_accum - 1), self._autocast:
                 losses = as_loss_dict(self.model(batch), self.model)
-            loss: torch.Tensor = (
-                torch.stack(list(losses.values())).sum() if len(losses) > 1 else next(iter(losses.values()))
-            )
+            loss = torch.stack(list(losses.values())).sum() if len(losses) > 1 else next(iter(losses.values()))
             if self.grad_accum > 1:
                 loss = loss / self.grad_accum
-            if self.grad_scaler is not None:
-                self.grad_scaler.scale(loss).backward()
-            else:
-                loss.backward()
+            self.grad_scaler.scale(loss).backward()
             terms = {"total_loss": loss.detach()}
-            if len(losses) > 1:
-                scale = 1.0 / self.grad_accum
-                terms.update((name, value.detach() * scale if scale != 1.0 else value.detach())
-                             for name, value in losses.items())  # fmt: skip
+            if len(losses) > 1:  # a single term is the total: logged once
+                terms.update((name, value.detach() / self.grad_accum) for name, value in losses.items())
             for name, value in terms.items():
                 logged[name] = logged[name] + value if name in logged else value
 
         if self.clip_max_norm is not None:
-            if self.grad_scaler is not None:
-                self.grad_scaler.unscale_(self.optimizer)
+            self.grad_scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm, self.clip_norm_type)
             self.storage.put_scalar("grad_norm", grad_norm)  # type: ignore[union-attr]
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
         storage = self.storage
@@ -168,16 +164,36 @@ class Trainer(TrainerBase):
         storage.put_scalar("data_time", data_time)
         storage.put_scalars(**logged, check_finite=True)  # type: ignore[arg-type]
 
+    def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP reduces gradients on the last micro-batch only; other models need no context."""
+        if last_micro_batch or not hasattr(self.model, "no_sync"):
+            return _NO_CONTEXT
+        return self.model.no_sync()  # type: ignore[operator]
+
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: entering it does nothing
+
+
+def amp_torch_dtype(name: str | torch.dtype) -> torch.dtype:
+    """The torch dtype of a ``train.amp.dtype`` setting ("bf16" / "fp16")."""
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in _AMP_DTYPES:
+        raise ValueError(f"train.amp.dtype must be 'bf16' or 'fp16', got {name!r}.")
+    return _AMP_DTYPES[name]
 
 
 def autocast_context(
     device: torch.device, enabled: bool, dtype: str | torch.dtype
 ) -> contextlib.AbstractContextManager:
     """``torch.autocast`` for ``train.amp`` settings (``dtype`` "bf16" / "fp16")."""
-    dtype = _AMP_DTYPES[dtype] if isinstance(dtype, str) else dtype
-    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+    return torch.autocast(device_type=device.type, dtype=amp_torch_dtype(dtype), enabled=enabled)
+
+
+def make_grad_scaler(device: torch.device, amp_enabled: bool, amp_dtype: str | torch.dtype) -> torch.amp.GradScaler:
+    """The GradScaler of ``train.amp`` settings: enabled for fp16 only (bf16 has fp32's range)."""
+    fp16 = amp_enabled and amp_torch_dtype(amp_dtype) is torch.float16
+    return torch.amp.GradScaler(device.type, enabled=fp16)
 
 
 def as_loss_dict(output: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,182 @@
+"""Building a run from its config: device and seeds, the model (DDP-wrapped in a process group), optimizer,
+loaders, LR schedule, evaluator, checkpointer and hooks, handed to the :class:`Trainer`."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .. import comm
+from ..checkpoint import Checkpointer
+from ..config import LazyConfig, instantiate
+from ..config.lazy import TARGET_KEY, locate, target_signature
+from ..errors import ConfigError
+from .hook_list import build_hooks
+from .lr import LRMultiplier
+from .trainer import Trainer, make_grad_scaler
+
+__all__ = [
+    "build_evaluation",
+    "build_loader",
+    "build_model",
+    "build_optimizer",
+    "build_trainer",
+    "resolve_device",
+    "seed_everything",
+    "wrap_ddp",
+]
+
+
+def build_trainer(cfg: DictConfig) -> Trainer:
+    """Build model, optimizer, loaders, schedule, evaluator, checkpointer and hooks from ``cfg``."""
+    t = cfg.train
+    seed_everything(t.seed + comm.get_rank(), t.deterministic)
+    device = resolve_device(t.device)
+    model = build_model(cfg, device)
+    train_model: torch.nn.Module = model
+    if comm.get_world_size() > 1:
+        train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
+    optimizer = build_optimizer(cfg, model)
+    train_loader = build_loader(cfg.dataloader.train, "dataloader.train", device)
+    lr_scheduler = None
+    if cfg.get("lr_multiplier") is not None:
+        multiplier = instantiate(cfg.lr_multiplier, key="lr_multiplier")
+        lr_scheduler = LRMultiplier(optimizer, multiplier, t.max_iter)
+    evaluator, test_loader = build_evaluation(cfg, device)
+    grad_scaler = make_grad_scaler(device, t.amp.enabled, t.amp.dtype)
+
+    checkpointables: dict[str, Any] = {"optimizer": optimizer}
+    if lr_scheduler is not None:
+        checkpointables["lr_scheduler"] = lr_scheduler
+    if grad_scaler.is_enabled():  # a disabled scaler has no state (and an enabled one refuses an empty one)
+        checkpointables["grad_scaler"] = grad_scaler
+    if hasattr(train_loader, "state_dict"):
+        checkpointables["train_loader"] = train_loader
+    checkpointer = Checkpointer(
+        model, os.path.join(t.output_dir, "checkpoints"), save_to_disk=comm.is_main_process(), **checkpointables
+    )
+    trainer = Trainer(
+        train_model,
+        train_loader,
+        optimizer,
+        device=device,
+        amp_enabled=t.amp.enabled,
+        amp_dtype=t.amp.dtype,
+        grad_accum=t.grad_accum,
+        clip_max_norm=t.clip_grad.max_norm,
+        clip_norm_type=t.clip_grad.norm_type,
+        grad_scaler=grad_scaler,
+        lr_scheduler=lr_scheduler,
+        checkpointer=checkpointer,
+        evaluator=evaluator,
+        test_loader=test_loader,
+        cfg=cfg,
+        config_yaml=LazyConfig.to_yaml(cfg, resolve=True),
+    )
+    trainer.register_hooks(build_hooks(cfg))
+    return trainer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device``: "auto" is this rank's GPU when CUDA is there, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", comm.get_local_rank())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine.", key="train.device", hint="Use train.device=cpu.")
+    return device
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def build_model(cfg: DictConfig, device: torch.device) -> torch.nn.Module:
+    model = instantiate(cfg.model, key="model")
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"'model' must build a torch.nn.Module, but built a {type(model).__name__}.", key="model")
+    return model.to(device)
+
+
+def wrap_ddp(
+    model: torch.nn.Module, device: torch.device, find_unused_parameters: bool, broadcast_buffers: bool
+) -> torch.nn.Module:
+    """DistributedDataParallel with ``train.ddp`` settings. torch 2.13 renamed ``broadcast_buffers`` to
+    ``forward_sync_buffers`` (same meaning per step); older versions only know the old name."""
+    ddp = torch.nn.parallel.DistributedDataParallel
+    sync_buffers: dict[str, Any] = (
+        {"forward_sync_buffers": broadcast_buffers}
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else {"broadcast_buffers": broadcast_buffers}
+    )
+    return ddp(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+        **sync_buffers,
+    )
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` with ``params`` filled: the model's parameters, or ``model=`` given to a call
+    config such as ``params=L(param_groups)(weight_decay_norm=0.0)``."""
+    optimizer_cfg = cfg.optimizer.copy()
+    params = optimizer_cfg.get("params")
+    if params is None:
+        optimizer_cfg.params = list(model.parameters())
+    elif isinstance(params, DictConfig) and TARGET_KEY in params and "model" not in params:
+        params.model = model
+    optimizer = instantiate(optimizer_cfg, key="optimizer")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"'optimizer' must build a torch.optim.Optimizer, got {type(optimizer).__name__}.")
+    return optimizer
+
+
+def build_loader(loader_cfg: Any, key: str, device: torch.device) -> Any:
+    """Instantiate a loader config whose batches go to ``device``. A loader whose ``pin_memory`` defaults to
+    None ("auto", as lazytrain's) and is not set gets ``pin_memory=(device is CUDA)``: pinning costs time and
+    a CUDA context per process, and pays only when batches are copied to a GPU."""
+    if isinstance(loader_cfg, DictConfig) and TARGET_KEY in loader_cfg and _pin_memory_is_auto(loader_cfg):
+        loader_cfg = loader_cfg.copy()
+        loader_cfg.pin_memory = device.type == "cuda"
+    return instantiate(loader_cfg, key=key)
+
+
+def _pin_memory_is_auto(loader_cfg: DictConfig) -> bool:
+    if loader_cfg.get("pin_memory") is not None:
+        return False
+    target = loader_cfg[TARGET_KEY]
+    signature = target_signature(locate(target) if isinstance(target, str) else target)
+    param = signature.parameters.get("pin_memory") if signature is not None else None
+    return param is not None and param.default is None
+
+
+def build_evaluation(cfg: DictConfig, device: torch.device) -> tuple[Optional[Any], Optional[Any]]:
+    """``(evaluator, test_loader)`` from the config, or ``(None, None)`` when it has no evaluator; the test
+    batches will go to ``device``."""
+    if cfg.get("evaluator") is None:
+        return None, None
+    test_cfg = OmegaConf.select(cfg, "dataloader.test", default=None)
+    if test_cfg is None:
+        raise ConfigError(
+            "the config has an evaluator but no test loader.",
+            key="dataloader.test",
+            hint="Add dataloader.test = L(build_test_loader)(dataset=..., batch_size=...).",
+        )
+    test_loader = build_loader(test_cfg, "dataloader.test", device)
+    return instantiate(cfg.evaluator, key="evaluator"), test_loader

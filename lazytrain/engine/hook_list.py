@@ -1,0 +1,50 @@
+"""The hook list of a run, in the order it runs: the one place where a run's hooks are chosen (and what
+``lazytrain hooks`` prints)."""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from .. import comm
+from ..config import instantiate
+from ..errors import ConfigError
+from ..events import JSONWriter, TensorboardWriter, TerminalWriter
+from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .train_loop import HookBase
+
+__all__ = ["build_hooks", "default_hooks"]
+
+
+def default_hooks(cfg: DictConfig) -> list[HookBase]:
+    """The standard hooks for the ``train`` settings: timer, LR schedule, checkpoints, evaluation, writers
+    (rank 0 alone gets writers)."""
+    t = cfg.train
+    writers = []
+    if comm.is_main_process():
+        writers = [
+            TerminalWriter(t.max_iter, window=t.log_period),
+            JSONWriter(os.path.join(t.output_dir, "metrics.jsonl")),
+            TensorboardWriter(t.output_dir),
+        ]
+    return [
+        IterationTimer(),
+        LRScheduler(),
+        PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
+        EvalHook(t.eval_period),
+        PeriodicWriter(writers, period=t.log_period),
+    ]
+
+
+def build_hooks(cfg: DictConfig) -> list[HookBase]:
+    """Default hooks then the config's ``hooks`` (or only those with ``train.hooks_replace=True``)."""
+    user = instantiate(cfg.get("hooks") or [], key="hooks")
+    if isinstance(user, dict):
+        user = list(user.values())
+    for i, hook in enumerate(user):
+        if not isinstance(hook, HookBase):
+            raise ConfigError(
+                f"a hook must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.", key=f"hooks.{i}"
+            )
+    return user if cfg.train.hooks_replace else [*default_hooks(cfg), *user]

@@ -1,0 +1,79 @@
+"""The entry points the CLI and the launcher call in every process: :func:`train_main` and
+:func:`evaluate_main`, and the output folder they share."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .. import comm
+from ..checkpoint import Checkpointer
+from ..config import LazyConfig
+from ..config.lazy_config import resolved_copy
+from ..errors import ConfigError
+from ..evaluation import flatten_results, format_results, inference_on_dataset
+from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
+from .logger import setup_logger
+from .resume import resume_or_load
+from .settings import check_required
+from .trainer import autocast_context
+
+__all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
+
+logger = logging.getLogger("lazytrain")
+
+
+def prepare_output_dir(cfg: DictConfig) -> None:
+    """Create ``output_dir``, the logger (rank 0 writes log.txt) and the resolved ``config.yaml``."""
+    out = cfg.train.output_dir
+    if comm.is_main_process():
+        os.makedirs(out, exist_ok=True)
+    setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
+    if comm.is_main_process():
+        LazyConfig.save(resolved_copy(cfg), os.path.join(out, "config.yaml"))
+
+
+def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
+    """Train (or with ``eval_only`` only evaluate) the config. Returns, after training, the newest
+    ``(value, iteration)`` of every scalar the run put (losses, lr, evaluation results); with ``eval_only``,
+    the evaluator's results."""
+    check_required(cfg)
+    prepare_output_dir(cfg)
+    if comm.get_world_size() > 1:
+        logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
+    trainer = build_trainer(cfg)
+    logger.info("Hooks: %s", ", ".join(repr(h) for h in trainer.hooks))
+    start_iter = resume_or_load(trainer, cfg, resume)
+    if eval_only:
+        if start_iter == 0 and not cfg.train.init_checkpoint:
+            logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
+        return trainer.test()
+    trainer.train(start_iter, cfg.train.max_iter)
+    return dict(trainer.storage.latest()) if trainer.storage else {}
+
+
+def evaluate_main(cfg: DictConfig, weights: str) -> dict[str, Any]:
+    """Load ``weights`` into the config's model and evaluate it; results go to the log and metrics.jsonl."""
+    check_required(cfg, ("model",))
+    if cfg.get("evaluator") is None:
+        raise ConfigError("this config has no evaluator.", key="evaluator", hint="Add evaluator = L(MyEvaluator)(...).")
+    prepare_output_dir(cfg)
+    seed_everything(cfg.train.seed + comm.get_rank(), cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg, device)
+    extra = Checkpointer(model, save_to_disk=False).load(weights, checkpointables=[])
+    evaluator, test_loader = build_evaluation(cfg, device)
+    assert evaluator is not None and test_loader is not None
+    autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
+    results = inference_on_dataset(model, test_loader, evaluator, device=device, autocast=autocast)
+    iteration = int(extra.get("iteration", -1))
+    logger.info("Evaluation of %s (iteration %d):\n%s", weights, iteration, format_results(results))
+    if comm.is_main_process():
+        record = {"iteration": iteration, "weights": weights, **flatten_results(results)}
+        with open(os.path.join(cfg.train.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    return results

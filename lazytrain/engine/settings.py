@@ -1,0 +1,101 @@
+"""A run's config: the ``train`` settings and their defaults, the keys a run requires, and
+:func:`load_run_config`, the one way a config file becomes a run's config (the CLI and the tests use it)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from ..config import LazyConfig
+from ..config.lazy_config import source_line
+from ..errors import ConfigError, did_you_mean
+
+__all__ = ["TRAIN_DEFAULTS", "add_train_defaults", "check_required", "load_run_config"]
+
+TRAIN_DEFAULTS: dict[str, Any] = dict(
+    output_dir=None,  # None: output/<config file name>
+    max_iter="???",
+    seed=0,
+    device="auto",
+    amp=dict(enabled=False, dtype="bf16"),
+    grad_accum=1,
+    clip_grad=dict(max_norm=None, norm_type=2.0),
+    log_period=20,
+    checkpoint_period=1000,
+    keep_last=3,
+    eval_period=0,
+    init_checkpoint="",
+    ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
+    deterministic=False,
+    hooks_replace=False,
+)
+
+
+def load_run_config(
+    path: Union[str, os.PathLike[str]], overrides: Sequence[str] = (), output_dir: Optional[str] = None
+) -> DictConfig:
+    """What ``lazytrain train PATH OVERRIDES... [--output-dir DIR]`` runs: the file, the ``train`` defaults,
+    the overrides, the checks, then ``output_dir`` (which wins over ``train.output_dir``)."""
+    cfg = LazyConfig.load(path, check=False)
+    add_train_defaults(cfg, str(path))  # before the check: configs may refer to ${train.seed} and the like
+    LazyConfig.apply_overrides(cfg, list(overrides))
+    LazyConfig.check(cfg)
+    if output_dir:
+        cfg.train.output_dir = output_dir
+    return cfg
+
+
+def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> DictConfig:
+    """Fill every missing ``train.*`` key with its default (in place); a misspelled key is an error."""
+    user = cfg.get("train")
+    if user is None:
+        user = OmegaConf.create({}, flags={"allow_objects": True})
+    if not isinstance(user, DictConfig):
+        raise ConfigError(
+            "'train' must be a dict of run settings.", key="train", hint="e.g. train = dict(max_iter=100)"
+        )
+    _check_known(user, TRAIN_DEFAULTS, "train", cfg)
+    merged = OmegaConf.merge(OmegaConf.create(TRAIN_DEFAULTS, flags={"allow_objects": True}), user)
+    if merged.output_dir is None:
+        name = os.path.splitext(os.path.basename(config_path))[0] if config_path else "run"
+        merged.output_dir = os.path.join("output", name)
+    cfg.train = merged
+    return cfg
+
+
+def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: DictConfig) -> None:
+    for key in user:
+        if key not in defaults:
+            file, line = source_line(root, str(key))
+            raise ConfigError(
+                "unknown train setting.",
+                file=file,
+                line=line,
+                key=f"{prefix}.{key!s}",
+                hint=did_you_mean(str(key), defaults) or f"Known settings: {', '.join(defaults)}.",
+            )
+        if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
+            _check_known(user[key], defaults[key], f"{prefix}.{key}", root)
+
+
+_REQUIRED = {
+    "model": "model = L(MyModel)(...): the torch.nn.Module to train",
+    "optimizer": "optimizer = L(torch.optim.AdamW)(lr=1e-3): its params are filled with the model's",
+    "dataloader.train": "dataloader = dict(train=L(build_train_loader)(dataset=..., batch_size=...))",
+    "train.max_iter": "train.max_iter = 1000 (or the override train.max_iter=1000)",
+}
+
+
+def check_required(cfg: DictConfig, keys: tuple[str, ...] = tuple(_REQUIRED)) -> None:
+    """A ConfigError naming the first required key the config lacks and what to add (or an unknown
+    ``train`` setting, e.g. one added with ``+train.max_iters=...``)."""
+    if isinstance(cfg.get("train"), DictConfig):
+        _check_known(cfg.train, TRAIN_DEFAULTS, "train", cfg)
+    for key in keys:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
+            raise ConfigError("this config has no value for this required key.", key=key, hint=f"Add {_REQUIRED[key]}.")

@@ -1,0 +1,158 @@
+"""Checkpoints: atomic writes that survive a kill, keep-last-N, RNG state, exact resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import DEVICES, TOY, cli_env, load_config
+
+from lazytrain.checkpoint import Checkpointer
+from lazytrain.config import L
+from lazytrain.engine import HookBase, train_main
+from lazytrain.fileio import atomic_write
+
+
+def read_metrics(path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+class CrashAt(HookBase):
+    """Simulates a crash (after the checkpointer ran) at one iteration."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter == self.iteration:
+            raise KeyboardInterrupt("simulated crash")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_continues_with_identical_losses(tmp_path, num_workers):
+    common = [
+        "train.max_iter=16",
+        "train.log_period=1",
+        "train.checkpoint_period=8",
+        "train.deterministic=True",
+        "train.eval_period=0",
+        f"dataloader.train.num_workers={num_workers}",
+        "model.dropout=0.2",
+    ]
+    full = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'full'}", *common)
+    train_main(full)
+
+    parts = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
+    parts.hooks.append(L(CrashAt)(iteration=9))
+    with pytest.raises(KeyboardInterrupt):
+        train_main(parts)
+    resumed = load_config(TOY / "configs/toy.py", f"train.output_dir={tmp_path / 'parts'}", *common)
+    train_main(resumed, resume=True)
+
+    def losses(run):
+        rows = read_metrics(tmp_path / run / "metrics.jsonl")
+        return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
+
+    a, b = losses("full"), losses("parts")
+    assert sorted(a) == list(range(16)) and sorted(b) == list(range(16))
+    assert [a[i] for i in range(16)] == [b[i] for i in range(16)]  # to the last bit
+    assert len({a[i] for i in range(16)}) > 8  # they really vary: dropout, jitter and shuffling are in play
+
+
+def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from lazytrain.checkpoint import Checkpointer
+        model = torch.nn.Linear(4, 4)
+        ckpt = Checkpointer(model, {str(tmp_path)!r})
+        ckpt.save("model_0000000", iteration=0)
+        model.register_buffer("big", torch.zeros(200_000_000))  # 800 MB: the write takes a while
+        print("saving", flush=True)
+        ckpt.save("model_0000001", iteration=1)
+        print("saved", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=cli_env())
+    assert proc.stdout.readline().strip() == "saving"
+    import time
+
+    deadline = time.time() + 30
+    while time.time() < deadline:  # kill it once the temp file is being written
+        if any(n.startswith(".tmp-") and os.path.getsize(tmp_path / n) > 0 for n in os.listdir(tmp_path)):
+            break
+        time.sleep(0.002)
+    proc.kill()
+    proc.wait()
+    assert proc.returncode == -9
+    assert not (tmp_path / "model_0000001.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    from lazytrain.checkpoint import Checkpointer
+
+    ckpt = Checkpointer(torch.nn.Linear(4, 4), str(tmp_path))  # also removes the stale temp file
+    assert ckpt.load(ckpt.get_checkpoint_file())["iteration"] == 0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_saved_rng_state_repeats_the_same_draws(device):
+    import random
+
+    import numpy as np
+
+    from lazytrain.checkpoint import get_rng_state, set_rng_state
+
+    torch.rand(1, device=device)  # CUDA: its RNG state is saved once CUDA is in use
+
+    def draw():
+        return random.random(), float(np.random.rand()), torch.rand(3, device=device).tolist()
+
+    state = get_rng_state()
+    first = draw()
+    set_rng_state(state)
+    assert draw() == first
+    assert device != "cuda" or "cuda" in state
+
+
+def test_keep_last_removes_old_periodic_checkpoints_but_never_final_or_last(tmp_path):
+    ckpt = Checkpointer(torch.nn.Linear(2, 2), str(tmp_path))
+    for it in (9, 19, 29, 39):
+        ckpt.save(f"model_{it:07d}", iteration=it)
+        ckpt.remove_old(2)
+    ckpt.save("model_final", iteration=39)
+    ckpt.remove_old(2)
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000029.pth", "model_0000039.pth",
+                                            "model_final.pth"]  # fmt: skip
+    ckpt.remove_old(0)  # 0 keeps all
+    assert len(ckpt.periodic_checkpoints()) == 2
+
+
+def test_atomic_write_that_fails_midway_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    atomic_write(str(path), "old: 1\n")
+
+    def fails(f):
+        f.write(b"new: ")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(str(path), fails)
+    assert path.read_text() == "old: 1\n" and os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_written_files_respect_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(str(tmp_path / "a"), b"x")
+        Checkpointer(torch.nn.Linear(2, 2), str(tmp_path / "ck")).save("model_final")
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o644  # teammates can read it (mkstemp alone: 0600)
+    assert os.stat(tmp_path / "ck" / "model_final.pth").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "ck" / "last_checkpoint").st_mode & 0o777 == 0o644
