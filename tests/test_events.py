@@ -118,8 +118,8 @@ def test_a_hook_reading_the_storage_keeps_logged_losses_the_mean_over_ranks(tmp_
         "from lazytrain.engine import PeriodicWriter\n"
         "from test_events import ReadsStorageEveryStep, RankZeroJSONWriter\n"
         "model = L(RankLoss)()\nevaluator = None\ntrain.hooks_replace = True\n"
-        "hooks = [L(ReadsStorageEveryStep)(),\n"
-        "         L(PeriodicWriter)(writers=[L(RankZeroJSONWriter)(path='${train.output_dir}/metrics.jsonl')], period=3)]\n"
+        "writer = L(RankZeroJSONWriter)(path='${train.output_dir}/metrics.jsonl')\n"
+        "hooks = [L(ReadsStorageEveryStep)(), L(PeriodicWriter)(writers=[writer], period=3)]\n"
     )
     env = cli_env()
     env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
