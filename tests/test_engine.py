@@ -74,6 +74,7 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         "EvalHook",
         "PeriodicWriter",
         "ParamNormLogger",
+        "GracefulStop",
     ]
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
 

@@ -9,6 +9,7 @@ from .build import build_trainer
 from .hook_list import build_hooks, default_hooks
 from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
 from .lr import LRMultiplier, WarmupParamScheduler
+from .preemption import EXIT_PREEMPTED, GracefulStop, Preempted
 from .resume import resume_or_load
 from .run import evaluate_main, prepare_output_dir, train_main
 from .settings import TRAIN_DEFAULTS, add_train_defaults, load_run_config
@@ -16,14 +17,17 @@ from .train_loop import HookBase, TrainerBase
 from .trainer import Trainer
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "TRAIN_DEFAULTS",
     "EvalHook",
+    "GracefulStop",
     "HookBase",
     "IterationTimer",
     "LRMultiplier",
     "LRScheduler",
     "PeriodicCheckpointer",
     "PeriodicWriter",
+    "Preempted",
     "Trainer",
     "TrainerBase",
     "WarmupParamScheduler",

@@ -12,6 +12,7 @@ from ..config import instantiate
 from ..errors import ConfigError
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
 from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .preemption import GracefulStop
 from .train_loop import HookBase
 
 __all__ = ["build_hooks", "default_hooks"]
@@ -38,7 +39,8 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
 
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:
-    """Default hooks then the config's ``hooks`` (or only those with ``train.hooks_replace=True``)."""
+    """Default hooks, the config's ``hooks``, then :class:`GracefulStop` (last, so that the step it stops
+    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks."""
     user = instantiate(cfg.get("hooks") or [], key="hooks")
     if isinstance(user, dict):
         user = list(user.values())
@@ -47,4 +49,4 @@ def build_hooks(cfg: DictConfig) -> list[HookBase]:
             raise ConfigError(
                 f"a hook must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.", key=f"hooks.{i}"
             )
-    return user if cfg.train.hooks_replace else [*default_hooks(cfg), *user]
+    return user if cfg.train.hooks_replace else [*default_hooks(cfg), *user, GracefulStop()]

@@ -80,18 +80,8 @@ class PeriodicCheckpointer(HookBase):
             self.save("model_final")
 
     def save(self, name: str) -> None:
-        trainer = self.trainer
-        trainer.average_over_ranks_and_check_finite()  # never save a diverged state
-        rng_states = comm.all_gather(get_rng_state())
-        trainer.checkpointer.save(
-            name,
-            iteration=min(trainer.iter, trainer.max_iter - 1),
-            rng_states=rng_states,
-            config=trainer.config_yaml,
-            num_threads=trainer.num_threads,
-            lazytrain_version=__version__,
-        )
-        trainer.checkpointer.remove_old(self.keep_last)
+        save_training_state(self.trainer, name)
+        self.trainer.checkpointer.remove_old(self.keep_last)
 
     def __repr__(self) -> str:
         return f"PeriodicCheckpointer(period={self.period}, keep_last={self.keep_last}, and at the end)"
@@ -157,6 +147,21 @@ class PeriodicWriter(HookBase):
     def __repr__(self) -> str:
         names = ", ".join(type(w).__name__ for w in self.writers)
         return f"PeriodicWriter(period={self.period}, writers=[{names}])"
+
+
+def save_training_state(trainer: Any, name: str) -> None:
+    """Write ``checkpoints/<name>.pth`` with everything an exact resume needs, as of the iteration that just
+    ran. A collective: every rank joins (losses are checked, RNG states gathered); rank 0 writes."""
+    trainer.average_over_ranks_and_check_finite()  # never save a diverged state
+    rng_states = comm.all_gather(get_rng_state())
+    trainer.checkpointer.save(
+        name,
+        iteration=min(trainer.iter, trainer.max_iter - 1),
+        rng_states=rng_states,
+        config=trainer.config_yaml,
+        num_threads=trainer.num_threads,
+        lazytrain_version=__version__,
+    )
 
 
 def _due_before_the_end(trainer: Any, period: int) -> bool:

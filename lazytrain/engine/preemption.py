@@ -1,0 +1,144 @@
+"""Preemption that loses nothing: on SIGTERM (SLURM, Kubernetes), SIGUSR1 (SLURM's ``--signal`` warning) or
+Ctrl-C, finish the step, save a checkpoint, say how to resume, and exit with :data:`EXIT_PREEMPTED`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from .. import comm
+from ..errors import LazytrainError
+from .hooks import save_training_state
+from .train_loop import HookBase
+
+__all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
+
+logger = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL: stopped on request with a checkpoint saved; --resume continues
+
+
+class Preempted(LazytrainError):
+    """Training stopped on a signal after saving a checkpoint (exit code 75); ``--resume`` continues it."""
+
+    exit_code = EXIT_PREEMPTED
+
+
+class GracefulStop(HookBase):
+    """On one of ``signals``: the step in progress finishes, every rank agrees on the iteration to stop at, a
+    checkpoint of that iteration is written, and training ends with :class:`Preempted`.
+
+    In a process group the ranks agree through one small all_reduce per step, started at the end of a step
+    and read at the end of the next (so it overlaps the step; the stop comes at most one step later). A
+    second Ctrl-C stops at once (the checkpoint being written, if any, is left out: writes are atomic); a
+    second SIGTERM / SIGUSR1 is ignored. Under SLURM, SIGUSR1 also requeues the job after the save
+    (``scontrol requeue``), for jobs submitted with ``sbatch --requeue``.
+    """
+
+    def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
+        self.signals = [name for name in signals if hasattr(signal, name)]  # no SIGUSR1 on Windows
+        self._received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+        self._vote: Optional[tuple[Any, torch.Tensor]] = None
+
+    def before_train(self) -> None:
+        self._received = None
+        self._vote = None
+        for name in self.signals:
+            signum = getattr(signal, name)
+            try:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
+            except ValueError:  # not the main thread: signals cannot be handled here
+                logger.debug("training runs off the main thread: %s is not handled", name)
+                break
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self._received is None:
+            self._received = signum
+            logger.warning("received %s: stopping after this step, with a checkpoint.", name)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt(f"second {name}")
+        else:
+            logger.warning("received %s again: already stopping.", name)
+
+    def after_step(self) -> None:
+        signum = self._agreed_signal()
+        if signum is None:
+            return
+        self._finish_vote()
+        trainer = self.trainer
+        name = signal.Signals(signum).name
+        checkpointer = trainer.checkpointer
+        checkpoint = f"model_{trainer.iter:07d}"
+        save_training_state(trainer, checkpoint)
+        comm.synchronize()  # no rank exits (and so gets its peers stopped) before rank 0 has written
+        path = os.path.join(checkpointer.save_dir, checkpoint + ".pth")
+        if signum == getattr(signal, "SIGUSR1", None) and "SLURM_JOB_ID" in os.environ and comm.is_main_process():
+            _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
+        raise Preempted(
+            f"stopped by {name} at iteration {trainer.iter + 1}/{trainer.max_iter}; checkpoint {path} written.",
+            hint=f"`{_resume_command()}` continues.",
+        )
+
+    def after_train(self) -> None:
+        self._finish_vote()
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
+
+    def _agreed_signal(self) -> Optional[int]:
+        """The signal all ranks stop for now, or None. In a process group: the highest signal number any rank
+        had received when the previous step ended (the vote of that step, read now)."""
+        if comm.get_world_size() == 1:
+            return self._received
+        previous = self._vote
+        mine = torch.tensor([self._received or 0], dtype=torch.int32)
+        self._vote = (dist.all_reduce(mine, op=dist.ReduceOp.MAX, async_op=True), mine)
+        if previous is None:
+            return None
+        work, value = previous
+        work.wait()
+        return int(value.item()) or None
+
+    def _finish_vote(self) -> None:
+        if self._vote is not None:  # every rank started the same votes: wait for the last one to finish
+            self._vote[0].wait()
+            self._vote = None
+
+    def __repr__(self) -> str:
+        return f"GracefulStop({', '.join(self.signals)}: checkpoint, then exit {EXIT_PREEMPTED})"
+
+
+def _resume_command() -> str:
+    """The command line of this run with ``--resume``, when it was started by the lazytrain CLI."""
+    argv = list(sys.argv)
+    if len(argv) > 1 and argv[1] == "train" and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py"):
+        args = argv[1:] if "--resume" in argv else [*argv[1:], "--resume"]
+        return shlex.join(["lazytrain", *args])
+    return "lazytrain train CONFIG ... --resume"
+
+
+def _requeue_slurm_job(job_id: str) -> None:
+    try:
+        r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        logger.warning("could not requeue SLURM job %s: %s", job_id, e)
+        return
+    if r.returncode == 0:
+        logger.info("requeued SLURM job %s (scontrol requeue); it continues from this checkpoint.", job_id)
+    else:
+        logger.warning(
+            "scontrol requeue %s failed: %s (submit with `sbatch --requeue` to make the job requeueable).",
+            job_id,
+            (r.stderr or r.stdout).strip(),
+        )

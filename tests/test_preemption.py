@@ -1,0 +1,139 @@
+"""Preemption: SIGTERM / SIGUSR1 / Ctrl-C finish the step, save, exit 75, and --resume repeats the
+uninterrupted run's losses bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TOY, cli_env
+
+from lazytrain.engine import EXIT_PREEMPTED, HookBase
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+COMMON = ["train.max_iter=24", "train.log_period=1", "train.checkpoint_period=100", "train.deterministic=True",
+          "model.dropout=0.2", "train.eval_period=0"]  # fmt: skip
+
+
+class AnnounceSteps(HookBase):
+    """Prints each finished iteration (so the test knows when to send its signal) and slows the steps down."""
+
+    def after_step(self) -> None:
+        print(f"finished {self.trainer.iter}", flush=True)
+        time.sleep(0.05)
+
+
+def env_with_tests(**extra: str) -> dict[str, str]:
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + TESTS
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    env.update(extra)
+    return env
+
+
+def config(tmp_path) -> str:
+    path = tmp_path / "slow.py"
+    path.write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import AnnounceSteps\n"
+        "hooks = [L(AnnounceSteps)()]\n"
+    )
+    return str(path)
+
+
+def train(cfg: str, out, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lazytrain.cli", "train", cfg, *COMMON, f"--output-dir={out}", *args],
+                          capture_output=True, text=True, env=env or env_with_tests(), timeout=300)  # fmt: skip
+
+
+def losses(out) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
+
+
+def interrupt(cfg: str, out, signum: int, after: int, env=None) -> tuple[int, str, str]:
+    """Start a run, send ``signum`` once iteration ``after`` has finished, return (exit code, stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytrain.cli", "train", cfg, *COMMON, f"--output-dir={out}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or env_with_tests(),
+    )  # fmt: skip
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.strip() == f"finished {after}":
+            proc.send_signal(signum)
+            break
+    stdout, stderr = proc.communicate(timeout=300)
+    return proc.returncode, "".join(seen) + stdout, stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_resume_repeats_the_losses(tmp_path, signum):
+    cfg = config(tmp_path)
+    full = train(cfg, tmp_path / "full")
+    assert full.returncode == 0, full.stderr
+    code, _, stderr = interrupt(cfg, tmp_path / "parts", signum, after=6)
+    assert code == EXIT_PREEMPTED, stderr
+    name = signal.Signals(signum).name
+    assert f"error: stopped by {name} at iteration" in stderr and "--resume` continues" in stderr
+    stopped = int(stderr.split("at iteration ")[1].split("/")[0]) - 1  # the last iteration that ran
+    assert stopped >= 6  # the step in progress finished (the signal may land one step later in the log)
+    assert (tmp_path / "parts" / "checkpoints" / f"model_{stopped:07d}.pth").exists()
+    assert (tmp_path / "parts" / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"
+    assert max(losses(tmp_path / "parts")) == stopped  # nothing of a later iteration was logged
+
+    resumed = train(cfg, tmp_path / "parts", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"finished {stopped}\n" not in resumed.stdout and f"finished {stopped + 1}\n" in resumed.stdout
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "parts")
+    assert sorted(b) == list(range(24))
+    assert [a[i] for i in range(24)] == [b[i] for i in range(24)]  # to the last bit
+
+
+def test_sigusr1_under_slurm_requeues_the_job_after_saving(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "scontrol.args"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {record}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = env_with_tests(SLURM_JOB_ID="4242", SLURM_PROCID="0", SLURM_NTASKS="1")
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    code, stdout, stderr = interrupt(config(tmp_path), tmp_path / "run", signal.SIGUSR1, after=3, env=env)
+    assert code == EXIT_PREEMPTED, stderr
+    assert record.read_text().split() == ["requeue", "4242"]
+    assert "requeued SLURM job 4242" in stdout
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The escape hatch when the step itself hangs: the second Ctrl-C raises KeyboardInterrupt (exit 130)."""
+    (tmp_path / "hang.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import HangsAt\n"
+        "hooks = [L(HangsAt)()]\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(tmp_path / "hang.py"), f"--output-dir={tmp_path / 'o'}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tests(),
+    )  # fmt: skip
+    for line in proc.stdout:
+        if "hanging" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+
+
+class HangsAt(HookBase):
+    def after_step(self) -> None:
+        if self.trainer.iter == 2:
+            print("hanging", flush=True)
+            while True:
+                time.sleep(0.1)
