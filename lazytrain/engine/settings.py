@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,7 +13,7 @@ from ..config import LazyConfig
 from ..config.lazy_config import source_line
 from ..errors import ConfigError, did_you_mean
 
-__all__ = ["TRAIN_DEFAULTS", "add_train_defaults", "check_required", "load_run_config"]
+__all__ = ["TRAIN_DEFAULTS", "add_train_defaults", "check_required", "check_train_settings", "load_run_config"]
 
 TRAIN_DEFAULTS: dict[str, Any] = dict(
     output_dir=None,  # None: output/<config file name>
@@ -45,6 +45,7 @@ def load_run_config(
     LazyConfig.check(cfg)
     if output_dir:
         cfg.train.output_dir = output_dir
+    check_train_settings(cfg, overridden=[o.split("=", 1)[0].lstrip("+~") for o in overrides])
     return cfg
 
 
@@ -79,6 +80,56 @@ def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: 
             )
         if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
             _check_known(user[key], defaults[key], f"{prefix}.{key}", root)
+
+
+def _int(minimum: int) -> tuple[str, Callable[[Any], bool]]:
+    return f"an integer >= {minimum}", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _positive_float_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0)
+
+
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_STR = ("a string", lambda v: isinstance(v, str))
+# what each leaf of ``train`` must hold, checked before anything is built: (what it must be, the test)
+_SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "output_dir": _STR,
+    "max_iter": _int(1),
+    "seed": _int(0),
+    "device": _STR,
+    "amp.enabled": _BOOL,
+    "amp.dtype": ('"bf16" or "fp16"', lambda v: v in ("bf16", "fp16", "bfloat16", "float16")),
+    "grad_accum": _int(1),
+    "clip_grad.max_norm": ("a number > 0, or None for no clipping", _positive_float_or_none),
+    "clip_grad.norm_type": ("a number > 0 (2.0: Euclidean; inf: max norm)", _positive_float_or_none),
+    "log_period": _int(1),
+    "checkpoint_period": ("an integer >= 0 (0: only the final checkpoint)", _int(0)[1]),
+    "keep_last": ("an integer >= 0 (0: keep every checkpoint)", _int(0)[1]),
+    "eval_period": ("an integer >= 0 (0: evaluate at the end only)", _int(0)[1]),
+    "init_checkpoint": ("a path to a checkpoint, or an empty string", lambda v: isinstance(v, str)),
+    "ddp.find_unused_parameters": _BOOL,
+    "ddp.broadcast_buffers": _BOOL,
+    "deterministic": _BOOL,
+    "hooks_replace": _BOOL,
+}
+
+
+def check_train_settings(cfg: DictConfig, overridden: Sequence[str] = ()) -> None:
+    """A ConfigError (exit 2) for the first ``train.*`` value of the wrong type or out of range, naming the
+    key, where it was set (the override, or the config file and line) and what it must be."""
+    train = cfg.train
+    for name, (expected, ok) in _SETTING_CHECKS.items():
+        value = OmegaConf.select(train, name, default=None, throw_on_missing=False)
+        if ok(value):
+            continue
+        key = f"train.{name}"
+        where: dict[str, Any] = {}
+        if key in overridden:
+            where["file"] = "command line"
+        else:
+            where["file"], where["line"] = source_line(cfg, name.rsplit(".", 1)[-1])
+        raise ConfigError(f"must be {expected}, got {value!r} ({type(value).__name__}).", key=key, **where)
 
 
 _REQUIRED = {
