@@ -170,8 +170,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_trace
     except LazytrainError as e:
         if show_traceback:
             traceback.print_exc()
-            if e.details:
-                print(e.details, file=sys.stderr)
+        if e.details and (show_traceback or e.show_details):
+            print(e.details, file=sys.stderr)  # e.g. the traceback of user code, or of a worker
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

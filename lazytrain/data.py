@@ -28,6 +28,7 @@ __all__ = [
     "TrainLoader",
     "build_test_loader",
     "build_train_loader",
+    "describe_batch",
     "to_device",
 ]
 
@@ -275,6 +276,26 @@ def to_device(batch: Any, device: torch.device | str, non_blocking: Optional[boo
         }
         return dataclasses.replace(batch, **changes)
     return batch
+
+
+def describe_batch(batch: Any, depth: int = 0) -> str:
+    """The structure of a batch for an error message: ``{image: float32[2, 5, 64, 512], names: list[2]}``."""
+    if isinstance(batch, torch.Tensor):
+        return f"{str(batch.dtype).replace('torch.', '')}[{', '.join(map(str, batch.shape))}]"
+    if depth >= 3:
+        return type(batch).__name__
+    if isinstance(batch, Mapping):
+        return "{" + ", ".join(f"{k}: {describe_batch(v, depth + 1)}" for k, v in batch.items()) + "}"
+    if isinstance(batch, (list, tuple)):
+        if (batch and all(isinstance(v, torch.Tensor) for v in batch)) or len(batch) <= 4:
+            return f"{type(batch).__name__}[" + ", ".join(describe_batch(v, depth + 1) for v in batch) + "]"
+        return f"{type(batch).__name__}[{len(batch)} x {type(batch[0]).__name__}]"
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        fields = ", ".join(
+            f"{f.name}: {describe_batch(getattr(batch, f.name), depth + 1)}" for f in dataclasses.fields(batch)
+        )
+        return f"{type(batch).__name__}({fields})"
+    return type(batch).__name__
 
 
 def _rebuild_mapping(original: Mapping, moved: dict) -> Mapping:

@@ -6,6 +6,7 @@ Errors are raised once, where the facts are known; the CLI prints them without a
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Iterable
 from typing import Optional
 
@@ -15,6 +16,7 @@ __all__ = [
     "LazytrainError",
     "RankFailedError",
     "TrainingError",
+    "UserCodeError",
     "did_you_mean",
     "from_worker",
 ]
@@ -24,6 +26,7 @@ class LazytrainError(Exception):
     """Base class of errors that the CLI prints as one paragraph. ``exit_code`` is what the CLI returns."""
 
     exit_code = 1
+    show_details = False  # print ``details`` (a traceback) even without --traceback
 
     def __init__(
         self,
@@ -82,6 +85,25 @@ class DataError(LazytrainError):
 
 class RankFailedError(LazytrainError):
     """One process of a distributed run failed; the others were stopped (exit code 1)."""
+
+
+class UserCodeError(LazytrainError):
+    """User code (the model, the loss, a dataset, a hook) raised during training. The CLI shows the original
+    traceback (its frames are the user's) and then this one closing line (exit code 1)."""
+
+    show_details = True
+
+    @classmethod
+    def wrap(cls, iteration: int, who: str, error: BaseException, batch: Optional[str] = None) -> UserCodeError:
+        message = str(error).strip()
+        if "Original Traceback" in message:  # raised in a DataLoader worker: torch put its traceback inside
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        text = f"iteration {iteration}: {who} raised {type(error).__name__}: {message}"
+        if batch is not None:
+            text += f" (batch: {batch})"
+        wrapped = cls(text)
+        wrapped.details = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+        return wrapped
 
 
 def from_worker(error: LazytrainError) -> LazytrainError:

@@ -80,8 +80,8 @@ def test_a_signal_saves_a_checkpoint_and_resume_repeats_the_losses(tmp_path, sig
     code, _, stderr = interrupt(cfg, tmp_path / "parts", signum, after=6)
     assert code == EXIT_PREEMPTED, stderr
     name = signal.Signals(signum).name
-    assert f"error: stopped by {name} at iteration" in stderr and "--resume` continues" in stderr
-    stopped = int(stderr.split("at iteration ")[1].split("/")[0]) - 1  # the last iteration that ran
+    assert f"error: stopped by {name} after iteration" in stderr and "--resume` continues" in stderr
+    stopped = int(stderr.split("after iteration ")[1].split(" ")[0])  # the last iteration that ran
     assert stopped >= 6  # the step in progress finished (the signal may land one step later in the log)
     assert (tmp_path / "parts" / "checkpoints" / f"model_{stopped:07d}.pth").exists()
     assert (tmp_path / "parts" / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"

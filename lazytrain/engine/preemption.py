@@ -86,7 +86,8 @@ class GracefulStop(HookBase):
         if signum == getattr(signal, "SIGUSR1", None) and "SLURM_JOB_ID" in os.environ and comm.is_main_process():
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
         raise Preempted(
-            f"stopped by {name} at iteration {trainer.iter + 1}/{trainer.max_iter}; checkpoint {path} written.",
+            f"stopped by {name} after iteration {trainer.iter} (of 0..{trainer.max_iter - 1}); checkpoint {path} "
+            "written.",
             hint=f"`{_resume_command()}` continues.",
         )
 

@@ -120,7 +120,11 @@ def check_train_settings(cfg: DictConfig, overridden: Sequence[str] = ()) -> Non
     key, where it was set (the override, or the config file and line) and what it must be."""
     train = cfg.train
     for name, (expected, ok) in _SETTING_CHECKS.items():
-        value = OmegaConf.select(train, name, default=None, throw_on_missing=False)
+        parent_key, _, leaf = name.rpartition(".")
+        parent = OmegaConf.select(train, parent_key) if parent_key else train
+        if not isinstance(parent, DictConfig) or OmegaConf.is_missing(parent, leaf):
+            continue  # a required value not given yet: check_required says what to add
+        value = parent.get(leaf)
         if ok(value):
             continue
         key = f"train.{name}"

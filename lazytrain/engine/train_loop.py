@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .. import comm
-from ..errors import TrainingError
+from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..events import EventStorage
 
 __all__ = ["HookBase", "TrainerBase"]
@@ -118,11 +118,21 @@ class TrainerBase:
         assert self.storage is not None
         self.storage.iter = self.iter
         for h in self._hooks:
-            h.before_step()
+            try:
+                h.before_step()
+            except LazytrainError:
+                raise
+            except Exception as e:
+                raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.before_step", e) from e
 
     def after_step(self) -> None:
         for h in self._hooks:
-            h.after_step()
+            try:
+                h.after_step()
+            except LazytrainError:
+                raise
+            except Exception as e:
+                raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.after_step", e) from e
 
     def after_train(self) -> None:
         assert self.storage is not None

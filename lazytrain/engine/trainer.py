@@ -10,8 +10,8 @@ from typing import Any, Optional
 import torch
 
 from ..checkpoint import Checkpointer
-from ..data import to_device
-from ..errors import TrainingError
+from ..data import describe_batch, to_device
+from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..evaluation import DatasetEvaluator, format_results, inference_on_dataset
 from .train_loop import TrainerBase, logger
 
@@ -134,16 +134,30 @@ class Trainer(TrainerBase):
         logged: dict[str, torch.Tensor] = {}  # detached loss terms, summed over micro-batches
         for micro in range(self.grad_accum):
             start = time.perf_counter()
-            batch = self._next_batch()
+            try:
+                batch = self._next_batch()
+            except LazytrainError:
+                raise
+            except Exception as e:
+                raise UserCodeError.wrap(self.iter, self._loader_name(), e) from e
             data_time += time.perf_counter() - start
             if self.device.type != "cpu":  # CPU batches are used as the loader made them
                 batch = to_device(batch, self.device)
             with self._gradient_sync(last_micro_batch=micro == self.grad_accum - 1), self._autocast:
-                losses = as_loss_dict(self.model(batch), self.model)
+                try:
+                    output = self.model(batch)
+                except Exception as e:  # the model's frames are in the traceback; the batch's shapes go here
+                    raise UserCodeError.wrap(
+                        self.iter, f"{self._model_name()}.forward", e, describe_batch(batch)
+                    ) from e
+                losses = as_loss_dict(output, self.model)
             loss = torch.stack(list(losses.values())).sum() if len(losses) > 1 else next(iter(losses.values()))
             if self.grad_accum > 1:
                 loss = loss / self.grad_accum
-            self.grad_scaler.scale(loss).backward()
+            try:
+                self.grad_scaler.scale(loss).backward()
+            except Exception as e:
+                raise UserCodeError.wrap(self.iter, f"the backward pass of {self._model_name()}", e) from e
             terms = {"total_loss": loss.detach()}
             if len(losses) > 1:  # a single term is the total: logged once
                 terms.update((name, value.detach() / self.grad_accum) for name, value in losses.items())
@@ -163,6 +177,18 @@ class Trainer(TrainerBase):
         assert storage is not None
         storage.put_scalar("data_time", data_time)
         storage.put_scalars(**logged, check_finite=True)  # type: ignore[arg-type]
+
+    def _model_name(self) -> str:
+        return type(getattr(self.model, "module", self.model)).__name__
+
+    def _loader_name(self) -> str:
+        dataset = getattr(self.data_loader, "dataset", None)
+        loader = type(self.data_loader).__name__
+        return (
+            f"the train loader ({loader} of {type(dataset).__name__})"
+            if dataset is not None
+            else f"the train loader ({loader})"
+        )
 
     def _gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP reduces gradients on the last micro-batch only; other models need no context."""
