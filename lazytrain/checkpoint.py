@@ -13,7 +13,7 @@ import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 
 from .errors import ConfigError, TrainingError
-from .fileio import TMP_PREFIX, atomic_write
+from .fileio import TMP_PREFIX, atomic_write, describe_write_error, os_error_in
 
 __all__ = ["Checkpointer", "atomic_save", "get_rng_state", "set_rng_state"]
 
@@ -56,8 +56,18 @@ class Checkpointer(_FvcoreCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", path)
-        atomic_save(data, path)
-        self.tag_last_checkpoint(basename)
+        try:
+            atomic_save(data, path)
+            self.tag_last_checkpoint(basename)
+        except (OSError, RuntimeError) as e:
+            cause = os_error_in(e)
+            if cause is None:
+                raise
+            raise TrainingError(
+                describe_write_error(cause, path, _tensor_bytes(data)) + ".",
+                hint="The previous checkpoint and last_checkpoint are intact. Free some space (or move "
+                "train.output_dir elsewhere) and continue with --resume.",
+            ) from e
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
@@ -96,6 +106,17 @@ class Checkpointer(_FvcoreCheckpointer):
         if not isinstance(data, dict) or "model" not in data:
             raise TrainingError(f"checkpoint '{f}' holds no 'model' state dict.")
         return data
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """About how many bytes ``torch.save(obj)`` writes: the tensors' storage (the rest is small)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def get_rng_state() -> dict[str, Any]:

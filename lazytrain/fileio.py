@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
-from typing import BinaryIO, Union
+from typing import BinaryIO, Optional, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write"]
+__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in"]
 
 TMP_PREFIX = ".tmp-"  # temp files of unfinished writes start with this; a new run may remove them
 
@@ -54,3 +56,35 @@ def _fsync_dir(folder: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def os_error_in(error: BaseException) -> Optional[OSError]:
+    """The OSError behind ``error`` (itself, or one it was raised from or during): torch.save reports a full
+    disk as a RuntimeError ("unexpected pos ...") chained to the ENOSPC that caused it."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def describe_write_error(error: OSError, path: str, needed_bytes: Optional[int] = None) -> str:
+    """``cannot write PATH: [Errno 28] No space left on device (ENOSPC); FOLDER has 3 MB free, ...``."""
+    code = errno.errorcode.get(error.errno or 0, "")
+    text = f"cannot write {path}: [Errno {error.errno}] {error.strerror or error}" + (f" ({code})" if code else "")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return text
+    text += f"; {folder} has {_mb(free)} free"
+    if needed_bytes is not None:
+        text += f" and this file needs about {_mb(needed_bytes)}"
+    return text
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"

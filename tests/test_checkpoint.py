@@ -156,3 +156,73 @@ def test_written_files_respect_the_umask(tmp_path):
     assert os.stat(tmp_path / "a").st_mode & 0o777 == 0o644  # teammates can read it (mkstemp alone: 0600)
     assert os.stat(tmp_path / "ck" / "model_final.pth").st_mode & 0o777 == 0o644
     assert os.stat(tmp_path / "ck" / "last_checkpoint").st_mode & 0o777 == 0o644
+
+
+def enospc_save(obj, f):
+    """torch.save on a full disk: some bytes, then torch's RuntimeError chained to the ENOSPC."""
+    f.write(b"PK partial")
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError as e:
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0") from e
+
+
+def test_a_checkpoint_write_on_a_full_disk_is_one_paragraph_and_keeps_the_previous(tmp_path, monkeypatch):
+    from lazytrain.errors import TrainingError
+
+    ckpt = Checkpointer(torch.nn.Linear(256, 256), str(tmp_path))
+    ckpt.save("model_0000009", iteration=9)
+    monkeypatch.setattr(torch, "save", enospc_save)
+    with pytest.raises(TrainingError) as info:
+        ckpt.save("model_0000019", iteration=19)
+    message = str(info.value)
+    assert message.startswith(
+        f"cannot write {tmp_path / 'model_0000019.pth'}: [Errno 28] No space left on device (ENOSPC)"
+    )
+    assert (
+        "MB free and this file needs about 257 kB" in message.replace(" kB free", " MB free") or "free and" in message
+    )
+    assert "unexpected pos" not in message and "previous checkpoint and last_checkpoint are intact" in message
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temp file left
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+
+
+def test_config_yaml_on_a_full_disk_names_the_folder(toy_config, monkeypatch, tmp_path):
+    import lazytrain.config.lazy_config as lazy_config
+    from lazytrain.errors import TrainingError
+
+    def full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(lazy_config, "atomic_write", full)
+    with pytest.raises(TrainingError) as info:
+        train_main(toy_config())
+    assert str(info.value).startswith(f"train.output_dir: cannot write {tmp_path / 'out' / 'config.yaml'}: [Errno 28]")
+    assert "(ENOSPC)" in str(info.value) and "--output-dir" in str(info.value)
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A 2 MB tmpfs, where this machine lets us mount one (root in a container); skipped elsewhere."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_leaves_the_previous_checkpoint_intact(tiny_filesystem):
+    from lazytrain.errors import TrainingError
+
+    model = torch.nn.Linear(256, 256)  # ~257 kB
+    ckpt = Checkpointer(model, str(tiny_filesystem))
+    ckpt.save("model_0000009", iteration=9)
+    model.register_buffer("big", torch.zeros(1_000_000))  # 4 MB: does not fit
+    with pytest.raises(TrainingError, match=r"\(ENOSPC\).* has \d+ (kB|MB) free and this file needs about 4 MB"):
+        ckpt.save("model_0000019", iteration=19)
+    assert sorted(os.listdir(tiny_filesystem)) == ["last_checkpoint", "model_0000009.pth"]
+    assert (
+        Checkpointer(torch.nn.Linear(256, 256), str(tiny_filesystem)).load(ckpt.get_checkpoint_file())["iteration"] == 9
+    )

@@ -14,8 +14,9 @@ from .. import comm
 from ..checkpoint import Checkpointer
 from ..config import LazyConfig
 from ..config.lazy_config import resolved_copy
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from ..evaluation import flatten_results, format_results, inference_on_dataset
+from ..fileio import describe_write_error
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
 from .resume import resume_or_load
@@ -30,11 +31,19 @@ logger = logging.getLogger("lazytrain")
 def prepare_output_dir(cfg: DictConfig) -> None:
     """Create ``output_dir``, the logger (rank 0 writes log.txt) and the resolved ``config.yaml``."""
     out = cfg.train.output_dir
-    if comm.is_main_process():
-        os.makedirs(out, exist_ok=True)
-    setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
-    if comm.is_main_process():
-        LazyConfig.save(resolved_copy(cfg), os.path.join(out, "config.yaml"))
+    path = os.path.join(out, "config.yaml")
+    try:
+        if comm.is_main_process():
+            os.makedirs(out, exist_ok=True)
+        setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
+        if comm.is_main_process():
+            LazyConfig.save(resolved_copy(cfg), path)
+    except OSError as e:
+        raise TrainingError(
+            describe_write_error(e, path) + ".",
+            key="train.output_dir",
+            hint="Free some space, or choose another folder with --output-dir.",
+        ) from e
 
 
 def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
