@@ -15,7 +15,7 @@ from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from .errors import ConfigError, TrainingError
 from .fileio import TMP_PREFIX, atomic_write, describe_write_error, os_error_in
 
-__all__ = ["Checkpointer", "atomic_save", "get_rng_state", "set_rng_state"]
+__all__ = ["Checkpointer", "ShapeMismatchError", "atomic_save", "get_rng_state", "set_rng_state"]
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -41,6 +41,7 @@ class Checkpointer(_FvcoreCheckpointer):
         **checkpointables: Any,
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.strict_shapes = False  # True (for --resume): a weight of another shape is an error, not skipped
         if save_dir and save_to_disk:
             os.makedirs(save_dir, exist_ok=True)
             for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):
@@ -87,6 +88,23 @@ class Checkpointer(_FvcoreCheckpointer):
             if os.path.abspath(path) != os.path.abspath(last):
                 os.remove(path)
 
+    def intact_checkpoints(self) -> list[str]:
+        """Every ``*.pth`` in ``save_dir`` (never a temp file of an unfinished write), newest first."""
+        files = glob.glob(os.path.join(self.save_dir, "*.pth"))
+        return sorted(files, key=os.path.getmtime, reverse=True)
+
+    def _load_model(self, checkpoint: Any) -> Any:
+        if self.strict_shapes:
+            model_state = self.model.state_dict()
+            mismatched = [
+                (key, tuple(value.shape), tuple(model_state[key].shape))
+                for key, value in checkpoint["model"].items()
+                if key in model_state and tuple(value.shape) != tuple(model_state[key].shape)
+            ]
+            if mismatched:
+                raise ShapeMismatchError(mismatched, saved_config=checkpoint.get("config"))
+        return super()._load_model(checkpoint)
+
     def load(self, path: str, checkpointables: Optional[list[str]] = None) -> dict[str, Any]:
         if path and not os.path.isfile(path):
             raise ConfigError(f"checkpoint '{path}' does not exist.", hint="Check the path given to --weights.")
@@ -106,6 +124,19 @@ class Checkpointer(_FvcoreCheckpointer):
         if not isinstance(data, dict) or "model" not in data:
             raise TrainingError(f"checkpoint '{f}' holds no 'model' state dict.")
         return data
+
+
+class ShapeMismatchError(TrainingError):
+    """Weights of the checkpoint have other shapes than the model's (``mismatched``: key, saved, model)."""
+
+    def __init__(
+        self, mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]], saved_config: Optional[str] = None
+    ) -> None:
+        self.mismatched = mismatched
+        self.saved_config = saved_config  # the resolved config the checkpoint was trained with
+        shown = "; ".join(f"{k}: {saved} in the checkpoint, {now} in the model" for k, saved, now in mismatched[:3])
+        more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
+        super().__init__(f"the checkpoint's weights do not fit the model: {shown}{more}.")
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Optional, Union
 
 import torch
 
+from .fileio import atomic_write
+
 __all__ = [
     "EventStorage",
     "EventWriter",
@@ -165,6 +167,14 @@ def _mean_over_ranks(
     return [(name, statistics.fmean(values[(name, it)]), it, check) for name, _, it, check in entries]
 
 
+def _replaced(line: str, start_iter: int) -> bool:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False  # not ours to judge: keep it
+    return isinstance(row, dict) and "weights" not in row and int(row.get("iteration", -1)) >= start_iter
+
+
 def _newest(history: deque, n: int) -> list:
     """The newest ``n`` entries of a deque without copying all of it (indexing near its end is O(1))."""
     n = min(n, len(history))
@@ -174,8 +184,9 @@ def _newest(history: deque, n: int) -> list:
 class EventWriter:
     """Writes what the storage holds; called by the PeriodicWriter hook."""
 
-    def open(self) -> None:
-        """Called before training starts: slow set-up goes here, so it does not stall a training step."""
+    def open(self, start_iter: int = 0) -> None:
+        """Called before training starts (at ``start_iter``: > 0 when resumed): slow set-up goes here, so it
+        does not stall a training step."""
 
     def write(self, storage: EventStorage) -> None:
         raise NotImplementedError
@@ -192,6 +203,24 @@ class JSONWriter(EventWriter):
         self.path = path
         self._file: Optional[Any] = None  # opened at the first write: building a writer creates no file
         self._written: dict[str, int] = {}  # name -> newest iteration written
+
+    def open(self, start_iter: int = 0) -> None:
+        """A resumed run replaces the iterations from ``start_iter`` on: the rows a crashed or preempted run
+        wrote for them go (rewritten atomically), so the file holds one clean history. Rows of ``lazytrain
+        eval`` (they name their ``weights``) stay."""
+        if start_iter <= 0 or not os.path.isfile(self.path):
+            return
+        with open(self.path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if not _replaced(line, start_iter)]
+        if len(kept) < len(lines):
+            atomic_write(self.path, "".join(line + "\n" for line in kept))
+            logging.getLogger(__name__).info(
+                "%s: removed %d rows of iterations >= %d, which this resumed run replaces.",
+                self.path,
+                len(lines) - len(kept),
+                start_iter,
+            )
 
     def write(self, storage: EventStorage) -> None:
         rows: dict[int, dict[str, float]] = defaultdict(dict)
@@ -221,12 +250,19 @@ class TensorboardWriter(EventWriter):
         self._writer: Optional[Any] = None  # made by open(): building a writer creates no file
         self._written: dict[str, int] = {}
 
-    def open(self) -> None:
+    def open(self, start_iter: int = 0) -> None:
+        """Creates the event file. A resumed run (``start_iter`` > 0) starts it with a SessionLog START at
+        ``start_iter``: TensorBoard then drops what earlier files hold from that step on, so the curves show
+        one history, not the lost iterations twice."""
         # imported here, not at the top: tensorboard takes ~0.3 s to import, and the CLI must start fast
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         if self._writer is None:
             self._writer = EventFileWriter(self.log_dir, flush_secs=30)
+            if start_iter > 0:
+                start = SessionLog(status=SessionLog.START)
+                self._writer.add_event(Event(wall_time=time.time(), step=start_iter, session_log=start))
 
     def write(self, storage: EventStorage) -> None:
         from tensorboard.compat.proto.event_pb2 import Event

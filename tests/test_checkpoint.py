@@ -225,3 +225,73 @@ def test_a_real_full_disk_leaves_the_previous_checkpoint_intact(tiny_filesystem)
     assert (
         Checkpointer(torch.nn.Linear(256, 256), str(tiny_filesystem)).load(ckpt.get_checkpoint_file())["iteration"] == 9
     )
+
+
+def crashed_run(toy_config, *overrides):
+    """A run of the toy config that crashes at iteration 12 (checkpoints at 4 and 9, metrics every step)."""
+    cfg = toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1", *overrides)
+    cfg.hooks.append(L(CrashAt)(iteration=12))
+    with pytest.raises(KeyboardInterrupt):
+        train_main(cfg)
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint_when_the_last_is_truncated(toy_config, tmp_path):
+    crashed_run(toy_config)
+    folder = tmp_path / "out" / "checkpoints"
+    last = folder / "model_0000009.pth"
+    last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk or a crash of the file system
+    train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "model_0000009.pth cannot be read" in log
+    assert f"resuming from the newest intact checkpoint, {folder / 'model_0000004.pth'}" in log
+    assert "Resumed from" in log and "at iteration 5" in log
+
+
+def test_resume_when_last_checkpoint_names_a_missing_file(toy_config, tmp_path):
+    crashed_run(toy_config)
+    (tmp_path / "out" / "checkpoints" / "model_0000009.pth").unlink()
+    train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "model_0000009.pth does not exist" in log and "at iteration 5" in log
+
+
+def test_a_resumed_history_holds_each_iteration_once_in_metrics_and_tensorboard(toy_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    crashed_run(toy_config)
+    rows_before = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert max(r["iteration"] for r in rows_before if "total_loss" in r) == 12  # 10..12 are lost with the crash
+    train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if "total_loss" in r]
+    assert [r["iteration"] for r in rows] == list(range(20))
+    acc = EventAccumulator(str(tmp_path / "out"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("total_loss")]
+    assert steps == list(range(20))
+    assert [e.value for e in acc.Scalars("total_loss")][10:] == pytest.approx([r["total_loss"] for r in rows][10:])
+
+
+def test_resume_with_other_model_shapes_names_the_config_keys_and_weights(toy_config):
+    from lazytrain.config import ConfigError
+
+    crashed_run(toy_config)
+    with pytest.raises(ConfigError) as info:
+        train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "model.hidden=64"), resume=True)
+    message = str(info.value)
+    assert message.startswith("--resume: the config changed model.hidden (32 -> 64) since ")
+    assert "the checkpoint's weights do not fit the model: net.0.weight: (32, 8) in the checkpoint, (64, 8) in the " \
+        "model" in message  # fmt: skip
+    assert "train.init_checkpoint" in message
+
+
+def test_resume_with_allowed_changes_warns_what_changed_and_what_it_means(toy_config, tmp_path):
+    crashed_run(toy_config)
+    train_main(
+        toy_config("train.max_iter=24", "train.checkpoint_period=5", "train.log_period=2", "optimizer.lr=0.5"),
+        resume=True,
+    )
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "--resume: the config changed since the checkpoint was written:" in log
+    assert "train.max_iter: 20 -> 24" in log and "train.log_period: 1 -> 2" in log and "optimizer.lr: 0.1 -> 0.5" in log
+    assert "optimizer: the optimizer's state comes from the checkpoint" in log
+    assert "train.max_iter: the LR schedule follows the fraction of training done" in log

@@ -124,7 +124,7 @@ class PeriodicWriter(HookBase):
 
     def before_train(self) -> None:
         for writer in self.writers:
-            writer.open()
+            writer.open(self.trainer.start_iter)
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1

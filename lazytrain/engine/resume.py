@@ -4,47 +4,36 @@ weights of ``train.init_checkpoint``, or from scratch."""
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any, Optional
 
 import torch
+import yaml
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import set_rng_state
+from ..checkpoint import Checkpointer, ShapeMismatchError, set_rng_state
+from ..errors import ConfigError, TrainingError
 from .trainer import Trainer
 
-__all__ = ["resume_or_load"]
+__all__ = ["config_changes", "report_config_changes", "resume_or_load"]
 
 logger = logging.getLogger("lazytrain")
 
 
 def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
-    """Load ``last_checkpoint`` (with ``resume``) or ``train.init_checkpoint`` (weights only); return the
-    iteration to start from."""
+    """Load the newest checkpoint of ``output_dir`` (with ``resume``: everything, for an exact continuation)
+    or ``train.init_checkpoint`` (weights only); return the iteration to start from."""
     checkpointer = trainer.checkpointer
     assert checkpointer is not None, "the trainer has no checkpointer (build it with build_trainer)"
-    if resume and checkpointer.has_checkpoint():
-        path = checkpointer.get_checkpoint_file()
-        extra = checkpointer.load(path)
-        rng_states = extra.get("rng_states") or []
-        rank = comm.get_rank()
-        if len(rng_states) == comm.get_world_size():
-            set_rng_state(rng_states[rank])
-        else:
-            logger.warning(
-                "the checkpoint holds RNG states of %d processes, this run has %d: RNG not restored.",
-                len(rng_states),
-                comm.get_world_size(),
-            )
-        if extra.get("num_threads") not in (None, torch.get_num_threads()):
-            logger.warning(
-                "the checkpoint was written with %s CPU threads and this run uses %d: CPU kernels may round "
-                "differently, so losses can differ in the last bits from an uninterrupted run.",
-                extra["num_threads"],
-                torch.get_num_threads(),
-            )
-        logger.info("Resumed from %s at iteration %d", path, extra["iteration"] + 1)
-        return int(extra["iteration"]) + 1
     if resume:
+        loaded = _load_for_resume(checkpointer, trainer)
+        if loaded is not None:
+            path, extra = loaded
+            _restore_rng(extra)
+            report_config_changes(extra.get("config"), trainer.config_yaml)
+            logger.info("Resumed from %s at iteration %d", path, extra["iteration"] + 1)
+            return int(extra["iteration"]) + 1
         logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
     elif checkpointer.has_checkpoint():
         logger.warning(
@@ -55,3 +44,138 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
     if cfg.train.init_checkpoint:
         checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
     return 0
+
+
+def _load_for_resume(checkpointer: Checkpointer, trainer: Trainer) -> Optional[tuple[str, dict[str, Any]]]:
+    """``(path, extra)`` of the checkpoint ``last_checkpoint`` names, or of the newest intact one when that
+    file is missing or truncated (with a warning); None when the folder has none."""
+    named = checkpointer.get_checkpoint_file() if checkpointer.has_checkpoint() else ""
+    candidates = ([named] if named else []) + [p for p in checkpointer.intact_checkpoints() if p != named]
+    problems: list[str] = []
+    checkpointer.strict_shapes = True  # resuming into other shapes would silently re-initialise weights
+    try:
+        for path in candidates:
+            if not os.path.isfile(path):
+                problems.append(f"{os.path.basename(path)} does not exist")
+                continue
+            try:
+                extra = checkpointer.load(path)
+            except ShapeMismatchError as e:
+                raise _shape_error(e, path, trainer.config_yaml) from None
+            except TrainingError as e:  # unreadable: truncated by a crash, or not a checkpoint
+                problems.append(f"{os.path.basename(path)} cannot be read ({e.message})")
+                continue
+            if problems:
+                logger.warning(
+                    "--resume: %s; resuming from the newest intact checkpoint, %s.", "; ".join(problems), path
+                )
+            return path, extra
+    finally:
+        checkpointer.strict_shapes = False
+    if problems:
+        raise TrainingError(
+            f"--resume: no checkpoint in {checkpointer.save_dir} can be loaded: {'; '.join(problems)}.",
+            hint="Start without --resume (or from weights with train.init_checkpoint=...).",
+        )
+    return None
+
+
+def _restore_rng(extra: dict[str, Any]) -> None:
+    rng_states = extra.get("rng_states") or []
+    if len(rng_states) == comm.get_world_size():
+        set_rng_state(rng_states[comm.get_rank()])
+    else:
+        logger.warning(
+            "the checkpoint holds RNG states of %d processes, this run has %d: RNG not restored, so random "
+            "draws (dropout, augmentations) differ from an uninterrupted run.",
+            len(rng_states),
+            comm.get_world_size(),
+        )
+    if extra.get("num_threads") not in (None, torch.get_num_threads()):
+        logger.warning(
+            "the checkpoint was written with %s CPU threads and this run uses %d: CPU kernels may round "
+            "differently, so losses can differ in the last bits from an uninterrupted run.",
+            extra["num_threads"],
+            torch.get_num_threads(),
+        )
+
+
+def config_changes(saved_yaml: Optional[str], current_yaml: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (value in the checkpoint's config, value now)}`` for every leaf that differs."""
+    if not saved_yaml:
+        return {}
+    saved, current = _flat(_parse(saved_yaml)), _flat(_parse(current_yaml))
+    missing = object()
+    return {
+        key: (saved.get(key, missing), current.get(key, missing))
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key, missing) != current.get(key, missing)
+    }
+
+
+# what a change of these keys means for a resumed run (the first prefix that matches)
+_CHANGE_NOTES = (
+    ("optimizer.", "the optimizer's state comes from the checkpoint, so its param groups keep the values it was "
+     "saved with; to apply new optimizer settings, start a new run with train.init_checkpoint=<the checkpoint>"),
+    ("lr_multiplier.", "the LR multiplier's state comes from the checkpoint; the new schedule applies only where "
+     "it is recomputed from the fraction of training done"),
+    ("train.max_iter", "the LR schedule follows the fraction of training done, so from here on it is stretched "
+     "over the new length (the LR jumps to the new schedule's value now)"),
+    ("dataloader.", "the batches differ from those of an uninterrupted run (an exact resume needs the same "
+     "data settings)"),
+    ("train.seed", "the data order and random draws differ from an uninterrupted run"),
+)  # fmt: skip
+
+
+def report_config_changes(saved_yaml: Optional[str], current_yaml: str) -> None:
+    """Warn about every key whose value changed since the checkpoint was written, with what it means."""
+    changes = config_changes(saved_yaml, current_yaml)
+    changes.pop("train.output_dir", None)  # resuming in another folder is fine
+    if not changes:
+        return
+    lines = [f"  {key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items()]
+    notes = []
+    for prefix, note in _CHANGE_NOTES:
+        if any(key.startswith(prefix) for key in changes):
+            notes.append(f"  {prefix.rstrip('.')}: {note}")
+    logger.warning(
+        "--resume: the config changed since the checkpoint was written:\n%s%s",
+        "\n".join(lines),
+        ("\n" + "\n".join(notes)) if notes else "",
+    )
+
+
+def _shape_error(error: ShapeMismatchError, path: str, current_yaml: str) -> ConfigError:
+    """One paragraph: the config keys that changed the model, and the first weights that no longer fit."""
+    changed = {k: v for k, v in config_changes(error.saved_config, current_yaml).items() if k.startswith("model.")}
+    keys = ", ".join(f"{k} ({_show(old)} -> {_show(new)})" for k, (old, new) in changed.items())
+    because = f"the config changed {keys} since {path} was written, and " if keys else f"{path}: "
+    return ConfigError(
+        f"--resume: {because}{error.message[0].lower()}{error.message[1:]}",
+        hint="Resume with the model settings the checkpoint was trained with (its config.yaml has them), or start "
+        "a new run from the weights that fit with train.init_checkpoint=<the checkpoint>.",
+    )
+
+
+def _parse(text: str) -> Any:
+    return yaml.load(text, Loader=_AnyTagLoader)
+
+
+class _AnyTagLoader(yaml.SafeLoader):
+    pass
+
+
+_AnyTagLoader.add_multi_constructor("", lambda loader, suffix, node: f"{suffix} {getattr(node, 'value', '')}")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if type(value) is object else repr(value)
