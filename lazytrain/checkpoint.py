@@ -4,8 +4,11 @@ RNG state capture for exact resume."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import random
+import re
+from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -15,7 +18,16 @@ from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 from .errors import ConfigError, TrainingError
 from .fileio import TMP_PREFIX, atomic_write, describe_write_error, os_error_in
 
-__all__ = ["Checkpointer", "ShapeMismatchError", "atomic_save", "get_rng_state", "set_rng_state"]
+__all__ = [
+    "Checkpointer",
+    "ShapeMismatchError",
+    "atomic_save",
+    "get_rng_state",
+    "load_inference_weights",
+    "load_init_weights",
+    "read_checkpoint",
+    "set_rng_state",
+]
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -47,8 +59,9 @@ class Checkpointer(_FvcoreCheckpointer):
             for stale in glob.glob(os.path.join(save_dir, TMP_PREFIX + "*")):
                 os.remove(stale)  # left by a run killed while it was writing
 
-    def save(self, name: str, **extra: Any) -> None:
-        """Write ``<save_dir>/<name>.pth`` with the model, the checkpointables and ``extra``."""
+    def save(self, name: str, tag_last: bool = True, **extra: Any) -> None:
+        """Write ``<save_dir>/<name>.pth`` with the model, the checkpointables and ``extra``; then point
+        ``last_checkpoint`` at it (unless ``tag_last=False``, as for ``model_best``)."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
@@ -59,7 +72,8 @@ class Checkpointer(_FvcoreCheckpointer):
         self.logger.info("Saving checkpoint to %s", path)
         try:
             atomic_save(data, path)
-            self.tag_last_checkpoint(basename)
+            if tag_last:
+                self.tag_last_checkpoint(basename)
         except (OSError, RuntimeError) as e:
             cause = os_error_in(e)
             if cause is None:
@@ -111,19 +125,25 @@ class Checkpointer(_FvcoreCheckpointer):
         return super().load(path, checkpointables)
 
     def _load_file(self, f: str) -> dict[str, Any]:
-        try:
-            # our own checkpoints hold RNG states and the config, which weights_only cannot load
-            data = torch.load(f, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise TrainingError(
-                f"cannot read checkpoint '{f}': {type(e).__name__}: {e}",
-                hint="The file is truncated or not a PyTorch checkpoint; use another one.",
-            ) from e
-        if isinstance(data, dict) and "model" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
-            data = {"model": data}  # a bare state_dict
-        if not isinstance(data, dict) or "model" not in data:
-            raise TrainingError(f"checkpoint '{f}' holds no 'model' state dict.")
-        return data
+        return read_checkpoint(f)
+
+
+def read_checkpoint(f: str) -> dict[str, Any]:
+    """The dict a checkpoint file holds (a bare state_dict becomes ``{"model": ...}``), on the CPU; a file
+    that cannot be read is a TrainingError naming it."""
+    try:
+        # our own checkpoints hold RNG states and the config, which weights_only cannot load
+        data = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise TrainingError(
+            f"cannot read checkpoint '{f}': {type(e).__name__}: {e}",
+            hint="The file is truncated or not a PyTorch checkpoint; use another one.",
+        ) from e
+    if isinstance(data, dict) and "model" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
+        data = {"model": data}  # a bare state_dict
+    if not isinstance(data, dict) or "model" not in data:
+        raise TrainingError(f"checkpoint '{f}' holds no 'model' state dict.")
+    return data
 
 
 class ShapeMismatchError(TrainingError):
@@ -137,6 +157,83 @@ class ShapeMismatchError(TrainingError):
         shown = "; ".join(f"{k}: {saved} in the checkpoint, {now} in the model" for k, saved, now in mismatched[:3])
         more = f" (and {len(mismatched) - 3} more)" if len(mismatched) > 3 else ""
         super().__init__(f"the checkpoint's weights do not fit the model: {shown}{more}.")
+
+
+def load_init_weights(
+    model: torch.nn.Module,
+    path: str,
+    rename: Sequence[Sequence[str]] = (),
+    strict: bool = False,
+) -> dict[str, list[str]]:
+    """Load the weights of checkpoint ``path`` into ``model`` for fine-tuning (``train.init_checkpoint``).
+
+    Keys are renamed by each ``(regex, replacement)`` of ``rename`` in turn (``module.`` of DDP is dropped
+    first); tensors of another shape are skipped with a warning. Returns ``{"loaded", "missing",
+    "unexpected", "mismatched"}`` key lists and logs them as a short table. ``strict``: any key not loaded is
+    a ConfigError naming them. A checkpoint that shares no key with the model is a ConfigError too."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint '{path}' does not exist.", key="train.init_checkpoint")
+    state = read_checkpoint(path)["model"]
+    renamed: dict[str, Any] = {}
+    for key, value in state.items():
+        key = key[len("module.") :] if key.startswith("module.") else key
+        for pattern, replacement in rename:
+            key = re.sub(pattern, replacement, key)
+        renamed[key] = value
+    own = model.state_dict()
+    loadable = {k: v for k, v in renamed.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    report = {
+        "loaded": sorted(loadable),
+        "missing": sorted(k for k in own if k not in renamed),
+        "unexpected": sorted(k for k in renamed if k not in own),
+        "mismatched": [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+                       for k, v in sorted(renamed.items()) if k in own and k not in loadable],
+    }  # fmt: skip
+    if not loadable:
+        raise ConfigError(
+            f"'{path}' shares no weights with the model: its keys look like {_few(sorted(renamed))}, the "
+            f"model's like {_few(sorted(own))}. It is a checkpoint of another architecture, or its keys need "
+            "renaming.",
+            key="train.init_checkpoint",
+            hint='Map them with train.init_rename=[["^backbone\\.", "encoder."]] (regex, replacement).',
+        )
+    bad = {name: keys for name, keys in report.items() if name != "loaded" and keys}
+    if strict and bad:
+        what = "; ".join(f"{name}: {_few(keys)}" for name, keys in bad.items())
+        raise ConfigError(
+            f"'{path}' does not match the model exactly ({what}).",
+            key="train.init_checkpoint",
+            hint="Fix the keys with train.init_rename, or allow a partial load with train.init_strict=False.",
+        )
+    model.load_state_dict(loadable, strict=False)
+    rows = [f"  {name:<10} {len(keys):>5}  {_few(keys) if name != 'loaded' else ''}".rstrip()
+            for name, keys in report.items()]  # fmt: skip
+    log = logging.getLogger("lazytrain")
+    log.info("Loaded %d of %d model tensors from %s:\n%s", len(loadable), len(own), path, "\n".join(rows))
+    if report["mismatched"]:
+        log.warning("skipped %d tensors of another shape: %s", len(report["mismatched"]), _few(report["mismatched"]))
+    return report
+
+
+def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = True) -> dict[str, Any]:
+    """Load ``path``'s weights into ``model`` for evaluation, export or prediction: its EMA of the weights
+    when the checkpoint has one (``train.ema``) and ``use_ema``, else the trained weights. Returns what else
+    the checkpoint holds (``iteration``, ``config``, ...) plus ``"weights": "ema" | "model"``."""
+    extra = Checkpointer(model, save_to_disk=False).load(path, checkpointables=[])  # map_location=cpu
+    ema = extra.pop("ema", None)
+    log = logging.getLogger("lazytrain")
+    if ema is not None and use_ema:
+        model.load_state_dict({k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")})
+        log.info("Using the EMA weights of %s (--no-ema: the trained weights).", path)
+        extra["weights"] = "ema"
+    else:
+        extra["weights"] = "model"
+    return extra
+
+
+def _few(items: Sequence[str], n: int = 3) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f" (and {len(items) - n} more)" if len(items) > n else "")
 
 
 def _tensor_bytes(obj: Any) -> int:

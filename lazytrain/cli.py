@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument("--output-dir", help="where log.txt and metrics.jsonl go (train.output_dir)")
+    p.add_argument("--no-ema", action="store_true", help="evaluate the trained weights, not their EMA (train.ema)")
     _launch_args(p)
     p.set_defaults(func=cmd_eval)
 
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--opset", type=int, help="ONNX opset version (default: the exporter's)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--no-ema", action="store_true", help="export the trained weights, not their EMA (train.ema)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("hooks", help="print the trainer's hook list, in order, with periods")
@@ -103,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.run import evaluate_main
 
-    _launch(evaluate_main, args, load_config(args), args.weights)
+    _launch(evaluate_main, args, load_config(args), args.weights, not args.no_ema)
     return 0
 
 
@@ -112,7 +114,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     cfg = load_config(args)
     output = args.output or os.path.join(cfg.train.output_dir, "model.onnx")
-    report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check)
+    report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check, use_ema=not args.no_ema)
+    if report["ema_weights"]:
+        print(f"using the EMA weights of {args.weights} (--no-ema: the trained weights)")
     if report["checked"]:
         print(
             f"wrote {output} (opset {report['opset']}): matches torch on {len(report['batches'])} batches, "

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import Checkpointer
+from .checkpoint import load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
@@ -65,11 +65,12 @@ def export_onnx(
     opset: Optional[int] = None,
     check: bool = True,
     num_batches: int = 4,
+    use_ema: bool = True,
 ) -> dict[str, Any]:
     """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
     :func:`verify_onnx`). Writes ``export_report.json`` beside the model and returns the report."""
     spec = _export_spec(cfg)
-    wrapper, batches = _prepare(cfg, weights, spec, num_batches)
+    wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     onnx_program.save(output)
@@ -84,6 +85,7 @@ def export_onnx(
     report: dict[str, Any] = {
         "model": os.path.abspath(output),
         "weights": os.path.abspath(weights),
+        "ema_weights": which == "ema",
         "opset": next((o.version for o in saved.opset_import if o.domain in ("", "ai.onnx")), None),
         "inputs": {i.name: _dims(i) for i in saved.graph.input},
         "outputs": {o.name: _dims(o) for o in saved.graph.output},
@@ -95,25 +97,27 @@ def export_onnx(
     return report
 
 
-def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4) -> dict[str, Any]:
+def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4, use_ema: bool = True) -> dict[str, Any]:
     """Compare the ONNX model at ``path`` with the config's model and ``weights`` on test batches (and on a
     batch of another size); an ExportError (exit 1) beyond rtol=1e-3 / atol=1e-4."""
     spec = _export_spec(cfg)
-    wrapper, batches = _prepare(cfg, weights, spec, num_batches)
-    report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights)}
+    wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
+    report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights), "ema_weights": which == "ema"}
     report.update(check_onnx(wrapper, path, batches, spec))
     _write_report(path, report)
     return report
 
 
 def _prepare(
-    cfg: DictConfig, weights: str, spec: Mapping[str, Any], num_batches: int
-) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, ...]]]:
+    cfg: DictConfig, weights: str, spec: Mapping[str, Any], num_batches: int, use_ema: bool = True
+) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, ...]], str]:
+    """The model with ``weights`` in a wrapper of plain tensors, example batches, and which weights ("ema" or
+    "model") it holds."""
     model = instantiate(cfg.model, key="model")
-    Checkpointer(model, save_to_disk=False).load(weights, checkpointables=[])  # map_location=cpu: CUDA ckpts too
+    which = load_inference_weights(model, weights, use_ema)["weights"]  # map_location=cpu: CUDA checkpoints too
     wrapper = _TensorsInTensorsOut(model.cpu().eval(), spec["input_keys"], spec["output_names"]).eval()
     batches = list(itertools.islice(_input_batches(cfg, spec["input_keys"]), max(num_batches, 1)))
-    return wrapper, batches
+    return wrapper, batches, which
 
 
 def _write_report(model_path: str, report: dict[str, Any]) -> None:

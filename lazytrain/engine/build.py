@@ -3,7 +3,9 @@ loaders, LR schedule, evaluator, checkpointer and hooks, handed to the :class:`T
 
 from __future__ import annotations
 
+import fnmatch
 import inspect
+import logging
 import os
 import random
 from typing import Any, Optional
@@ -16,17 +18,21 @@ from .. import comm
 from ..checkpoint import Checkpointer
 from ..config import LazyConfig, instantiate
 from ..config.lazy import TARGET_KEY, locate, target_signature
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .hook_list import build_hooks
 from .lr import LRMultiplier
 from .trainer import Trainer, make_grad_scaler
 
+logger = logging.getLogger("lazytrain")
+
 __all__ = [
+    "build_ema",
     "build_evaluation",
     "build_loader",
     "build_model",
     "build_optimizer",
     "build_trainer",
+    "freeze_parameters",
     "resolve_device",
     "seed_everything",
     "wrap_ddp",
@@ -39,6 +45,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     seed_everything(t.seed + comm.get_rank(), t.deterministic)
     device = resolve_device(t.device)
     model = build_model(cfg, device)
+    freeze_parameters(model, list(t.freeze))  # before DDP and the optimizer: they see trainable ones only
+    log_parameter_counts(model)
     train_model: torch.nn.Module = model
     if comm.get_world_size() > 1:
         train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
@@ -50,12 +58,15 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         lr_scheduler = LRMultiplier(optimizer, multiplier, t.max_iter)
     evaluator, test_loader = build_evaluation(cfg, device)
     grad_scaler = make_grad_scaler(device, t.amp.enabled, t.amp.dtype)
+    ema = build_ema(model, t.ema.decay) if t.ema.enabled else None
 
     checkpointables: dict[str, Any] = {"optimizer": optimizer}
     if lr_scheduler is not None:
         checkpointables["lr_scheduler"] = lr_scheduler
     if grad_scaler.is_enabled():  # a disabled scaler has no state (and an enabled one refuses an empty one)
         checkpointables["grad_scaler"] = grad_scaler
+    if ema is not None:
+        checkpointables["ema"] = ema
     if hasattr(train_loader, "state_dict"):
         checkpointables["train_loader"] = train_loader
     checkpointer = Checkpointer(
@@ -76,6 +87,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         checkpointer=checkpointer,
         evaluator=evaluator,
         test_loader=test_loader,
+        ema=ema,
         cfg=cfg,
         config_yaml=LazyConfig.to_yaml(cfg, resolve=True),
     )
@@ -132,13 +144,54 @@ def wrap_ddp(
     )
 
 
+def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> None:
+    """``requires_grad=False`` for every parameter whose name matches one of the glob ``patterns``
+    (``train.freeze``); a pattern that matches nothing is a ConfigError with close names."""
+    names = [name for name, _ in model.named_parameters()]
+    for i, pattern in enumerate(patterns):
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            stem = pattern.rstrip("*.")
+            close = did_you_mean(stem, sorted({n.rsplit(".", 1)[0] for n in names} | set(names)))
+            raise ConfigError(
+                f"the pattern {pattern!r} matches no parameter of {type(model).__name__}.",
+                key=f"train.freeze.{i}",
+                hint=(close + " " if close else "") + f"Parameter names look like {', '.join(names[:3])}.",
+            )
+        for name, param in model.named_parameters():
+            if name in matched:
+                param.requires_grad_(False)
+
+
+def log_parameter_counts(model: torch.nn.Module) -> None:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    logger.info(
+        "Model %s: %s parameters (%s trainable, %s frozen), %.1f MB",
+        type(model).__name__,
+        f"{total:,}",
+        f"{trainable:,}",
+        f"{total - trainable:,}",
+        size_mb,
+    )
+
+
+def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """torch's AveragedModel with an exponential moving average of the weights and buffers (``train.ema``),
+    on the model's device and in its dtype (fp32: AMP keeps fp32 weights)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """``cfg.optimizer`` with ``params`` filled: the model's parameters, or ``model=`` given to a call
     config such as ``params=L(param_groups)(weight_decay_norm=0.0)``."""
     optimizer_cfg = cfg.optimizer.copy()
     params = optimizer_cfg.get("params")
     if params is None:
-        optimizer_cfg.params = list(model.parameters())
+        optimizer_cfg.params = [p for p in model.parameters() if p.requires_grad]
     elif isinstance(params, DictConfig) and TARGET_KEY in params and "model" not in params:
         params.model = model
     optimizer = instantiate(optimizer_cfg, key="optimizer")

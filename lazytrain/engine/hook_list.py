@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -11,7 +12,15 @@ from .. import comm
 from ..config import instantiate
 from ..errors import ConfigError
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
-from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .hooks import (
+    BestCheckpointer,
+    EMAHook,
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+)
 from .preemption import GracefulStop
 from .train_loop import HookBase
 
@@ -19,8 +28,8 @@ __all__ = ["build_hooks", "default_hooks"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
-    """The standard hooks for the ``train`` settings: timer, LR schedule, checkpoints, evaluation, writers
-    (rank 0 alone gets writers)."""
+    """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, checkpoints,
+    evaluation, best checkpoint (``train.best``), writers (rank 0 alone gets writers)."""
     t = cfg.train
     writers = []
     if comm.is_main_process():
@@ -29,13 +38,16 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
             JSONWriter(os.path.join(t.output_dir, "metrics.jsonl")),
             TensorboardWriter(t.output_dir),
         ]
-    return [
+    hooks: list[Optional[HookBase]] = [
         IterationTimer(),
+        EMAHook(t.ema.decay) if t.ema.enabled else None,
         LRScheduler(),
         PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
         EvalHook(t.eval_period),
+        BestCheckpointer(t.best.metric, t.best.mode) if t.best.metric else None,
         PeriodicWriter(writers, period=t.log_period),
     ]
+    return [h for h in hooks if h is not None]
 
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:

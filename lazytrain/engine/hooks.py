@@ -1,4 +1,5 @@
-"""The standard hooks, each with one job and its period: timing, LR schedule, checkpoints, evaluation, writers.
+"""The standard hooks, each with one job and its period: timing, EMA, LR schedule, checkpoints (periodic and
+best), evaluation, writers.
 
 Hooks read what they need from ``self.trainer`` when they run, so a hook list can be built (and printed by
 ``lazytrain hooks``) from a config alone.
@@ -7,18 +8,24 @@ Hooks read what they need from ``self.trainer`` when they run, so a hook list ca
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 from .. import __version__, comm
 from ..checkpoint import get_rng_state
+from ..errors import ConfigError, did_you_mean
 from ..evaluation import flatten_results
 from ..events import EventWriter
+from ..fileio import atomic_write
 from .train_loop import HookBase
 
 __all__ = [
+    "BestCheckpointer",
+    "EMAHook",
     "EvalHook",
     "IterationTimer",
     "LRScheduler",
@@ -60,6 +67,22 @@ class LRScheduler(HookBase):
         self.trainer.storage.put_scalar("lr", self.trainer.optimizer.param_groups[0]["lr"], smoothing_hint=False)
         if self.trainer.lr_scheduler is not None:
             self.trainer.lr_scheduler.step()
+
+
+class EMAHook(HookBase):
+    """Updates ``trainer.ema`` (torch's AveragedModel with ``get_ema_multi_avg_fn(decay)``, fp32, on the
+    model's device) after each optimizer step. Evaluation then uses the EMA weights; every checkpoint holds
+    them (key ``ema``), so a resume continues the same average."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+
+    def after_step(self) -> None:
+        trainer = self.trainer
+        trainer.ema.update_parameters(getattr(trainer.model, "module", trainer.model))
+
+    def __repr__(self) -> str:
+        return f"EMAHook(decay={self.decay})"
 
 
 class PeriodicCheckpointer(HookBase):
@@ -114,6 +137,62 @@ class EvalHook(HookBase):
         return f"EvalHook({when})"
 
 
+class BestCheckpointer(HookBase):
+    """After each evaluation, writes ``checkpoints/model_best.pth`` (and ``model_best.json`` with the metric,
+    its value and the iteration) when ``metric`` improved on the best so far (``mode`` "max" or "min"). The
+    best value is part of every checkpoint, so after ``--resume`` a worse evaluation never replaces it; the
+    file does not move ``last_checkpoint`` and keep_last never deletes it."""
+
+    def __init__(self, metric: str, mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"train.best.mode must be 'max' or 'min', got {mode!r}.")
+        self.metric, self.mode = metric, mode
+        self.best: Optional[tuple[float, int]] = None  # (value, iteration)
+        self._checked_iter: Optional[int] = None
+
+    def after_step(self) -> None:
+        self._check()
+
+    def after_train(self) -> None:
+        if self.trainer.completed:
+            self._check()
+
+    def _check(self) -> None:
+        latest = self.trainer.latest_eval
+        if latest is None or latest[0] == self._checked_iter:
+            return
+        iteration, results = latest
+        self._checked_iter = iteration
+        if self.metric not in results:
+            raise ConfigError(
+                f"the evaluation returned no metric '{self.metric}'; it returned {', '.join(map(repr, results))}.",
+                key="train.best.metric",
+                hint=did_you_mean(self.metric, results) or "Use one of those names.",
+            )
+        value = float(results[self.metric])
+        if self.best is not None and not (value > self.best[0] if self.mode == "max" else value < self.best[0]):
+            return
+        previous = self.best
+        self.best = (value, iteration)
+        save_training_state(self.trainer, "model_best", tag_last=False)
+        checkpointer = self.trainer.checkpointer
+        if checkpointer.save_to_disk and checkpointer.save_dir:
+            record = {"metric": self.metric, "mode": self.mode, "value": value, "iteration": iteration}
+            atomic_write(os.path.join(checkpointer.save_dir, "model_best.json"), json.dumps(record) + "\n")
+        was = f" (was {previous[0]:.4f} at iteration {previous[1]})" if previous is not None else ""
+        logger.info("New best %s = %.4f at iteration %d%s: wrote model_best.pth", self.metric, value, iteration,
+                    was)  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = tuple(state["best"]) if state.get("best") is not None else None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"BestCheckpointer(metric={self.metric!r}, mode={self.mode!r}: checkpoints/model_best.pth)"
+
+
 class PeriodicWriter(HookBase):
     """Calls each writer every ``period`` iterations and at the end (other ranks than 0 get no writers, but
     still check their losses at each period)."""
@@ -149,13 +228,17 @@ class PeriodicWriter(HookBase):
         return f"PeriodicWriter(period={self.period}, writers=[{names}])"
 
 
-def save_training_state(trainer: Any, name: str) -> None:
+def save_training_state(trainer: Any, name: str, tag_last: bool = True) -> None:
     """Write ``checkpoints/<name>.pth`` with everything an exact resume needs, as of the iteration that just
-    ran. A collective: every rank joins (losses are checked, RNG states gathered); rank 0 writes."""
+    ran, hooks' own state included (those with ``state_dict``). A collective: every rank joins (losses are
+    checked, RNG states gathered); rank 0 writes."""
     trainer.average_over_ranks_and_check_finite()  # never save a diverged state
     rng_states = comm.all_gather(get_rng_state())
+    hook_states = {type(h).__name__: h.state_dict() for h in trainer.hooks if hasattr(h, "state_dict")}
     trainer.checkpointer.save(
         name,
+        tag_last=tag_last,
+        hooks=hook_states,
         iteration=min(trainer.iter, trainer.max_iter - 1),
         rng_states=rng_states,
         config=trainer.config_yaml,

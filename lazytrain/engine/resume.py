@@ -12,7 +12,7 @@ import yaml
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import Checkpointer, ShapeMismatchError, set_rng_state
+from ..checkpoint import Checkpointer, ShapeMismatchError, load_init_weights, set_rng_state
 from ..errors import ConfigError, TrainingError
 from .trainer import Trainer
 
@@ -31,6 +31,7 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
         if loaded is not None:
             path, extra = loaded
             _restore_rng(extra)
+            _restore_hook_states(trainer, extra.get("hooks") or {})
             report_config_changes(extra.get("config"), trainer.config_yaml)
             logger.info("Resumed from %s at iteration %d", path, extra["iteration"] + 1)
             return int(extra["iteration"]) + 1
@@ -42,7 +43,10 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
             checkpointer.save_dir,
         )
     if cfg.train.init_checkpoint:
-        checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
+        t = cfg.train
+        model = checkpointer.model
+        # the EMA (if any) starts from these weights: its first update copies the model
+        load_init_weights(model, t.init_checkpoint, [tuple(pair) for pair in t.init_rename], t.init_strict)
     return 0
 
 
@@ -78,6 +82,14 @@ def _load_for_resume(checkpointer: Checkpointer, trainer: Trainer) -> Optional[t
             hint="Start without --resume (or from weights with train.init_checkpoint=...).",
         )
     return None
+
+
+def _restore_hook_states(trainer: Trainer, states: dict[str, Any]) -> None:
+    """Hooks with their own state (the best metric so far, ...) continue where the checkpoint left them."""
+    for hook in trainer.hooks:
+        state = states.get(type(hook).__name__)
+        if state is not None and hasattr(hook, "load_state_dict"):
+            hook.load_state_dict(state)
 
 
 def _restore_rng(extra: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import Checkpointer
+from ..checkpoint import load_inference_weights
 from ..config import LazyConfig
 from ..config.lazy_config import resolved_copy
 from ..errors import ConfigError, TrainingError
@@ -65,8 +65,9 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
     return dict(trainer.storage.latest()) if trainer.storage else {}
 
 
-def evaluate_main(cfg: DictConfig, weights: str) -> dict[str, Any]:
-    """Load ``weights`` into the config's model and evaluate it; results go to the log and metrics.jsonl."""
+def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[str, Any]:
+    """Load ``weights`` (their EMA when the checkpoint has one and ``use_ema``) into the config's model and
+    evaluate it; results go to the log and metrics.jsonl."""
     check_required(cfg, ("model",))
     if cfg.get("evaluator") is None:
         raise ConfigError("this config has no evaluator.", key="evaluator", hint="Add evaluator = L(MyEvaluator)(...).")
@@ -74,7 +75,7 @@ def evaluate_main(cfg: DictConfig, weights: str) -> dict[str, Any]:
     seed_everything(cfg.train.seed + comm.get_rank(), cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
-    extra = Checkpointer(model, save_to_disk=False).load(weights, checkpointables=[])
+    extra = load_inference_weights(model, weights, use_ema)
     evaluator, test_loader = build_evaluation(cfg, device)
     assert evaluator is not None and test_loader is not None
     autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
@@ -82,7 +83,8 @@ def evaluate_main(cfg: DictConfig, weights: str) -> dict[str, Any]:
     iteration = int(extra.get("iteration", -1))
     logger.info("Evaluation of %s (iteration %d):\n%s", weights, iteration, format_results(results))
     if comm.is_main_process():
-        record = {"iteration": iteration, "weights": weights, **flatten_results(results)}
+        record = {"iteration": iteration, "weights": weights, "ema": extra["weights"] == "ema",
+                  **flatten_results(results)}  # fmt: skip
         with open(os.path.join(cfg.train.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     return results

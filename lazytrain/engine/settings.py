@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..config import LazyConfig
 from ..config.lazy_config import source_line
@@ -31,6 +31,11 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     ddp=dict(find_unused_parameters=False, broadcast_buffers=False),
     deterministic=False,
     hooks_replace=False,
+    best=dict(metric=None, mode="max"),  # metric: a name the evaluator returns; None: no model_best.pth
+    ema=dict(enabled=False, decay=0.9998),
+    freeze=[],  # glob patterns over parameter names: no gradients, not in the optimizer
+    init_rename=[],  # [[regex, replacement], ...] applied to init_checkpoint's keys before loading
+    init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
 )
 
 
@@ -112,7 +117,25 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "ddp.broadcast_buffers": _BOOL,
     "deterministic": _BOOL,
     "hooks_replace": _BOOL,
+    "best.metric": ("a metric name the evaluator returns, or None", lambda v: v is None or isinstance(v, str)),
+    "best.mode": ('"max" or "min"', lambda v: v in ("max", "min")),
+    "ema.enabled": _BOOL,
+    "ema.decay": (
+        "a number in (0, 1)",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+    ),
+    "freeze": ("a list of glob patterns over parameter names", lambda v: _str_list(v)),
+    "init_rename": ("a list of [regex, replacement] pairs", lambda v: _pair_list(v)),
+    "init_strict": _BOOL,
 }
+
+
+def _str_list(v: Any) -> bool:
+    return isinstance(v, (list, ListConfig)) and all(isinstance(x, str) for x in v)
+
+
+def _pair_list(v: Any) -> bool:
+    return isinstance(v, (list, ListConfig)) and all(_str_list(x) and len(x) == 2 for x in v)
 
 
 def check_train_settings(cfg: DictConfig, overridden: Sequence[str] = ()) -> None:

@@ -12,7 +12,7 @@ import torch
 from ..checkpoint import Checkpointer
 from ..data import describe_batch, to_device
 from ..errors import LazytrainError, TrainingError, UserCodeError
-from ..evaluation import DatasetEvaluator, format_results, inference_on_dataset
+from ..evaluation import DatasetEvaluator, flatten_results, format_results, inference_on_dataset
 from .train_loop import TrainerBase, logger
 
 __all__ = ["Trainer", "amp_torch_dtype", "as_loss_dict", "autocast_context", "make_grad_scaler"]
@@ -28,8 +28,9 @@ class Trainer(TrainerBase):
     it is a disabled one, whose calls pass straight through.
 
     What the standard hooks read is given here: ``lr_scheduler`` (stepped by LRScheduler), ``checkpointer``
-    (PeriodicCheckpointer), ``evaluator`` and ``test_loader`` (EvalHook, through :meth:`test`) and
-    ``config_yaml`` (the resolved config stored in every checkpoint). :func:`lazytrain.engine.build_trainer`
+    (PeriodicCheckpointer), ``evaluator`` and ``test_loader`` (EvalHook, through :meth:`test`), ``ema`` (the
+    EMA of the weights that EMAHook updates and evaluation uses) and ``config_yaml`` (the resolved config
+    stored in every checkpoint). :func:`lazytrain.engine.build_trainer`
     builds them all from a config.
     """
 
@@ -50,6 +51,7 @@ class Trainer(TrainerBase):
         checkpointer: Optional[Checkpointer] = None,
         evaluator: Optional[DatasetEvaluator] = None,
         test_loader: Optional[Iterable[Any]] = None,
+        ema: Optional[torch.optim.swa_utils.AveragedModel] = None,
         cfg: Any = None,
         config_yaml: str = "",
     ) -> None:
@@ -72,6 +74,8 @@ class Trainer(TrainerBase):
         self.checkpointer = checkpointer
         self.evaluator = evaluator
         self.test_loader = test_loader
+        self.ema = ema
+        self.latest_eval: Optional[tuple[int, dict[str, float]]] = None
         self.cfg = cfg
         self.config_yaml = config_yaml
         self.num_threads = torch.get_num_threads()
@@ -110,17 +114,26 @@ class Trainer(TrainerBase):
             self._data_iter = None
 
     def test(self) -> dict[str, Any]:
-        """Evaluate the model on the test loader with the evaluator (``{}`` when the config has none)."""
+        """Evaluate the model (its EMA when ``ema`` is set) on the test loader with the evaluator (``{}`` when
+        the config has none); :attr:`latest_eval` becomes ``(iteration, flat results)``."""
         if self.evaluator is None or self.test_loader is None:
             return {}
-        model = getattr(self.model, "module", self.model)  # evaluate without DDP's hooks
+        model = self.eval_model()
         results = inference_on_dataset(
             model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
         )
+        iteration = self.storage.iter if self.storage is not None else self.iter
         if results:
-            iteration = self.storage.iter if self.storage is not None else self.iter
-            logger.info("Evaluation after iteration %d:\n%s", iteration, format_results(results))
+            weights = " (EMA weights)" if self.ema is not None else ""
+            logger.info("Evaluation after iteration %d%s:\n%s", iteration, weights, format_results(results))
+        self.latest_eval = (iteration, flatten_results(results))
         return results
+
+    def eval_model(self) -> torch.nn.Module:
+        """The module evaluation runs: the EMA of the weights when enabled, else the model without DDP."""
+        if self.ema is not None:
+            return self.ema.module
+        return getattr(self.model, "module", self.model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of this run (a no-op without AMP); evaluation uses it too."""
