@@ -171,3 +171,29 @@ def test_a_checkpoint_of_another_architecture_is_one_paragraph(toy_config, tmp_p
     message = str(info.value)
     assert "shares no weights with the model: its keys look like encoder.layers.0.bias" in message
     assert "train.init_rename" in message and "\n" not in message
+
+
+def test_compiled_training_writes_the_same_checkpoint_keys_and_resumes_across_the_switch(toy_config, tmp_path):
+    plain = toy_config("train.max_iter=4", "train.checkpoint_period=2", "train.eval_period=0")
+    train_main(plain)
+    keys = read_checkpoint(str(tmp_path / "out" / "checkpoints" / "model_final.pth"))["model"].keys()
+    compiled = toy_config("train.max_iter=8", "train.checkpoint_period=2", "train.eval_period=0",
+                          "train.compile.enabled=True", "train.compile.backend=aot_eager")  # fmt: skip
+    trainer = build_trainer(compiled)
+    assert type(trainer.model).__name__ == "OptimizedModule"
+    results = train_main(compiled, resume=True)  # a checkpoint of the plain model resumes compiled
+    assert results["total_loss"][1] == 7
+    saved = read_checkpoint(str(tmp_path / "out" / "checkpoints" / "model_final.pth"))
+    assert saved["model"].keys() == keys and not any("_orig_mod" in k for k in saved["model"])
+    assert saved["iteration"] == 7
+
+
+def test_profiler_hook_writes_a_trace_and_logs_the_top_operators(toy_config, tmp_path):
+    cfg = toy_config("train.max_iter=5", "train.profile.enabled=True", "train.profile.start_iter=1",
+                     "train.profile.num_iters=2")  # fmt: skip
+    assert "ProfilerHook(iterations 1-2" in repr(build_hooks(cfg))
+    train_main(cfg)
+    trace = tmp_path / "out" / "profile" / "rank0.iter1.pt.trace.json"
+    assert "traceEvents" in json.loads(trace.read_text())
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "Top operators by self time" in log and "aten::addmm" in log

@@ -7,9 +7,18 @@ Where a batch goes, in three files: ``lazytrain/data.py`` (``TrainLoader`` yield
 
 from .build import build_trainer
 from .hook_list import build_hooks, default_hooks
-from .hooks import EvalHook, IterationTimer, LRScheduler, PeriodicCheckpointer, PeriodicWriter
+from .hooks import (
+    BestCheckpointer,
+    EMAHook,
+    EvalHook,
+    IterationTimer,
+    LRScheduler,
+    PeriodicCheckpointer,
+    PeriodicWriter,
+)
 from .lr import LRMultiplier, WarmupParamScheduler
 from .preemption import EXIT_PREEMPTED, GracefulStop, Preempted
+from .profiler import ProfilerHook
 from .resume import resume_or_load
 from .run import evaluate_main, prepare_output_dir, train_main
 from .settings import TRAIN_DEFAULTS, add_train_defaults, load_run_config
@@ -19,6 +28,8 @@ from .trainer import Trainer
 __all__ = [
     "EXIT_PREEMPTED",
     "TRAIN_DEFAULTS",
+    "BestCheckpointer",
+    "EMAHook",
     "EvalHook",
     "GracefulStop",
     "HookBase",
@@ -28,6 +39,7 @@ __all__ = [
     "PeriodicCheckpointer",
     "PeriodicWriter",
     "Preempted",
+    "ProfilerHook",
     "Trainer",
     "TrainerBase",
     "WarmupParamScheduler",

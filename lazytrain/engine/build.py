@@ -50,6 +50,8 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     train_model: torch.nn.Module = model
     if comm.get_world_size() > 1:
         train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
+    if t.compile.enabled:  # the train step runs the compiled module; checkpoints, eval and export the plain one
+        train_model = torch.compile(train_model, mode=t.compile.mode, backend=t.compile.backend)  # type: ignore[assignment]
     optimizer = build_optimizer(cfg, model)
     train_loader = build_loader(cfg.dataloader.train, "dataloader.train", device)
     lr_scheduler = None

@@ -22,6 +22,7 @@ from .hooks import (
     PeriodicWriter,
 )
 from .preemption import GracefulStop
+from .profiler import ProfilerHook
 from .train_loop import HookBase
 
 __all__ = ["build_hooks", "default_hooks"]
@@ -29,7 +30,8 @@ __all__ = ["build_hooks", "default_hooks"]
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
     """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, checkpoints,
-    evaluation, best checkpoint (``train.best``), writers (rank 0 alone gets writers)."""
+    evaluation, best checkpoint (``train.best``), writers (rank 0 alone gets writers), profiler
+    (``train.profile``)."""
     t = cfg.train
     writers = []
     if comm.is_main_process():
@@ -46,6 +48,7 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         EvalHook(t.eval_period),
         BestCheckpointer(t.best.metric, t.best.mode) if t.best.metric else None,
         PeriodicWriter(writers, period=t.log_period),
+        ProfilerHook(t.profile.start_iter, t.profile.num_iters, t.output_dir) if t.profile.enabled else None,
     ]
     return [h for h in hooks if h is not None]
 

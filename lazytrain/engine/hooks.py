@@ -22,6 +22,7 @@ from ..evaluation import flatten_results
 from ..events import EventWriter
 from ..fileio import atomic_write
 from .train_loop import HookBase
+from .trainer import unwrap_model
 
 __all__ = [
     "BestCheckpointer",
@@ -79,7 +80,7 @@ class EMAHook(HookBase):
 
     def after_step(self) -> None:
         trainer = self.trainer
-        trainer.ema.update_parameters(getattr(trainer.model, "module", trainer.model))
+        trainer.ema.update_parameters(unwrap_model(trainer.model))
 
     def __repr__(self) -> str:
         return f"EMAHook(decay={self.decay})"

@@ -36,6 +36,8 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     freeze=[],  # glob patterns over parameter names: no gradients, not in the optimizer
     init_rename=[],  # [[regex, replacement], ...] applied to init_checkpoint's keys before loading
     init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
+    compile=dict(enabled=False, mode=None, backend="inductor"),  # torch.compile of the train step's model
+    profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a torch.profiler trace
 )
 
 
@@ -127,6 +129,15 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "freeze": ("a list of glob patterns over parameter names", lambda v: _str_list(v)),
     "init_rename": ("a list of [regex, replacement] pairs", lambda v: _pair_list(v)),
     "init_strict": _BOOL,
+    "compile.enabled": _BOOL,
+    "compile.mode": (
+        'None or one of "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"',
+        lambda v: v in (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+    ),
+    "compile.backend": _STR,
+    "profile.enabled": _BOOL,
+    "profile.start_iter": _int(0),
+    "profile.num_iters": _int(1),
 }
 
 

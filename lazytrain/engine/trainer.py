@@ -15,7 +15,7 @@ from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..evaluation import DatasetEvaluator, flatten_results, format_results, inference_on_dataset
 from .train_loop import TrainerBase, logger
 
-__all__ = ["Trainer", "amp_torch_dtype", "as_loss_dict", "autocast_context", "make_grad_scaler"]
+__all__ = ["Trainer", "amp_torch_dtype", "as_loss_dict", "autocast_context", "make_grad_scaler", "unwrap_model"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -133,7 +133,7 @@ class Trainer(TrainerBase):
         """The module evaluation runs: the EMA of the weights when enabled, else the model without DDP."""
         if self.ema is not None:
             return self.ema.module
-        return getattr(self.model, "module", self.model)
+        return unwrap_model(self.model)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of this run (a no-op without AMP); evaluation uses it too."""
@@ -192,7 +192,7 @@ class Trainer(TrainerBase):
         storage.put_scalars(**logged, check_finite=True)  # type: ignore[arg-type]
 
     def _model_name(self) -> str:
-        return type(getattr(self.model, "module", self.model)).__name__
+        return type(unwrap_model(self.model)).__name__
 
     def _loader_name(self) -> str:
         dataset = getattr(self.data_loader, "dataset", None)
@@ -211,6 +211,18 @@ class Trainer(TrainerBase):
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: entering it does nothing
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside torch.compile's and DDP's wrappers (its state_dict keys have no ``_orig_mod.``
+    or ``module.`` prefix): what checkpoints, evaluation and export use."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, torch.nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
 
 
 def amp_torch_dtype(name: str | torch.dtype) -> torch.dtype:
@@ -241,7 +253,7 @@ def as_loss_dict(output: Any, model: torch.nn.Module) -> dict[str, torch.Tensor]
         return output  # the common case, checked without copies
     if isinstance(output, torch.Tensor) and output.numel() == 1:
         return {"loss": output.reshape(())}
-    model_name = type(getattr(model, "module", model)).__name__
+    model_name = type(unwrap_model(model)).__name__
     if isinstance(output, Mapping) and output:
         bad = {k: v for k, v in output.items() if not (isinstance(v, torch.Tensor) and v.numel() == 1)}
         if not bad:
