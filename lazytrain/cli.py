@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (the resumed or init_checkpoint weights)")
     p.add_argument("--output-dir", help="where logs, metrics and checkpoints go (train.output_dir)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="in seconds: build, 2 steps, 2 test batches, checkpoint round trip, export check; then clean up",
+    )
     _launch_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -96,6 +101,16 @@ def load_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        import tempfile
+
+        from .engine.dry_run import dry_run_main
+
+        cfg = load_config(args)
+        if not args.output_dir:  # a folder of its own, the same for every rank, deleted afterwards
+            cfg.train.output_dir = tempfile.mkdtemp(prefix="lazytrain-dry-run-")
+        _launch(dry_run_main, args, cfg, bool(args.output_dir))
+        return 0
     from .engine.run import train_main
 
     _launch(train_main, args, load_config(args), args.resume, args.eval_only)

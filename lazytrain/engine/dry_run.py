@@ -1,0 +1,143 @@
+"""``lazytrain train CONFIG --dry-run``: every stage of a run on a tiny scale, in seconds, so that an evaluator
+bug or an export that fails shows up before a long run, not at its end."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig
+
+from .. import comm
+from ..errors import TrainingError
+from ..evaluation import flatten_results
+from .build import build_trainer
+from .resume import resume_or_load
+from .run import prepare_output_dir
+from .settings import check_required
+from .trainer import Trainer
+
+__all__ = ["dry_run_main"]
+
+STEPS = 2
+TEST_BATCHES = 2
+
+
+def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, str]]:
+    """Build everything, train :data:`STEPS` steps with every hook, evaluate :data:`TEST_BATCHES` test
+    batches, check that a checkpoint resumes to the state that was saved, run the export check when the config
+    has ``export``; print one line per stage with its time, then delete ``train.output_dir`` (unless
+    ``keep``). Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    check_required(cfg)
+    t = cfg.train
+    t.max_iter, t.log_period, t.checkpoint_period, t.eval_period = STEPS, 1, STEPS, 0
+    out = t.output_dir
+    rows: list[tuple[str, float, str]] = []
+    main = comm.is_main_process()
+    if main:
+        print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)
+    try:
+        with _stage(rows, "build", main):
+            prepare_output_dir(cfg)
+            trainer = build_trainer(cfg)
+            trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
+        with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
+            trainer.train(0, STEPS)
+            assert trainer.storage is not None
+            note.append(f"total_loss {trainer.storage.latest()['total_loss'][0]:.4g}")
+        with _stage(rows, f"evaluate {TEST_BATCHES} test batches", main) as note:
+            results = flatten_results(trainer.test())
+            note.append(", ".join(f"{k} {v:.4g}" for k, v in itertools.islice(results.items(), 4)) or "no evaluator")
+        with _stage(rows, "checkpoint round trip", main) as note:
+            note.append(_check_round_trip(trainer, cfg))
+        if cfg.get("export") is not None and main:
+            with _stage(rows, "export check (onnxruntime)", main) as note:
+                from ..export import export_onnx
+
+                weights = os.path.join(out, "checkpoints", "model_final.pth")
+                report = export_onnx(cfg, weights, os.path.join(out, "model.onnx"), num_batches=TEST_BATCHES)
+                note.append(f"max abs diff {report['max_abs_diff']:.2e}")
+        comm.synchronize()
+    finally:
+        if not keep and main:
+            shutil.rmtree(out, ignore_errors=True)
+    if main:
+        print(f"dry run passed in {sum(seconds for _, seconds, _ in rows):.1f} s", flush=True)
+    return rows
+
+
+@contextmanager
+def _stage(rows: list[tuple[str, float, str]], name: str, verbose: bool) -> Iterator[list[str]]:
+    note: list[str] = []
+    start = time.perf_counter()
+    try:
+        yield note
+    except Exception as e:
+        if verbose:
+            print(f"  {name:<34} FAILED after {time.perf_counter() - start:.1f} s", flush=True)
+        if isinstance(e, TrainingError):
+            e.message = f"dry run, stage '{name}': {e.message}"
+            e.args = (e.format(),)
+        raise
+    seconds = time.perf_counter() - start
+    rows.append((name, seconds, " ".join(note)))
+    if verbose:
+        print(f"  {name:<34} {seconds:6.1f} s   {' '.join(note)}".rstrip(), flush=True)
+
+
+def _first_batches(loader: Optional[Any], n: int) -> Optional[list[Any]]:
+    return None if loader is None else list(itertools.islice(iter(loader), n))
+
+
+def _check_round_trip(trainer: Trainer, cfg: DictConfig) -> str:
+    """Resume a freshly built trainer from the checkpoint just written; its state must equal the trainer's."""
+    saved = _states(trainer)
+    fresh = build_trainer(cfg)
+    start = resume_or_load(fresh, cfg, resume=True)
+    if start != STEPS:
+        raise TrainingError(f"the checkpoint resumed at iteration {start}, not {STEPS}.")
+    loaded = _states(fresh)
+    for name in saved:
+        where = _first_difference(saved[name], loaded.get(name), name)
+        if where is not None:
+            raise TrainingError(
+                f"the state loaded back from the checkpoint differs from the state saved, at {where}.",
+                hint="A checkpointable's state_dict / load_state_dict do not round-trip (a custom optimizer, "
+                "scheduler or loader?).",
+            )
+    tensors = sum(1 for v in saved["model"].values() if isinstance(v, torch.Tensor))
+    return f"{tensors} model tensors; {', '.join(saved)} equal after resume"
+
+
+def _states(trainer: Trainer) -> dict[str, Any]:
+    assert trainer.checkpointer is not None
+    states = {"model": trainer.checkpointer.model.state_dict()}
+    states.update({k: obj.state_dict() for k, obj in trainer.checkpointer.checkpointables.items()})
+    return states
+
+
+def _first_difference(a: Any, b: Any, path: str) -> Optional[str]:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        ok = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+        return None if ok and torch.equal(a.cpu(), b.cpu()) else path
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in a.keys() | b.keys():
+            where = _first_difference(a.get(key), b.get(key), f"{path}.{key}")
+            if where is not None:
+                return where
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return path
+        for i, (x, y) in enumerate(zip(a, b)):
+            where = _first_difference(x, y, f"{path}[{i}]")
+            if where is not None:
+                return where
+        return None
+    return None if a == b else path
