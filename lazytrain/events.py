@@ -45,7 +45,8 @@ class EventStorage:
     """Per-run scalars: ``put_scalar(name, value)`` at ``storage.iter``; writers read histories and latest values.
 
     Tensors put are turned into floats by :meth:`flush`. With ``gather`` (``comm.all_gather`` in a process
-    group) a flush is a collective that makes each value the mean over the ranks, so only the collective
+    group; ``all_reduce_sum`` makes the common case one all_reduce of a flat tensor) a flush is a collective
+    that makes each value the mean over the ranks, so only the collective
     flush ever turns pending values into floats: reads (:meth:`latest`, :meth:`history`, :meth:`median`) see
     the values up to the last flush and never flush on one rank alone. Without ``gather`` reads flush first.
 
@@ -58,9 +59,13 @@ class EventStorage:
         start_iter: int = 0,
         history_length: int = 10000,
         gather: Optional[Callable[[Any], list[Any]]] = None,
+        all_reduce_sum: Optional[Callable[[torch.Tensor], None]] = None,
     ) -> None:
         self.iter = start_iter
         self.gather = gather
+        self.all_reduce_sum = all_reduce_sum  # with gather: the fast path, once the ranks agree on the layout
+        self._layout: Optional[tuple[tuple[str, int], ...]] = None  # (name, iteration offset) agreed by all ranks
+        self._world = 1
         self._history: dict[str, deque[tuple[float, int]]] = defaultdict(lambda: deque(maxlen=history_length))
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing: dict[str, bool] = {}
@@ -100,8 +105,34 @@ class EventStorage:
                 values[i] = float(v)
         entries = [(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)]
         if gather is not None:
-            entries = _mean_over_ranks(entries, gather([(name, value, it) for name, value, it, _ in entries]))
+            entries = self._mean_over_ranks(entries, gather)
         self._record(entries)
+
+    def _mean_over_ranks(
+        self, entries: list[tuple[str, float, int, bool]], gather: Callable[[Any], list[Any]]
+    ) -> list[tuple[str, float, int, bool]]:
+        """Each value averaged over the ranks. Fast path: one all_reduce of the values as a flat tensor, when
+        every rank put the same names at the same iterations as last time (its last element counts the ranks
+        whose layout changed). Otherwise, and the first time, every rank's entries are gathered (pickled) and
+        the layout agreed anew."""
+        base = min((it for _, _, it, _ in entries), default=self.iter)
+        layout = tuple((name, it - base) for name, _, it, _ in entries)
+        if self.all_reduce_sum is not None and self._layout is not None:
+            size = len(self._layout)
+            buffer = torch.zeros(size + 1, dtype=torch.float64)
+            if layout == self._layout:
+                buffer[:size] = torch.tensor([value for _, value, _, _ in entries], dtype=torch.float64)
+            else:
+                buffer[size] = 1.0
+            self.all_reduce_sum(buffer)
+            if buffer[size].item() == 0.0:
+                means = (buffer[:size] / self._world).tolist()
+                return [(name, mean, it, check) for (name, _, it, check), mean in zip(entries, means)]
+        every_rank = gather((layout, [(name, value, it) for name, value, it, _ in entries]))
+        layouts = {rank_layout for rank_layout, _ in every_rank}
+        self._layout = layout if len(layouts) == 1 else None
+        self._world = len(every_rank)
+        return _mean_over_ranks(entries, [rank_entries for _, rank_entries in every_rank])
 
     def _record(self, entries: list[tuple[str, float, int, bool]]) -> None:
         bad = [it for _, value, it, check in entries if check and not math.isfinite(value)]

@@ -61,7 +61,7 @@ def test_flush_across_ranks_averages_what_this_rank_logged():
         for it in range(2):
             storage.iter = it
             storage.put_scalars(loss_a=torch.tensor(1.0), check_finite=True)
-        storage.gather = lambda mine: [mine, other_rank]
+        storage.gather = lambda mine: [mine, ((), other_rank)]
         storage.flush()
         assert storage.history("loss_a")[0] == (2.0, 0)
         iteration, terms = storage.first_nonfinite
@@ -72,7 +72,7 @@ def test_flush_across_ranks_averages_what_this_rank_logged():
 def test_reads_in_a_process_group_never_flush_on_one_rank():
     """A hook that reads the storage between two collective flushes must not turn this rank's pending values
     into floats alone: they would skip the cross-rank mean (the logged loss was this rank's, not the mean)."""
-    other_rank = [("loss", 3.0, 0), ("loss", 3.0, 1)]
+    other_rank = ((), [("loss", 3.0, 0), ("loss", 3.0, 1)])
     with EventStorage(gather=lambda mine: [mine, other_rank]) as storage:
         for it in range(2):
             storage.iter = it
@@ -135,3 +135,39 @@ def test_a_hook_reading_the_storage_keeps_logged_losses_the_mean_over_ranks(tmp_
     rows = [json.loads(line) for line in lines if "loss_rank" in line]
     assert [row["iteration"] for row in rows] == [2, 5]
     assert {row["loss_rank"] for row in rows} == {0.5}  # ranks 0 and 1, although rank 0's hook read mid-period
+
+
+class TwoRanks:
+    """A stand-in for two ranks in lockstep: the other rank puts ``offset`` more than this one, with the same
+    layout; counts the collectives used."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset, self.gathers, self.reduces = offset, 0, 0
+
+    def gather(self, mine):
+        self.gathers += 1
+        layout, entries = mine
+        return [mine, (layout, [(n, v + self.offset, it) for n, v, it in entries])]
+
+    def all_reduce_sum(self, buffer: torch.Tensor) -> None:
+        self.reduces += 1
+        values, flag = buffer[:-1].clone(), buffer[-1].item()
+        buffer[:-1] = values * 2 + self.offset
+        buffer[-1] = flag * 2
+
+
+def test_cross_rank_means_take_one_all_reduce_once_the_layout_is_agreed():
+    ranks = TwoRanks(offset=2.0)
+    with EventStorage(gather=ranks.gather, all_reduce_sum=ranks.all_reduce_sum) as storage:
+        for period in range(3):
+            for it in range(period * 2, period * 2 + 2):
+                storage.iter = it
+                storage.put_scalars(total_loss=torch.tensor(float(it)), loss_a=torch.tensor(1.0))
+            storage.flush()
+        assert (ranks.gathers, ranks.reduces) == (1, 2)  # pickled once; then one flat all_reduce per period
+        assert storage.history("total_loss") == [(it + 1.0, it) for it in range(6)]  # (it + it + 2) / 2
+        storage.iter = 6
+        storage.put_scalars(total_loss=torch.tensor(6.0), grad_norm=torch.tensor(3.0))  # another layout
+        storage.flush()
+        assert (ranks.gathers, ranks.reduces) == (2, 3)  # the all_reduce saw the change; the gather re-agreed
+        assert storage.latest()["grad_norm"] == (4.0, 6)

@@ -6,6 +6,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Optional
 
+import torch
+import torch.distributed as dist
+
 from .. import comm
 from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..events import EventStorage
@@ -74,8 +77,10 @@ class TrainerBase:
         self.max_iter = max_iter
         self.completed = False
         logger.info("Starting training from iteration %d to %d", start_iter, max_iter)
-        gather = comm.all_gather if comm.get_world_size() > 1 else None
-        with EventStorage(start_iter, gather=gather) as self.storage:
+        distributed = comm.get_world_size() > 1
+        gather = comm.all_gather if distributed else None
+        all_reduce = _all_reduce_sum if distributed else None
+        with EventStorage(start_iter, gather=gather, all_reduce_sum=all_reduce) as self.storage:
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -140,3 +145,8 @@ class TrainerBase:
         self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter)
         for h in self._hooks:
             h.after_train()
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> None:
+    """In place: the sum over ranks (a CPU tensor: the group's gloo backend takes it, under NCCL too)."""
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
