@@ -208,7 +208,7 @@ def load_init_weights(
     model.load_state_dict(loadable, strict=False)
     rows = [f"  {name:<10} {len(keys):>5}  {_few(keys) if name != 'loaded' else ''}".rstrip()
             for name, keys in report.items()]  # fmt: skip
-    log = logging.getLogger("lazytrain")
+    log = logging.getLogger(__name__)
     log.info("Loaded %d of %d model tensors from %s:\n%s", len(loadable), len(own), path, "\n".join(rows))
     if report["mismatched"]:
         log.warning("skipped %d tensors of another shape: %s", len(report["mismatched"]), _few(report["mismatched"]))
@@ -221,7 +221,7 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
     the checkpoint holds (``iteration``, ``config``, ...) plus ``"weights": "ema" | "model"``."""
     extra = Checkpointer(model, save_to_disk=False).load(path, checkpointables=[])  # map_location=cpu
     ema = extra.pop("ema", None)
-    log = logging.getLogger("lazytrain")
+    log = logging.getLogger(__name__)
     if ema is not None and use_ema:
         model.load_state_dict({k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")})
         log.info("Using the EMA weights of %s (--no-ema: the trained weights).", path)

@@ -12,6 +12,10 @@ from typing import Any, Optional
 __all__ = ["main"]
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows each option's default and keeps the example's line breaks."""
+
+
 def _launch_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("processes (see README: From a laptop to many GPUs)")
     g.add_argument("--num-procs", type=int, default=1, help="processes on this machine (one per GPU); 1: this one")
@@ -19,7 +23,7 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank, 0 .. num-machines - 1")
     g.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (auto: a free local port)")
     g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
-                   help="process-group timeout for collectives (default 1800)")  # fmt: skip
+                   help="process-group timeout for collectives")  # fmt: skip
 
 
 def _launch(fn: Callable[..., Any], args: argparse.Namespace, *fn_args: Any) -> None:
@@ -37,11 +41,14 @@ def _config_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="lazytrain",
         description="Train PyTorch models from plain Python configs.",
-        epilog="Run `lazytrain COMMAND --help` for the options of a command.",
+        epilog="Run `lazytrain COMMAND --help` for the options of a command, e.g. `lazytrain train --help`.",
     )
+    parser.add_argument("--version", action="version", version=f"lazytrain {__version__}")
     parser.add_argument(
         "--traceback",
         action="store_true",
@@ -50,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("train", help="train (and evaluate) the model a config describes")
+    p = sub.add_parser(
+        "train",
+        help="train (and evaluate) the model a config describes",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain train configs/kitti_seg.py train.max_iter=1000 --num-procs 2",
+    )
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last_checkpoint")
     p.add_argument("--eval-only", action="store_true", help="only evaluate (the resumed or init_checkpoint weights)")
@@ -63,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint; print and save the metrics")
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint; print and save the metrics",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain eval configs/kitti_seg.py --weights output/kitti_seg/checkpoints/model_final.pth",
+    )
     _config_args(p)
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument("--output-dir", help="where log.txt and metrics.jsonl go (train.output_dir)")
@@ -71,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     _launch_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("export", help="export the model to ONNX and check it against torch with onnxruntime")
+    p = sub.add_parser(
+        "export",
+        help="export the model to ONNX and check it against torch with onnxruntime",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain export configs/kitti_seg.py "
+        "--weights output/kitti_seg/checkpoints/model_final.pth",
+    )
     _config_args(p)
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth), CUDA-trained ones too")
     p.add_argument(
@@ -82,11 +105,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="export the trained weights, not their EMA (train.ema)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("hooks", help="print the trainer's hook list, in order, with periods")
+    p = sub.add_parser(
+        "hooks",
+        help="print the trainer's hook list, in order, with periods",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain hooks configs/kitti_seg.py train.eval_period=100",
+    )
     _config_args(p)
     p.set_defaults(func=cmd_hooks)
 
-    p = sub.add_parser("config", help="print the resolved config as YAML")
+    p = sub.add_parser(
+        "config",
+        help="print the resolved config as YAML",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain config configs/kitti_seg.py optimizer.lr=0.01 --save exp.yaml",
+    )
     _config_args(p)
     p.add_argument("--save", metavar="OUT.yaml", help="also save the config (loadable with LazyConfig.load)")
     p.set_defaults(func=cmd_config)

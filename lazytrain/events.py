@@ -320,7 +320,7 @@ class TerminalWriter(EventWriter):
     def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
         self._max_iter = max_iter
         self._window = window
-        self._logger = logger or logging.getLogger("lazytrain")
+        self._logger = logger or logging.getLogger(__name__)
         self._last: Optional[tuple[int, float]] = None
 
     def write(self, storage: EventStorage) -> None:

@@ -30,7 +30,7 @@ from .errors import ConfigError, LazytrainError, TrainingError
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "verify_onnx"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 RTOL, ATOL = 1e-3, 1e-4
 _EXPORT_EXAMPLE = "export = dict(input_keys=['image'], output_names=['logits'], dynamic_batch=True)"

@@ -350,3 +350,39 @@ def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     trainer = build_trainer(toy_config("train.device=cpu"))
     assert trainer.data_loader.pin_memory is False and trainer.test_loader.pin_memory is False
+
+
+def test_a_run_starts_with_versions_device_data_and_ends_saying_where_things_are(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(TOY / "configs" / "toy.py"), "train.max_iter=4",
+         f"--output-dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=cli_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.split("Starting training")[0]
+    assert "lazytrain 0." in head and f"torch {torch.__version__}" in head
+    assert "Device cpu (" in head and f"config saved to {tmp_path / 'run' / 'config.yaml'}" in head
+    assert "Data: train 512 samples, test 256 samples" in head
+    assert "Model MLPClassifier: 420 parameters (420 trainable, 0 frozen)" in head
+    tail = r.stdout.split("Training done. Where things are:")[1]
+    assert "metrics.jsonl" in tail and f"tensorboard --logdir {tmp_path}" in tail
+    assert (
+        f"lazytrain export {TOY / 'configs' / 'toy.py'} --weights {tmp_path / 'run' / 'checkpoints' / 'model_final.pth'}"
+        in tail
+    )
+
+
+def test_log_lines_name_their_module_and_the_level_of_warnings(tmp_path, toy_config):
+    train_main(toy_config("train.max_iter=2"))
+    train_main(toy_config("train.max_iter=2"))  # a second run in the same folder warns
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert " lt.engine.train_loop]: Starting training" in log
+    assert " lt.engine.resume WARNING]: " in log and "already holds checkpoints" in log
+
+
+def test_version_and_help_show_defaults_and_an_example():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lazytrain.cli", *a], capture_output=True, text=True,  # noqa: E731
+                                    env=cli_env())  # fmt: skip
+    assert run("--version").stdout.strip().startswith("lazytrain 0.")
+    help_text = run("train", "--help").stdout
+    assert "(default: 1)" in help_text and "example:\n  lazytrain train configs/kitti_seg.py" in help_text

@@ -23,7 +23,7 @@ from .hook_list import build_hooks
 from .lr import LRMultiplier
 from .trainer import Trainer, make_grad_scaler
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "build_ema",

@@ -34,7 +34,7 @@ __all__ = [
     "PeriodicWriter",
 ]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 
 class IterationTimer(HookBase):

@@ -1,4 +1,8 @@
-"""The `lazytrain` logger: terminal output on every rank (warnings only off rank 0), log.txt on rank 0."""
+"""The `lazytrain` logger: terminal output on every rank (warnings only off rank 0), log.txt on rank 0.
+
+Each module logs through its own logger (``lazytrain.engine.hooks``, ``lazytrain.lidar.dataset``, ...); a line
+shows its short name (``lt.engine.hooks``) and, for warnings and errors, the level.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,27 @@ __all__ = ["setup_logger"]
 _OURS = "_lazytrain_handler"
 
 
+class _Formatter(logging.Formatter):
+    """``[12/05 10:31:02 lt.engine.hooks]: ...``; ``[... WARNING]``; ``[rank 1 ...]`` off rank 0."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(datefmt="%m/%d %H:%M:%S")
+        self.rank = rank
+
+    def format(self, record: logging.LogRecord) -> str:
+        name = "lt" + record.name[len("lazytrain") :] if record.name.startswith("lazytrain") else record.name
+        level = f" {record.levelname}" if record.levelno >= logging.WARNING else ""
+        rank = f"rank {self.rank} " if self.rank else ""
+        text = f"[{rank}{self.formatTime(record, self.datefmt)} {name}{level}]: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "lazytrain") -> logging.Logger:
     """Configure ``name`` (and fvcore's checkpoint messages) once per run; calling it again replaces the
     handlers it added before, so several runs in one process do not print twice."""
-    fmt = logging.Formatter(
-        "[%(asctime)s %(name)s]: %(message)s" if rank == 0 else f"[rank {rank} %(asctime)s]: %(message)s",
-        datefmt="%m/%d %H:%M:%S",
-    )
+    fmt = _Formatter(rank)
     handlers: list[logging.Handler] = []
     stream = logging.StreamHandler(sys.stdout)
     stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)

@@ -18,7 +18,7 @@ from .trainer import Trainer
 
 __all__ = ["config_changes", "report_config_changes", "resume_or_load"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 
 def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:

@@ -20,12 +20,12 @@ from ..fileio import describe_write_error
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
 from .resume import resume_or_load
-from .settings import check_required
-from .trainer import autocast_context
+from .settings import check_required, invoked_config_path
+from .trainer import Trainer, autocast_context
 
 __all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 
 def prepare_output_dir(cfg: DictConfig) -> None:
@@ -52,17 +52,77 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
     the evaluator's results."""
     check_required(cfg)
     prepare_output_dir(cfg)
-    if comm.get_world_size() > 1:
-        logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
+    _log_versions_and_processes()
     trainer = build_trainer(cfg)
-    logger.info("Hooks: %s", ", ".join(repr(h) for h in trainer.hooks))
+    _log_run(cfg, trainer)
     start_iter = resume_or_load(trainer, cfg, resume)
     if eval_only:
         if start_iter == 0 and not cfg.train.init_checkpoint:
             logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
         return trainer.test()
     trainer.train(start_iter, cfg.train.max_iter)
+    if comm.is_main_process():
+        _log_where_things_are(cfg)
     return dict(trainer.storage.latest()) if trainer.storage else {}
+
+
+def _log_versions_and_processes() -> None:
+    import platform
+
+    import torch
+
+    from .. import __version__
+
+    logger.info("lazytrain %s, torch %s, Python %s", __version__, torch.__version__, platform.python_version())
+    if comm.get_world_size() > 1:
+        logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
+
+
+def _log_run(cfg: DictConfig, trainer: Trainer) -> None:
+    import torch
+
+    device = trainer.device
+    if device.type == "cuda":
+        where = f"{device} ({torch.cuda.get_device_name(device)})"
+    else:
+        where = f"cpu ({torch.get_num_threads()} threads)"
+    out = cfg.train.output_dir
+    logger.info("Device %s; output in %s (config saved to %s)", where, out, os.path.join(out, "config.yaml"))
+    loaders = (("train", trainer.data_loader), ("test", trainer.test_loader))
+    sizes = [f"{name} {_size(loader)}" for name, loader in loaders if loader is not None]
+    logger.info("Data: %s", ", ".join(sizes))
+    logger.info("Hooks: %s", ", ".join(repr(h) for h in trainer.hooks))
+
+
+def _size(loader: Any) -> str:
+    dataset = getattr(loader, "dataset", None)
+    try:
+        return f"{len(dataset)} samples" if dataset is not None else f"{len(loader)} batches"
+    except TypeError:
+        return "(size unknown)"
+
+
+def _log_where_things_are(cfg: DictConfig) -> None:
+    """The end of a run: where its files are and the commands that come next."""
+    out = cfg.train.output_dir
+    checkpoints = os.path.join(out, "checkpoints")
+    final = os.path.join(checkpoints, "model_final.pth")
+    lines = [
+        f"  log          {os.path.join(out, 'log.txt')}",
+        f"  metrics      {os.path.join(out, 'metrics.jsonl')} (exact values; the terminal shows medians)",
+        f"  TensorBoard  tensorboard --logdir {os.path.dirname(os.path.abspath(out))}",
+    ]
+    if os.path.isfile(final):
+        lines.append(f"  checkpoint   {final}")
+    best = os.path.join(checkpoints, "model_best.pth")
+    if os.path.isfile(best):
+        lines.append(f"  best         {best}")
+    config = invoked_config_path() or "CONFIG"
+    if os.path.isfile(final):
+        lines.append(f"  next         lazytrain eval {config} --weights {final}")
+        if cfg.get("export") is not None:
+            lines.append(f"               lazytrain export {config} --weights {final}")
+    logger.info("Training done. Where things are:\n%s", "\n".join(lines))
 
 
 def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[str, Any]:

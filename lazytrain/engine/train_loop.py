@@ -15,7 +15,7 @@ from ..events import EventStorage
 
 __all__ = ["HookBase", "TrainerBase"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 
 class HookBase:

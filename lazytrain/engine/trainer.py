@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional
@@ -13,7 +14,9 @@ from ..checkpoint import Checkpointer
 from ..data import describe_batch, to_device
 from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..evaluation import DatasetEvaluator, flatten_results, format_results, inference_on_dataset
-from .train_loop import TrainerBase, logger
+from .train_loop import TrainerBase
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Trainer", "amp_torch_dtype", "as_loss_dict", "autocast_context", "make_grad_scaler", "unwrap_model"]
 
