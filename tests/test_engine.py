@@ -366,10 +366,8 @@ def test_a_run_starts_with_versions_device_data_and_ends_saying_where_things_are
     assert "Model MLPClassifier: 420 parameters (420 trainable, 0 frozen)" in head
     tail = r.stdout.split("Training done. Where things are:")[1]
     assert "metrics.jsonl" in tail and f"tensorboard --logdir {tmp_path}" in tail
-    assert (
-        f"lazytrain export {TOY / 'configs' / 'toy.py'} --weights {tmp_path / 'run' / 'checkpoints' / 'model_final.pth'}"
-        in tail
-    )
+    final = tmp_path / "run" / "checkpoints" / "model_final.pth"
+    assert f"lazytrain export {TOY / 'configs' / 'toy.py'} --weights {final}" in tail
 
 
 def test_log_lines_name_their_module_and_the_level_of_warnings(tmp_path, toy_config):
