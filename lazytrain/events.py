@@ -69,21 +69,28 @@ class EventStorage:
         self._history: dict[str, deque[tuple[float, int]]] = defaultdict(lambda: deque(maxlen=history_length))
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing: dict[str, bool] = {}
+        self.groups: dict[str, str] = {}  # name -> "train" / "val"
         self._pending: list[tuple[str, torch.Tensor, int, bool]] = []
         self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
 
-    def put_scalar(self, name: str, value: Number, smoothing_hint: bool = True, check_finite: bool = False) -> None:
-        """Record ``value`` for ``name`` at the current iteration; tensors are converted later, in bulk."""
+    def put_scalar(
+        self, name: str, value: Number, smoothing_hint: bool = True, check_finite: bool = False, group: str = "train"
+    ) -> None:
+        """Record ``value`` for ``name`` at the current iteration; tensors are converted later, in bulk.
+        ``group`` ("train", "val") is the TensorBoard section the scalar goes to (``val/mIoU``)."""
         self._smoothing.setdefault(name, smoothing_hint)
+        self.groups.setdefault(name, group)
         if isinstance(value, torch.Tensor):
             value = value.detach()
             self._pending.append((name, value if value.dim() == 0 else value.reshape(()), self.iter, check_finite))
         else:
             self._record([(name, float(value), self.iter, check_finite)])
 
-    def put_scalars(self, *, smoothing_hint: bool = True, check_finite: bool = False, **values: Number) -> None:
+    def put_scalars(
+        self, *, smoothing_hint: bool = True, check_finite: bool = False, group: str = "train", **values: Number
+    ) -> None:
         for name, value in values.items():
-            self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite)
+            self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite, group=group)
 
     def flush(self) -> None:
         """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype.
@@ -273,13 +280,19 @@ class JSONWriter(EventWriter):
 
 class TensorboardWriter(EventWriter):
     """Scalars to TensorBoard event files, written by tensorboard's own EventFileWriter (a background thread),
-    one event per iteration holding all of that iteration's scalars. Exact values: TensorBoard smooths in its
-    UI."""
+    one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or ``val/<name>``
+    so TensorBoard groups them. Exact values: TensorBoard smooths in its UI. ``config_yaml`` becomes a text
+    summary; at the end, ``hparams`` (a few key settings) and the final values of the ``val/`` scalars go to
+    TensorBoard's HParams tab, so runs can be compared."""
 
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, config_yaml: str = "", hparams: Optional[dict[str, Any]] = None) -> None:
         self.log_dir = log_dir
+        self.config_yaml = config_yaml
+        self.hparams = dict(hparams or {})
         self._writer: Optional[Any] = None  # made by open(): building a writer creates no file
         self._written: dict[str, int] = {}
+        self._final: dict[str, float] = {}  # the newest value of each val/ tag
+        self._step = 0
 
     def open(self, start_iter: int = 0) -> None:
         """Creates the event file. A resumed run (``start_iter`` > 0) starts it with a SessionLog START at
@@ -291,27 +304,47 @@ class TensorboardWriter(EventWriter):
 
         if self._writer is None:
             self._writer = EventFileWriter(self.log_dir, flush_secs=30)
+            self._step = start_iter
             if start_iter > 0:
                 start = SessionLog(status=SessionLog.START)
                 self._writer.add_event(Event(wall_time=time.time(), step=start_iter, session_log=start))
+            if self.config_yaml:
+                from torch.utils.tensorboard.summary import text
+
+                # markdown: indented by 4 spaces, the YAML shows as a code block
+                body = "\n".join("    " + line for line in self.config_yaml.splitlines())
+                self._add(text("config", body), start_iter)
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        assert self._writer is not None
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
 
     def write(self, storage: EventStorage) -> None:
-        from tensorboard.compat.proto.event_pb2 import Event
         from tensorboard.compat.proto.summary_pb2 import Summary
 
         self.open()  # a no-op after the first time; a writer used outside PeriodicWriter opens here
-        writer = self._writer
-        assert writer is not None
         by_iteration: dict[int, list[Summary.Value]] = defaultdict(list)
         for name, (value, iteration) in storage.new_values(self._written).items():
-            by_iteration[iteration].append(Summary.Value(tag=name, simple_value=value))
-        now = time.time()
+            tag = f"{storage.groups.get(name, 'train')}/{name}"
+            by_iteration[iteration].append(Summary.Value(tag=tag, simple_value=value))
+            if tag.startswith("val/"):
+                self._final[tag] = value
+            self._step = max(self._step, iteration)
         for iteration in sorted(by_iteration):
-            writer.add_event(Event(wall_time=now, step=iteration, summary=Summary(value=by_iteration[iteration])))
+            self._add(Summary(value=by_iteration[iteration]), iteration)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._writer is None:
+            return
+        if self.hparams:
+            from torch.utils.tensorboard.summary import hparams
+
+            values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.hparams.items()}
+            for summary in hparams(values, dict(self._final)):
+                self._add(summary, self._step)
+        self._writer.close()
 
 
 class TerminalWriter(EventWriter):

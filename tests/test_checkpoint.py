@@ -266,9 +266,9 @@ def test_a_resumed_history_holds_each_iteration_once_in_metrics_and_tensorboard(
     assert [r["iteration"] for r in rows] == list(range(20))
     acc = EventAccumulator(str(tmp_path / "out"))
     acc.Reload()
-    steps = [e.step for e in acc.Scalars("total_loss")]
-    assert steps == list(range(20))
-    assert [e.value for e in acc.Scalars("total_loss")][10:] == pytest.approx([r["total_loss"] for r in rows][10:])
+    events = acc.Scalars("train/total_loss")
+    assert [e.step for e in events] == list(range(20))
+    assert [e.value for e in events][10:] == pytest.approx([r["total_loss"] for r in rows][10:])
 
 
 def test_resume_with_other_model_shapes_names_the_config_keys_and_weights(toy_config):

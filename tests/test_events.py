@@ -14,16 +14,25 @@ from lazytrain.engine import HookBase, train_main
 from lazytrain.events import EventStorage, JSONWriter
 
 
-def test_tensorboard_event_file_holds_the_scalars(toy_config, tmp_path):
+def test_tensorboard_event_file_holds_grouped_scalars_the_config_and_hparams(toy_config, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
 
     cfg = toy_config("train.log_period=5")
     train_main(cfg)
-    acc = EventAccumulator(str(tmp_path / "out"))
+    acc = EventAccumulator(str(tmp_path / "out"), size_guidance={"tensors": 0})
     acc.Reload()
-    tags = acc.Tags()["scalars"]
-    assert {"total_loss", "lr", "accuracy"} <= set(tags)
-    assert [e.step for e in acc.Scalars("total_loss")] == [4, 9]
+    tags = acc.Tags()
+    assert {"train/total_loss", "train/lr", "val/accuracy"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("train/total_loss")] == [4, 9]
+    config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "max_iter: 10" in config_text and "MLPClassifier" in config_text
+    plugin = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
+    assert session.hparams["max_iter"].number_value == 10 and session.hparams["optimizer.lr"].number_value == 0.1
+    assert session.hparams["model"].string_value == "toyproj.model.MLPClassifier"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/accuracy", "val/num_samples"]
 
 
 def test_writers_are_set_up_before_the_first_step(toy_config, tmp_path):

@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .. import comm
-from ..config import instantiate
+from ..config import LazyConfig, instantiate
 from ..errors import ConfigError
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
 from .hooks import (
@@ -38,7 +38,7 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         writers = [
             TerminalWriter(t.max_iter, window=t.log_period),
             JSONWriter(os.path.join(t.output_dir, "metrics.jsonl")),
-            TensorboardWriter(t.output_dir),
+            TensorboardWriter(t.output_dir, LazyConfig.to_yaml(cfg, resolve=True), key_settings(cfg)),
         ]
     hooks: list[Optional[HookBase]] = [
         IterationTimer(),
@@ -51,6 +51,23 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         ProfilerHook(t.profile.start_iter, t.profile.num_iters, t.output_dir) if t.profile.enabled else None,
     ]
     return [h for h in hooks if h is not None]
+
+
+def key_settings(cfg: DictConfig) -> dict[str, Any]:
+    """A few settings that tell runs apart, for TensorBoard's HParams tab."""
+    t = cfg.train
+    out: dict[str, Any] = {"max_iter": t.max_iter, "seed": t.seed, "amp": t.amp.dtype if t.amp.enabled else "off",
+                           "grad_accum": t.grad_accum, "ema": t.ema.decay if t.ema.enabled else "off"}  # fmt: skip
+    for key in ("model._target_", "optimizer._target_", "optimizer.lr", "optimizer.weight_decay",
+                "dataloader.train.batch_size"):  # fmt: skip
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            out[key.replace("._target_", "")] = value if isinstance(value, (int, float, str, bool)) else _name(value)
+    return out
+
+
+def _name(target: Any) -> str:
+    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
 
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:

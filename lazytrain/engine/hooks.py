@@ -130,7 +130,7 @@ class EvalHook(HookBase):
         self.trainer.average_over_ranks_and_check_finite()
         results = self.trainer.test()
         if results:
-            self.trainer.storage.put_scalars(**flatten_results(results), smoothing_hint=False)
+            self.trainer.storage.put_scalars(**flatten_results(results), smoothing_hint=False, group="val")
         comm.synchronize()
 
     def __repr__(self) -> str:
