@@ -106,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
+        "analyze",
+        help="parameters, FLOPs, activations, latency and peak memory, without training",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain analyze configs/kitti_seg.py --depth 3",
+    )
+    _config_args(p)
+    p.add_argument("--weights", metavar="CKPT", help="checkpoint file (.pth); default: freshly initialised weights")
+    p.add_argument("--runs", type=int, default=10, metavar="N", help="timed forward passes, after 2 warm-up")
+    p.add_argument("--depth", type=int, default=2, metavar="N", help="module levels in the table (0: the model only)")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers to PATH as JSON")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
         "hooks",
         help="print the trainer's hook list, in order, with periods",
         formatter_class=_Help,
@@ -172,6 +185,21 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         print(f"wrote {output} (opset {report['opset']}), not checked (--no-check)")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import json
+
+    from .analyze import analyze_model, format_report
+
+    report = analyze_model(load_config(args), args.weights, runs=args.runs, depth=args.depth)
+    print(format_report(report))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -1,0 +1,281 @@
+"""`lazytrain analyze`: a config's model without training: parameters per module (trainable and frozen), FLOPs
+and activations per module on one real batch (fvcore), forward latency and peak memory on the run's device."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import load_inference_weights
+from .data import describe_batch, to_device
+from .engine.build import build_loader, build_model, freeze_parameters, resolve_device, seed_everything
+from .engine.trainer import autocast_context
+from .errors import ConfigError, LazytrainError, TrainingError, UserCodeError, from_worker
+
+with warnings.catch_warnings():  # fvcore.nn scripts its focal losses on import, which torch now deprecates
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis, parameter_count
+
+__all__ = ["WARMUP_RUNS", "analyze_model", "format_report"]
+
+WARMUP_RUNS = 2
+
+
+def analyze_model(cfg: DictConfig, weights: Optional[str] = None, runs: int = 10, depth: int = 2) -> dict[str, Any]:
+    """Build ``cfg``'s model (``train.freeze`` applied; ``weights`` loaded with their EMA when there is one,
+    else freshly initialised with ``train.seed``), take one batch of ``dataloader.test`` (else
+    ``dataloader.train``) and return the numbers :func:`format_report` prints: the per-module table down to
+    ``depth`` levels, fvcore's FLOP and activation counts with the ops it could not count, the median forward
+    latency of ``runs`` passes and the peak memory. JSON-serialisable."""
+    if runs < 1:
+        raise ConfigError(f"--runs must be at least 1, got {runs}.")
+    if depth < 0:
+        raise ConfigError(f"--depth must be at least 0, got {depth}.")
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed, deterministic=False)  # fresh weights are the same on every call
+    model = build_model(cfg, device)
+    freeze_parameters(model, list(cfg.train.freeze))
+    loaded = load_inference_weights(model, weights)["weights"] if weights else None
+    model.eval()
+    batch, source = _one_batch(cfg, device)
+    autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
+    speed = _time_forward(model, batch, device, runs, autocast)  # before the tracing: its memory is not ours
+    flops, activations = _fvcore_counts(model, batch)
+    modules = _module_table(model, flops.by_module(), activations.by_module(), depth)
+    return {
+        "model": type(model).__name__,
+        "weights": weights,
+        "weights_used": loaded,  # "ema" | "model" | None (freshly initialised)
+        "device": str(device),
+        "autocast": cfg.train.amp.dtype if cfg.train.amp.enabled else None,
+        "batch": {"source": source, "structure": describe_batch(batch)},
+        "parameters": {key: modules[0][key] for key in ("parameters", "trainable", "frozen")},
+        "modules": modules,
+        "flops": {"total": _int(flops.total()), "not_counted": dict(flops.unsupported_ops())},
+        "activations": {"total": _int(activations.total()), "not_counted": dict(activations.unsupported_ops())},
+        **speed,
+    }
+
+
+def _one_batch(cfg: DictConfig, device: torch.device) -> tuple[Any, str]:
+    """The first batch of the test loader (the train loader when there is none) on ``device``."""
+    key = (
+        "dataloader.test" if OmegaConf.select(cfg, "dataloader.test", default=None) is not None else "dataloader.train"
+    )
+    loader_cfg = OmegaConf.select(cfg, key, default=None)
+    if loader_cfg is None:
+        raise ConfigError(
+            "analyze needs one batch, but the config has neither dataloader.test nor dataloader.train.",
+            key="dataloader",
+            hint="Add dataloader.test = L(build_test_loader)(dataset=..., batch_size=...).",
+        )
+    loader = build_loader(loader_cfg, key, device)
+    iterator = iter(loader)
+    try:
+        batch = next(iterator)
+    except StopIteration:
+        raise ConfigError("the loader yields no batch: its dataset is empty.", key=key) from None
+    except LazytrainError as e:
+        raise from_worker(e) from None
+    finally:
+        del iterator  # stops the loader's worker processes now
+    return to_device(batch, device), key
+
+
+def _time_forward(model: torch.nn.Module, batch: Any, device: torch.device, runs: int, autocast: Any) -> dict[str, Any]:
+    """Median latency of ``runs`` forwards after WARMUP_RUNS, and the peak memory while they ran."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        allocated_before = torch.cuda.memory_allocated(device)
+    rss_before = _peak_rss_bytes()
+    seconds = []
+    with torch.inference_mode(), autocast:
+        for i in range(WARMUP_RUNS + runs):
+            start = time.perf_counter()
+            try:
+                model(batch)
+            except Exception as e:
+                raise _forward_error(model, batch, e) from e
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i >= WARMUP_RUNS:
+                seconds.append(time.perf_counter() - start)
+    latency = {
+        "median": 1e3 * statistics.median(seconds),
+        "min": 1e3 * min(seconds),
+        "max": 1e3 * max(seconds),
+        "runs": runs,
+        "warmup": WARMUP_RUNS,
+    }
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        memory = {
+            "kind": "cuda_max_memory_allocated",
+            "peak_bytes": peak,
+            "forward_bytes": peak - allocated_before,  # above the weights and the batch
+        }
+    else:
+        rss_after = _peak_rss_bytes()
+        memory = {"kind": "process_peak_rss_growth", "peak_bytes": rss_after, "forward_bytes": rss_after - rss_before}
+    return {"latency_ms": latency, "memory": memory}
+
+
+def _peak_rss_bytes() -> int:
+    """The process's peak resident set size so far (``ru_maxrss``: kilobytes on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
+
+
+def _forward_error(model: torch.nn.Module, batch: Any, error: Exception) -> UserCodeError:
+    wrapped = UserCodeError(
+        f"the model ({type(model).__name__}) raised {type(error).__name__} in its eval-mode forward: "
+        f"{str(error).strip()} (batch: {describe_batch(batch)})"
+    )
+    wrapped.details = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+    return wrapped
+
+
+def _fvcore_counts(model: torch.nn.Module, batch: Any) -> tuple[FlopCountAnalysis, ActivationCountAnalysis]:
+    """fvcore's analyses of ``model((batch,))``, traced now, without their warnings (the ops they could not
+    count are reported instead)."""
+    analyses = (FlopCountAnalysis(model, (batch,)), ActivationCountAnalysis(model, (batch,)))
+    for analysis in analyses:
+        analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+        try:
+            with torch.no_grad():
+                analysis.total()  # traces the forward once; the other numbers reuse the trace
+        except Exception as e:
+            raise TrainingError(
+                f"fvcore could not trace the forward of {type(model).__name__}: {type(e).__name__}: "
+                f"{str(e).strip()} (batch: {describe_batch(batch)})",
+                hint="fvcore traces with torch.jit.trace: the forward must run on tensors without Python "
+                "control flow that depends on their values.",
+            ) from e
+    return analyses
+
+
+def _module_table(
+    model: torch.nn.Module, flops: Mapping[str, float], activations: Mapping[str, float], depth: int
+) -> list[dict[str, Any]]:
+    """One row per module down to ``depth`` levels (the model itself is level 0, named "")."""
+    total = parameter_count(model)
+    trainable: Counter[str] = Counter()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            parts = name.split(".")
+            for k in range(len(parts)):  # every enclosing module, as fvcore's parameter_count does
+                trainable[".".join(parts[:k])] += param.numel()
+    rows = []
+    for name, module in model.named_modules():
+        level = name.count(".") + 1 if name else 0
+        if level > depth:
+            continue
+        rows.append(
+            {
+                "module": name,
+                "type": type(module).__name__,
+                "depth": level,
+                "parameters": total[name],
+                "trainable": trainable[name],
+                "frozen": total[name] - trainable[name],
+                "flops": _int(flops.get(name, 0)),
+                "activations": _int(activations.get(name, 0)),
+            }
+        )
+    return rows
+
+
+def _int(value: float) -> int:
+    return round(value)
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """The plain-text report of :func:`analyze_model`'s numbers."""
+    p = report["parameters"]
+    if report["weights_used"] is None:
+        weights = "freshly initialised weights (no --weights)"
+    else:
+        which = "EMA" if report["weights_used"] == "ema" else "trained"
+        weights = f"the {which} weights of {report['weights']}"
+    lines = [
+        f"{report['model']}: {p['parameters']:,} parameters ({p['trainable']:,} trainable, {p['frozen']:,} frozen), "
+        f"{weights}",
+        f"batch of {report['batch']['source']} on {report['device']}: {report['batch']['structure']}",
+        "",
+        *_table(report),
+        "",
+        f"FLOPs: {_si(report['flops']['total'])} on this batch "
+        "(fvcore: a multiply-add is one flop; shape ops, relu and dropout count 0 by design)",
+        f"activations: {_si(report['activations']['total'])}",
+        f"not counted in FLOPs: {_ops(report['flops']['not_counted'])}",
+        f"not counted in activations: {_ops(report['activations']['not_counted'])}",
+    ]
+    latency = report["latency_ms"]
+    precision = f"autocast {report['autocast']}" if report["autocast"] else "fp32"
+    lines.append(
+        f"latency: median {latency['median']:.3g} ms of {latency['runs']} forward passes (min {latency['min']:.3g}, "
+        f"max {latency['max']:.3g}) after {latency['warmup']} warm-up, torch.inference_mode, {precision}, "
+        f"on {report['device']}"
+    )
+    memory = report["memory"]
+    if memory["kind"] == "cuda_max_memory_allocated":
+        lines.append(
+            f"peak memory: {_mib(memory['peak_bytes'])} allocated on {report['device']} during the forward passes "
+            f"(torch.cuda.max_memory_allocated), {_mib(memory['forward_bytes'])} above the weights and the batch"
+        )
+    else:
+        lines.append(
+            f"peak memory: process peak RSS +{_mib(memory['forward_bytes'])} during the forward passes, "
+            f"{_mib(memory['peak_bytes'])} in all (CPU: ru_maxrss, blind below an earlier peak)"
+        )
+    return "\n".join(lines)
+
+
+def _table(report: Mapping[str, Any]) -> list[str]:
+    header = ("module", "parameters", "trainable", "frozen", "FLOPs", "activations")
+    cells = [
+        (
+            "  " * row["depth"] + (f"{row['module']} ({row['type']})" if row["module"] else report["model"]),
+            f"{row['parameters']:,}",
+            f"{row['trainable']:,}",
+            f"{row['frozen']:,}",
+            _si(row["flops"]),
+            _si(row["activations"]),
+        )
+        for row in report["modules"]
+    ]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    return [
+        "  ".join([r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:]))]).rstrip()
+        for r in [header, *cells]
+    ]
+
+
+def _si(n: float) -> str:
+    """``24576`` -> ``24.6K``: three significant digits (exact below 1000)."""
+    for factor, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _ops(counts: Mapping[str, int]) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{op} x{n}" for op, n in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
