@@ -1,4 +1,5 @@
-"""SemanticKITTI: the on-disk format, the label map, projection, data errors, mIoU, and a training run."""
+"""SemanticKITTI: the on-disk format, the label map, projection, data errors, and a training run (the metrics:
+test_lidar_metrics.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,7 @@ from lazytrain.lidar import (
     RangeNet,
     RangeProjection,
     SemanticKittiDataset,
-    SemanticKittiEvaluator,
     collate_scans,
-    iou_from_confusion,
-    knn_postprocess,
     make_scan,
     map_labels,
     read_labels,
@@ -160,46 +158,6 @@ def test_synthetic_scans_are_written_only_where_no_real_data_is(tmp_path, kitti_
     os.remove(real / "SYNTHETIC.txt")  # now it looks like a real data set: never add to it
     with pytest.raises(DataError, match="sequences/08/velodyne"):
         SemanticKittiDataset(str(real), sequences=["08"], synthetic_scans=2)
-
-
-def test_miou_against_a_hand_computed_confusion_matrix():
-    # 4 classes, 0 ignored. rows: ground truth, columns: prediction
-    confusion = torch.tensor([[0, 0, 0, 0], [0, 8, 2, 0], [0, 1, 3, 0], [0, 0, 0, 0]])
-    iou, miou = iou_from_confusion(confusion)
-    assert iou[1].item() == pytest.approx(8 / (8 + 1 + 2))
-    assert iou[2].item() == pytest.approx(3 / (3 + 2 + 1))
-    assert torch.isnan(iou[3]) and torch.isnan(iou[0])  # class 3: absent from the split, never predicted
-    assert miou == pytest.approx((8 / 11 + 3 / 6) / 2)
-    confusion[1, 3] = 2  # class 3 predicted but absent: IoU 0, counted
-    iou, miou = iou_from_confusion(confusion)
-    assert iou[3].item() == 0.0 and miou == pytest.approx((8 / 13 + 3 / 6 + 0) / 3)
-
-
-def test_evaluator_back_projects_pixels_to_every_point():
-    ev = SemanticKittiEvaluator(num_classes=4, class_names=["unlabeled", "a", "b", "c"])
-    ev.reset()
-    logits = torch.zeros(1, 4, 2, 2)
-    logits[0, 1, 0, 0] = logits[0, 2, 0, 1] = logits[0, 2, 1, 0] = logits[0, 1, 1, 1] = 5
-    batch = {
-        "proj_v": [torch.tensor([0, 0, 0, 1, 1])],
-        "proj_u": [torch.tensor([0, 0, 1, 0, 1])],
-        "point_labels": [torch.tensor([1, 2, 2, 0, 1])],
-    }  # two points share pixel (0, 0)
-    ev.process(batch, logits)
-    results = ev.evaluate()
-    assert ev.confusion[1, 1] == 2 and ev.confusion[2, 1] == 1 and ev.confusion[2, 2] == 1
-    assert results["IoU/a"] == pytest.approx(2 / 3) and results["IoU/b"] == pytest.approx(1 / 2)
-    assert "IoU/c" not in results and results["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
-
-
-def test_knn_relabels_a_point_from_its_closest_neighbours():
-    range_image = torch.full((3, 3), 10.0)
-    pred_image = torch.full((3, 3), 2, dtype=torch.long)
-    pred_image[1, 1] = 1  # the centre pixel disagrees with all its neighbours at the same range
-    v, u, r = torch.tensor([1]), torch.tensor([1]), torch.tensor([10.0])
-    assert knn_postprocess(range_image, pred_image, v, u, r, num_classes=3, k=5, window=3).item() == 2
-    far = torch.tensor([50.0])  # no neighbour within the cut-off: keep the pixel's label
-    assert knn_postprocess(range_image, pred_image, v, u, far, num_classes=3, k=5, window=3).item() == 1
 
 
 def test_rangenet_trains_and_predicts_full_resolution_logits():

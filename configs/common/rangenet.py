@@ -1,4 +1,5 @@
-"""A RangeNet-style model, its loss weights from the training labels, and the point-wise mIoU evaluator."""
+"""A RangeNet-style model, its loss weights from the training labels, and the point-wise evaluation as the
+official semantic-kitti-api computes it (mIoU over the 19 classes, point accuracy)."""
 
 from lazytrain.config import LazyCall as L
 from lazytrain.lidar import RangeNet, SemanticKittiEvaluator, compute_class_weights
@@ -18,6 +19,7 @@ model = L(RangeNet)(
 )
 
 evaluator = L(SemanticKittiEvaluator)(num_classes="${dataset.num_classes}", knn=None)
-# RangeNet++'s KNN post-processing: evaluator.knn="{k: 5, window: 5, cutoff: 1.0}"
+# RangeNet++'s KNN post-processing with its parameters (inverse-Gaussian weighted range differences):
+#   evaluator.knn="{knn: 5, search: 5, sigma: 1.0, cutoff: 1.0}"
 
 export = dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

@@ -2,7 +2,7 @@
 imports it."""
 
 from .dataset import SemanticKittiDataset, collate_scans, compute_class_weights
-from .evaluator import SemanticKittiEvaluator, iou_from_confusion, knn_postprocess
+from .evaluator import SemanticKittiEvaluator, accuracy_from_confusion, iou_from_confusion, knn_postprocess
 from .model import RangeNet
 from .projection import RangeProjection
 from .semantic_kitti import CLASS_NAMES, LEARNING_MAP, OFFICIAL_SPLIT, map_labels, read_labels, read_points
@@ -16,6 +16,7 @@ __all__ = [
     "RangeProjection",
     "SemanticKittiDataset",
     "SemanticKittiEvaluator",
+    "accuracy_from_confusion",
     "collate_scans",
     "compute_class_weights",
     "iou_from_confusion",
