@@ -2,7 +2,7 @@
 official semantic-kitti-api computes it (mIoU over the 19 classes, point accuracy)."""
 
 from lazytrain.config import LazyCall as L
-from lazytrain.lidar import RangeNet, SemanticKittiEvaluator, compute_class_weights
+from lazytrain.lidar import ClassWeightsFromLabels, RangeNet, SemanticKittiEvaluator
 
 model = L(RangeNet)(
     in_channels=5,
@@ -10,11 +10,12 @@ model = L(RangeNet)(
     width=32,
     depth=4,
     blocks=1,
-    class_weights=L(compute_class_weights)(
+    # RangeNet++'s 1 / (f + 0.001) from the labels of the whole training split, computed at the first training
+    # step (or taken from the checkpoint): building the model for eval or export reads no training labels
+    class_weights=L(ClassWeightsFromLabels)(
         root="${dataset.root}",
         num_classes="${dataset.num_classes}",
         split="train",
-        synthetic_scans="${dataset.synthetic_scans}",
     ),
 )
 

@@ -1,7 +1,7 @@
 """LiDAR semantic segmentation on SemanticKITTI: the flagship example. It uses the engine; the engine never
 imports it."""
 
-from .dataset import SemanticKittiDataset, collate_scans, compute_class_weights
+from .dataset import ClassWeightsFromLabels, SemanticKittiDataset, collate_scans, compute_class_weights
 from .evaluator import SemanticKittiEvaluator, accuracy_from_confusion, iou_from_confusion, knn_postprocess
 from .model import RangeNet
 from .projection import RangeProjection
@@ -12,6 +12,7 @@ __all__ = [
     "CLASS_NAMES",
     "LEARNING_MAP",
     "OFFICIAL_SPLIT",
+    "ClassWeightsFromLabels",
     "RangeNet",
     "RangeProjection",
     "SemanticKittiDataset",
