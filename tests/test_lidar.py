@@ -1,4 +1,5 @@
-"""SemanticKITTI: the on-disk format, the label map, projection, data errors, mIoU, and a training run."""
+"""SemanticKITTI: the on-disk format, the label map, projection, data errors, where synthetic scans go, class
+weights, and a training run (the metrics: test_lidar_metrics.py)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,25 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, cli_env
+from conftest import REPO, cli_env, load_config
 
+from lazytrain.config import instantiate
 from lazytrain.errors import DataError
 from lazytrain.lidar import (
     LEARNING_MAP,
+    ClassWeightsFromLabels,
     RangeNet,
     RangeProjection,
     SemanticKittiDataset,
-    SemanticKittiEvaluator,
     collate_scans,
-    iou_from_confusion,
-    knn_postprocess,
+    compute_class_weights,
     make_scan,
     map_labels,
     read_labels,
     read_points,
     write_synthetic_kitti,
 )
-from lazytrain.lidar.dataset import class_weights_from_counts
+from lazytrain.lidar.dataset import class_weights_from_counts, evenly_spread
 
 
 @pytest.fixture(scope="module")
@@ -162,44 +163,92 @@ def test_synthetic_scans_are_written_only_where_no_real_data_is(tmp_path, kitti_
         SemanticKittiDataset(str(real), sequences=["08"], synthetic_scans=2)
 
 
-def test_miou_against_a_hand_computed_confusion_matrix():
-    # 4 classes, 0 ignored. rows: ground truth, columns: prediction
-    confusion = torch.tensor([[0, 0, 0, 0], [0, 8, 2, 0], [0, 1, 3, 0], [0, 0, 0, 0]])
-    iou, miou = iou_from_confusion(confusion)
-    assert iou[1].item() == pytest.approx(8 / (8 + 1 + 2))
-    assert iou[2].item() == pytest.approx(3 / (3 + 2 + 1))
-    assert torch.isnan(iou[3]) and torch.isnan(iou[0])  # class 3: absent from the split, never predicted
-    assert miou == pytest.approx((8 / 11 + 3 / 6) / 2)
-    confusion[1, 3] = 2  # class 3 predicted but absent: IoU 0, counted
-    iou, miou = iou_from_confusion(confusion)
-    assert iou[3].item() == 0.0 and miou == pytest.approx((8 / 13 + 3 / 6 + 0) / 3)
+def test_a_root_without_scans_is_an_error_and_gets_no_synthetic_scans(tmp_path):
+    typo = tmp_path / "semantic_kiti"
+    with pytest.raises(DataError) as info:
+        SemanticKittiDataset(str(typo), sequences=["08"], synthetic_default_root=str(tmp_path / "semantic_kitti"),
+                             synthetic_default_scans=1)  # fmt: skip
+    message = str(info.value)
+    assert f"no SemanticKITTI scans under '{typo}': it does not exist" in message and "dataset.root" in message
+    assert not typo.exists()
+    (typo / "dataset").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"semantic_kiti': it holds no dataset/sequences/<SS>/velodyne folder"):
+        SemanticKittiDataset(str(typo), sequences=["08"])
+    # the default root gets its synthetic set; any root gets one with synthetic_scans (an explicit opt-in)
+    default = tmp_path / "semantic_kitti"
+    ds = SemanticKittiDataset(str(default), sequences=["08"], synthetic_default_root=str(default),
+                              synthetic_default_scans=1)  # fmt: skip
+    assert len(ds) == 1 and (default / "SYNTHETIC.txt").exists()
 
 
-def test_evaluator_back_projects_pixels_to_every_point():
-    ev = SemanticKittiEvaluator(num_classes=4, class_names=["unlabeled", "a", "b", "c"])
-    ev.reset()
-    logits = torch.zeros(1, 4, 2, 2)
-    logits[0, 1, 0, 0] = logits[0, 2, 0, 1] = logits[0, 2, 1, 0] = logits[0, 1, 1, 1] = 5
-    batch = {
-        "proj_v": [torch.tensor([0, 0, 0, 1, 1])],
-        "proj_u": [torch.tensor([0, 0, 1, 0, 1])],
-        "point_labels": [torch.tensor([1, 2, 2, 0, 1])],
-    }  # two points share pixel (0, 0)
-    ev.process(batch, logits)
-    results = ev.evaluate()
-    assert ev.confusion[1, 1] == 2 and ev.confusion[2, 1] == 1 and ev.confusion[2, 2] == 1
-    assert results["IoU/a"] == pytest.approx(2 / 3) and results["IoU/b"] == pytest.approx(1 / 2)
-    assert "IoU/c" not in results and results["mIoU"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+def test_flagship_writes_synthetic_scans_only_at_its_default_root(tmp_path):
+    typo = tmp_path / "SemanticKITI"
+    cfg = load_config(REPO / "configs" / "kitti_seg.py", f"dataset.root={typo}")
+    with pytest.raises(DataError) as info:
+        instantiate(cfg.dataloader.test.dataset, key="dataloader.test.dataset")
+    assert str(info.value).startswith("dataloader.test.dataset: no SemanticKITTI scans under") and str(typo) in str(
+        info.value
+    )
+    assert not typo.exists()
+    default = tmp_path / "default"  # moving the default root moves dataset.root with it
+    cfg = load_config(REPO / "configs" / "kitti_seg.py", f"dataset.synthetic_default.root={default}",
+                      "dataset.synthetic_default.scans=1")  # fmt: skip
+    assert cfg.dataset.root == str(default)
+    assert len(instantiate(cfg.dataloader.test.dataset)) == 1 and (default / "SYNTHETIC.txt").exists()
 
 
-def test_knn_relabels_a_point_from_its_closest_neighbours():
-    range_image = torch.full((3, 3), 10.0)
-    pred_image = torch.full((3, 3), 2, dtype=torch.long)
-    pred_image[1, 1] = 1  # the centre pixel disagrees with all its neighbours at the same range
-    v, u, r = torch.tensor([1]), torch.tensor([1]), torch.tensor([10.0])
-    assert knn_postprocess(range_image, pred_image, v, u, r, num_classes=3, k=5, window=3).item() == 2
-    far = torch.tensor([50.0])  # no neighbour within the cut-off: keep the pixel's label
-    assert knn_postprocess(range_image, pred_image, v, u, far, num_classes=3, k=5, window=3).item() == 1
+def write_tiny_scans(root, sequence: str, raw_labels: list[list[int]]) -> None:
+    """Hand-made scans: one per list of raw labels, a point per label."""
+    folder = root / "dataset" / "sequences" / sequence
+    (folder / "velodyne").mkdir(parents=True, exist_ok=True)
+    (folder / "labels").mkdir(exist_ok=True)
+    for i, labels in enumerate(raw_labels):
+        points = np.ones((len(labels), 4), dtype="<f4") * np.float32(i + 1)
+        points.tofile(folder / "velodyne" / f"{i:06d}.bin")
+        np.asarray(labels, dtype="<u4").tofile(folder / "labels" / f"{i:06d}.label")
+
+
+def test_class_weights_count_every_label_file_of_the_split(tmp_path):
+    # sequence 00: 9 scans of road (raw 40 -> 9); sequence 01: 2 scans of car (10 -> 1) and unlabeled (0)
+    write_tiny_scans(tmp_path, "00", [[40, 40]] * 9)
+    write_tiny_scans(tmp_path, "01", [[10, 0, 0]] * 2)
+    weights = compute_class_weights(str(tmp_path), 20, sequences=["00", "01"], cache_dir=str(tmp_path / "c"))
+    counts = np.zeros(20, dtype=np.int64)
+    counts[[0, 1, 9]] = [4, 2, 18]
+    assert weights == pytest.approx(class_weights_from_counts(counts))
+    assert weights == compute_class_weights(str(tmp_path), 20, sequences=["00", "01"], cache_dir=str(tmp_path / "c"))
+    # a sample spreads over the whole split: the last sequence is in it (taking the first scans would miss it)
+    sampled = compute_class_weights(str(tmp_path), 20, sequences=["00", "01"], max_scans=4, cache_dir=str(tmp_path))
+    assert sampled[1] < 1000.0 and sampled[9] < 1000.0
+    ds = SemanticKittiDataset(str(tmp_path), sequences=["00", "01"], max_scans=4)
+    assert [s.sequence for s in ds.scans] == ["00", "00", "00", "01"]
+    assert evenly_spread(list(range(11)), 4) == [1, 4, 6, 9] and evenly_spread([1, 2], 5) == [1, 2]
+
+
+def test_building_the_flagship_model_reads_no_training_labels(tmp_path):
+    root = tmp_path / "data"  # nothing there: reading it would be a DataError
+    cfg = load_config(REPO / "configs" / "kitti_seg.py", f"dataset.root={root}", "model.width=8", "model.depth=2",
+                      "model.class_weights.sequences=['00']",
+                      f"model.class_weights.cache_dir={tmp_path / 'c'}")  # fmt: skip
+    model = instantiate(cfg.model, key="model")
+    model.eval()
+    batch = {"image": torch.randn(1, 5, 8, 16), "label_image": torch.randint(0, 20, (1, 8, 16))}
+    assert model(batch).shape == (1, 20, 8, 16)
+    assert not root.exists() and not (tmp_path / "c").exists()
+    assert torch.isnan(model.class_weights).all()  # not computed yet
+
+    write_tiny_scans(root, "00", [[40, 40, 10, 0]])
+    model.train()
+    model(batch)["loss_ce"].backward()  # the first training step computes them
+    expected = class_weights_from_counts(np.bincount([9, 9, 1, 0], minlength=20))
+    assert model.class_weights.tolist() == pytest.approx(expected)
+
+    # a checkpoint holds them: a model loading it trains without reading any label
+    elsewhere = RangeNet(num_classes=20, width=8, depth=2,
+                         class_weights=ClassWeightsFromLabels(str(tmp_path / "nowhere"), 20))  # fmt: skip
+    elsewhere.load_state_dict(model.state_dict())
+    assert torch.isfinite(elsewhere(batch)["loss_ce"])
+    assert elsewhere.class_weights.tolist() == pytest.approx(expected)
 
 
 def test_rangenet_trains_and_predicts_full_resolution_logits():
@@ -221,7 +270,10 @@ def test_class_weights_follow_rangenet_formula():
     assert weights[1] == pytest.approx(1 / (0.25 + 0.001)) and weights[2] == pytest.approx(1 / (0.125 + 0.001))
 
 
-def test_flagship_tiny_run_beats_chance_miou(tmp_path):
+@pytest.fixture(scope="module")
+def flagship_run(tmp_path_factory):
+    """A short flagship training run on synthetic scans: its output folder."""
+    tmp_path = tmp_path_factory.mktemp("flagship")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lazytrain.cli", "train", str(REPO / "configs" / "kitti_seg.py"),
            f"dataset.root={tmp_path / 'data'}", "dataset.synthetic_scans=4", "dataset.projection.width=256",
@@ -232,7 +284,28 @@ def test_flagship_tiny_run_beats_chance_miou(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]
     assert "writing 4 synthetic scans per sequence" in r.stdout
-    final = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if "mIoU" in line][-1]
+    return out
+
+
+def test_flagship_tiny_run_beats_chance_miou(flagship_run):
+    final = [json.loads(line) for line in (flagship_run / "metrics.jsonl").read_text().splitlines() if "mIoU" in line][
+        -1
+    ]
     chance = 1 / 19
     assert final["mIoU"] > 3 * chance, final
-    assert final["IoU/road"] > 0.5
+    assert final["IoU/road"] > 0.5 and final["accuracy"] > 0.5
+    assert len([k for k in final if k.startswith("IoU/")]) == 19  # the official mean is over all 19 classes
+
+
+def test_eval_of_the_flagship_reads_only_the_validation_split(flagship_run, tmp_path):
+    data = tmp_path / "data"
+    cmd = [sys.executable, "-m", "lazytrain.cli", "eval", str(REPO / "configs" / "kitti_seg.py"),
+           "--weights", str(flagship_run / "checkpoints" / "model_final.pth"), f"dataset.root={data}",
+           "dataset.synthetic_scans=1", "dataset.projection.width=256", "model.width=8", "model.depth=2",
+           "dataloader.test.dataset.sequences=['08']", "dataloader.test.num_workers=0",
+           f"--output-dir={tmp_path / 'eval'}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout[-2000:]
+    assert sorted(os.listdir(data / "dataset" / "sequences")) == ["08"]  # no training sequence written or read
+    assert "not found in the checkpoint" not in r.stdout + r.stderr  # the class weights came with it
+    assert "mIoU" in (tmp_path / "eval" / "metrics.jsonl").read_text()

@@ -1,16 +1,20 @@
-"""SemanticKITTI data: the official split as range images. With no scans under `dataset.root`, synthetic
-scans are written there first (the real data set: dataset.root=/path/to/SemanticKITTI)."""
+"""SemanticKITTI data: the official split as range images (the real data set: dataset.root=/path/to/SemanticKITTI,
+the folder that holds dataset/sequences/). Synthetic scans in the same layout are written only where asked
+for: into `dataset.synthetic_default.root` (the default root) when it holds none, or into any root with
+`dataset.synthetic_scans=N`; another root without scans is an error that names it."""
 
 from lazytrain.config import LazyCall as L
 from lazytrain.data import build_test_loader, build_train_loader
 from lazytrain.lidar import SemanticKittiDataset, collate_scans
 
 dataset = dict(
-    root="datasets/semantic_kitti",
+    root="${dataset.synthetic_default.root}",
     num_classes=20,
     # HDL-64E: 64 beams over +3°..-25°; 2048 columns on the real sensor
     projection=dict(height=64, width=2048, fov_up=3.0, fov_down=-25.0),
-    synthetic_scans=0,  # scans per sequence to write when the root holds none (0: never)
+    # scans per sequence to write at the default root while dataset.root is that folder and it holds none
+    synthetic_default=dict(root="datasets/semantic_kitti", scans=0),
+    synthetic_scans=0,  # an opt-in for any dataset.root: scans per sequence to write when it holds none
 )
 
 # the keyword arguments both datasets share (a name starting with _ is not part of the config)
@@ -21,6 +25,8 @@ _scans = dict(
     fov_up="${dataset.projection.fov_up}",
     fov_down="${dataset.projection.fov_down}",
     synthetic_scans="${dataset.synthetic_scans}",
+    synthetic_default_root="${dataset.synthetic_default.root}",
+    synthetic_default_scans="${dataset.synthetic_default.scans}",
 )
 
 dataloader = dict(

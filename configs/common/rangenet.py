@@ -1,7 +1,8 @@
-"""A RangeNet-style model, its loss weights from the training labels, and the point-wise mIoU evaluator."""
+"""A RangeNet-style model, its loss weights from the training labels, and the point-wise evaluation as the
+official semantic-kitti-api computes it (mIoU over the 19 classes, point accuracy)."""
 
 from lazytrain.config import LazyCall as L
-from lazytrain.lidar import RangeNet, SemanticKittiEvaluator, compute_class_weights
+from lazytrain.lidar import ClassWeightsFromLabels, RangeNet, SemanticKittiEvaluator
 
 model = L(RangeNet)(
     in_channels=5,
@@ -9,15 +10,17 @@ model = L(RangeNet)(
     width=32,
     depth=4,
     blocks=1,
-    class_weights=L(compute_class_weights)(
+    # RangeNet++'s 1 / (f + 0.001) from the labels of the whole training split, computed at the first training
+    # step (or taken from the checkpoint): building the model for eval or export reads no training labels
+    class_weights=L(ClassWeightsFromLabels)(
         root="${dataset.root}",
         num_classes="${dataset.num_classes}",
         split="train",
-        synthetic_scans="${dataset.synthetic_scans}",
     ),
 )
 
 evaluator = L(SemanticKittiEvaluator)(num_classes="${dataset.num_classes}", knn=None)
-# RangeNet++'s KNN post-processing: evaluator.knn="{k: 5, window: 5, cutoff: 1.0}"
+# RangeNet++'s KNN post-processing with its parameters (inverse-Gaussian weighted range differences):
+#   evaluator.knn="{knn: 5, search: 5, sigma: 1.0, cutoff: 1.0}"
 
 export = dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

@@ -1,5 +1,6 @@
 """`SemanticKittiDataset`: scans of a split as range images, with augmentation for training and the per-point
-data the point-wise evaluator needs; synthetic scans are written when the data root holds none."""
+data the point-wise evaluator needs; synthetic scans are written only where the caller asked for them. Also
+RangeNet++'s loss weights from the label frequencies of a split."""
 
 from __future__ import annotations
 
@@ -20,32 +21,69 @@ from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
 
-__all__ = ["SemanticKittiDataset", "collate_scans", "compute_class_weights", "prepare_root"]
+__all__ = [
+    "ClassWeightsFromLabels",
+    "SemanticKittiDataset",
+    "collate_scans",
+    "compute_class_weights",
+    "prepare_root",
+]
 
 logger = logging.getLogger("lazytrain")
 
 POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range")
 
 
-def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, seed: int = 0) -> None:
-    """Make sure ``root`` holds ``sequences``: when it holds no scans at all (or is a synthetic set that lacks
-    some of them) and ``synthetic_scans > 0``, write that many synthetic scans per sequence."""
+def same_folder(a: str, b: str) -> bool:
+    """Whether two paths name the same folder (relative paths against the working directory)."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def evenly_spread(items: Sequence[Any], count: Optional[int]) -> list[Any]:
+    """``count`` items spread evenly over the whole of ``items`` (the middle one of each of ``count`` equal
+    parts), so every sequence of a split gets its share; all of them when ``count`` is None or not smaller."""
+    if count is None or count >= len(items):
+        return list(items)
+    if count <= 0:
+        return []
+    n = len(items)
+    return [items[((2 * i + 1) * n) // (2 * count)] for i in range(count)]
+
+
+def _holds_scans(root: str) -> bool:
     base = os.path.join(root, "dataset", "sequences")
-    has_any = os.path.isdir(base) and any(
+    return os.path.isdir(base) and any(
         os.path.isdir(os.path.join(base, s, "velodyne")) for s in os.listdir(base) if not s.startswith(".")
     )
+
+
+def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, seed: int = 0) -> None:
+    """Make sure ``root`` holds ``sequences``. With ``synthetic_scans > 0`` (the caller asked for a synthetic set
+    there), a root that holds no scans at all, or a synthetic one that lacks some of the sequences, gets that
+    many synthetic scans per missing sequence; a real data set is never added to. Without it, a root that holds
+    no scans is a DataError naming the folder."""
+    base = os.path.join(root, "dataset", "sequences")
+    has_any = _holds_scans(root)
     synthetic = os.path.exists(os.path.join(root, "SYNTHETIC.txt"))
     missing = [s for s in sequences if not os.path.isdir(os.path.join(base, s, "velodyne"))]
-    if not missing or synthetic_scans <= 0 or (has_any and not synthetic):
-        return
-    logger.info(
-        "No SemanticKITTI scans for sequences %s under '%s': writing %d synthetic scans per sequence there "
-        "(set dataset.root to the real data set to train on it).",
-        " ".join(missing),
-        os.path.abspath(root),
-        synthetic_scans,
-    )
-    write_synthetic_kitti(root, missing, synthetic_scans, seed=seed)
+    if missing and synthetic_scans > 0 and (not has_any or synthetic):
+        logger.info(
+            "No SemanticKITTI scans for sequences %s under '%s': writing %d synthetic scans per sequence there "
+            "(set dataset.root to the real data set to train on it).",
+            " ".join(missing),
+            os.path.abspath(root),
+            synthetic_scans,
+        )
+        write_synthetic_kitti(root, missing, synthetic_scans, seed=seed)
+    elif not has_any:
+        where = os.path.abspath(root)
+        layout = os.path.join("dataset", "sequences", "<SS>", "velodyne")
+        state = "does not exist" if not os.path.exists(where) else f"holds no {layout} folder"
+        raise DataError(
+            f"no SemanticKITTI scans under '{where}': it {state} (looked for sequences {', '.join(sequences)}).",
+            hint="Set dataset.root to the folder that holds dataset/sequences/ of the data set (is there a typo?), "
+            "or opt in to a synthetic set written there with dataset.synthetic_scans=N.",
+        )
 
 
 class SemanticKittiDataset(Dataset):
@@ -56,6 +94,12 @@ class SemanticKittiDataset(Dataset):
     ``proj_v``, ``proj_u``, ``point_range`` and the ``range_image`` (for point-wise metrics and KNN).
     ``augment`` (training): random yaw rotation, x-flip, point dropout, drawn from NumPy's global RNG (which
     lazytrain's train loader seeds per sample).
+
+    Synthetic scans are written into ``root`` only where asked for: ``synthetic_scans > 0`` (an explicit
+    opt-in, for any root), or ``root`` being ``synthetic_default_root`` (the flagship's own folder, which gets
+    ``synthetic_default_scans`` per sequence). Any other root that holds no scans is a DataError naming it, so
+    a mistyped root never trains on synthetic data. ``max_scans``: that many scans, spread evenly over the
+    whole split.
     """
 
     def __init__(
@@ -75,6 +119,8 @@ class SemanticKittiDataset(Dataset):
         return_points: bool = False,
         synthetic_scans: int = 0,
         synthetic_seed: int = 0,
+        synthetic_default_root: Optional[str] = None,
+        synthetic_default_scans: int = 0,
         max_scans: Optional[int] = None,
     ) -> None:
         if sequences is None:
@@ -83,11 +129,11 @@ class SemanticKittiDataset(Dataset):
             sequences = OFFICIAL_SPLIT[split]
         self.sequences = [f"{int(s):02d}" for s in sequences]
         self.root = root
+        if synthetic_scans <= 0 and synthetic_default_root is not None and same_folder(root, synthetic_default_root):
+            synthetic_scans = synthetic_default_scans
         prepare_root(root, self.sequences, synthetic_scans, synthetic_seed)
         self.labelled = split != "test"
-        self.scans = list_scans(root, self.sequences, labels=self.labelled)
-        if max_scans is not None:
-            self.scans = self.scans[:: max(1, len(self.scans) // max_scans)][:max_scans]
+        self.scans = evenly_spread(list_scans(root, self.sequences, labels=self.labelled), max_scans)
         if not self.scans:
             raise DataError(f"no scans found for sequences {', '.join(self.sequences)} under '{root}'.")
         self.projection = RangeProjection(height, width, fov_up, fov_down, tuple(means), tuple(stds))
@@ -149,28 +195,31 @@ def compute_class_weights(
     num_classes: int,
     split: str = "train",
     sequences: Optional[Sequence[str]] = None,
-    max_scans: int = 2000,
-    synthetic_scans: int = 0,
-    synthetic_seed: int = 0,
+    max_scans: Optional[int] = None,
     cache_dir: Optional[str] = None,
 ) -> list[float]:
-    """RangeNet++'s loss weights ``1 / (f_c + 0.001)`` from the class frequencies of the training labels (at
-    most ``max_scans`` scans, evenly spread), 0 for the ignored class 0. Cached per root and sequences in
-    ``cache_dir`` (default ``~/.cache/lazytrain``)."""
+    """RangeNet++'s loss weights ``1 / (f_c + 0.001)`` from the class frequencies of the labels of the whole
+    split (every label file; with ``max_scans``, that many spread evenly over the split), 0 for the ignored
+    class 0. Reads labels only: the scans must be there. Cached per root, sequences and label files (their
+    sizes and times) in ``cache_dir`` (default ``~/.cache/lazytrain``), so the files are read once."""
     sequences = [f"{int(s):02d}" for s in (sequences or OFFICIAL_SPLIT[split])]
-    prepare_root(root, sequences, synthetic_scans, synthetic_seed)
-    scans = list_scans(root, sequences)
-    step = max(1, len(scans) // max_scans)
-    chosen = scans[::step][:max_scans]
+    chosen = evenly_spread(list_scans(root, sequences), max_scans)
     label_paths = [str(s.label_path) for s in chosen]  # list_scans(labels=True) gives every scan one
-    key_text = json.dumps([os.path.abspath(root), sequences, [os.path.getmtime(p) for p in label_paths[:50]],
-                           len(chosen), num_classes])  # fmt: skip
+    stats = [(os.path.getsize(p), os.path.getmtime(p)) for p in label_paths]
+    key_text = json.dumps([os.path.abspath(root), sequences, label_paths, stats, num_classes])
     key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
     cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "lazytrain")
     cache = os.path.join(cache_dir, f"class_weights_{key}.json")
     if os.path.exists(cache):
         with open(cache, encoding="utf-8") as f:
             return json.load(f)
+    logger.info(
+        "Class weights from the labels of %d scans of sequences %s under '%s' (read once, then cached in %s).",
+        len(label_paths),
+        " ".join(sequences),
+        os.path.abspath(root),
+        cache_dir,
+    )
     counts = np.zeros(num_classes, dtype=np.int64)
     for path in label_paths:
         labels = map_labels(read_labels(path), path)
@@ -178,11 +227,41 @@ def compute_class_weights(
     weights = class_weights_from_counts(counts)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        with open(cache, "w", encoding="utf-8") as f:
+        tmp = f"{cache}.{os.getpid()}.tmp"  # several ranks may write it at once: replace atomically
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(weights, f)
-    except OSError:
-        pass  # a read-only home: compute again next time
+        os.replace(tmp, cache)
+    except OSError as e:
+        logger.warning("Could not cache the class weights in %s (%s); they are computed again next time.", cache, e)
     return weights
+
+
+class ClassWeightsFromLabels:
+    """A deferred ``compute_class_weights``: building it reads nothing; calling it reads the labels. A model
+    given one (``RangeNet(class_weights=...)``) calls it at its first training step unless a checkpoint
+    already gave it the weights, so evaluating or exporting a model never touches the training split."""
+
+    def __init__(
+        self,
+        root: str,
+        num_classes: int,
+        split: str = "train",
+        sequences: Optional[Sequence[str]] = None,
+        max_scans: Optional[int] = None,
+        cache_dir: Optional[str] = None,
+    ) -> None:
+        self.root, self.num_classes, self.split = root, num_classes, split
+        self.sequences = list(sequences) if sequences is not None else None
+        self.max_scans, self.cache_dir = max_scans, cache_dir
+
+    def __call__(self) -> list[float]:
+        return compute_class_weights(
+            self.root, self.num_classes, self.split, self.sequences, self.max_scans, self.cache_dir
+        )
+
+    def __repr__(self) -> str:
+        which = f"sequences={self.sequences}" if self.sequences is not None else f"split={self.split!r}"
+        return f"ClassWeightsFromLabels(root={self.root!r}, {which})"
 
 
 def class_weights_from_counts(counts: Union[np.ndarray, Sequence[int]]) -> list[float]:

@@ -1,39 +1,77 @@
-"""Point-wise mIoU for SemanticKITTI: pixel predictions go back to every point (optionally through RangeNet++'s
-KNN post-processing), a confusion matrix accumulates over the split and is summed across ranks."""
+"""Point-wise mIoU and accuracy for SemanticKITTI as the official ``evaluate_semantics.py`` computes them: pixel
+predictions go back to every point (optionally through RangeNet++'s KNN post-processing), a confusion matrix
+accumulates over the split and is summed across ranks."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from ..comm import reduce_sum
+from ..errors import ConfigError, did_you_mean
 from .semantic_kitti import CLASS_NAMES
 
-__all__ = ["SemanticKittiEvaluator", "iou_from_confusion", "knn_postprocess"]
+__all__ = ["SemanticKittiEvaluator", "accuracy_from_confusion", "iou_from_confusion", "knn_postprocess"]
 
 logger = logging.getLogger("lazytrain")
 
+# the official evaluation (semantic-kitti-api, np_ioueval) adds this to every denominator
+_EPSILON = 1e-15
 
-def iou_from_confusion(confusion: torch.Tensor, ignore_index: int = 0) -> tuple[torch.Tensor, float]:
-    """Per-class IoU ``TP / (TP + FP + FN)`` from a (ground truth × prediction) confusion matrix, and their mean.
+# RangeNet++'s KNN parameters (lidar-bonnetal, config/arch/*.yaml: post.KNN.params)
+KNN_DEFAULTS: dict[str, float] = {"knn": 5, "search": 5, "sigma": 1.0, "cutoff": 1.0}
 
-    The ignored class gets NaN. A class that is absent from the split and never predicted has no IoU (NaN)
-    and does not count in the mean; one that is absent but predicted gets 0.
+
+def iou_from_confusion(
+    confusion: torch.Tensor, ignore_index: int = 0, skip_absent_classes: bool = False
+) -> tuple[torch.Tensor, float]:
+    """Per-class IoU ``TP / (TP + FP + FN)`` from a (ground truth × prediction) confusion matrix, and their mean
+    over every class but ``ignore_index``, as the official evaluation computes them.
+
+    Points whose ground truth is ``ignore_index`` do not count; a point of another class predicted as
+    ``ignore_index`` is a false negative of its class. A class absent from the ground truth and never predicted
+    gets IoU 0 and counts in the mean (the official rule: the mean is always over the 19 evaluated classes).
+    ``skip_absent_classes=True`` instead gives such a class NaN and leaves it out of the mean (not comparable
+    with published numbers). The ignored class gets NaN.
     """
-    confusion = confusion.double()
+    confusion = confusion.double().clone()
+    confusion[ignore_index, :] = 0
     tp = confusion.diag()
     fp = confusion.sum(0) - tp
     fn = confusion.sum(1) - tp
     union = tp + fp + fn
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    iou = tp / (union + _EPSILON)
+    if skip_absent_classes:
+        iou[union == 0] = float("nan")
     iou[ignore_index] = float("nan")
     valid = ~torch.isnan(iou)
     miou = float(iou[valid].mean()) if valid.any() else float("nan")
     return iou, miou
+
+
+def accuracy_from_confusion(confusion: torch.Tensor, ignore_index: int = 0) -> float:
+    """Overall point accuracy as the official evaluation computes it (np_ioueval ``getacc``): correct points
+    over the points whose ground truth and prediction are both not ``ignore_index``."""
+    confusion = confusion.double().clone()
+    confusion[ignore_index, :] = 0
+    confusion[:, ignore_index] = 0  # predicted as the ignored class: not in the official denominator
+    return float(confusion.diag().sum() / (confusion.sum() + _EPSILON))
+
+
+def inverse_gaussian_kernel(search: int, sigma: float) -> torch.Tensor:
+    """``1 - g`` with ``g`` the ``search`` × ``search`` Gaussian (std ``sigma`` pixels) normalised to sum 1,
+    flattened row by row: RangeNet++'s weights of range differences (nearby pixels weigh less, so they win)."""
+    # float32 and this order of operations, as RangeNet++ computes it
+    offsets = torch.arange(search, dtype=torch.float32) - (search - 1) / 2.0
+    squared = offsets[None, :] ** 2 + offsets[:, None] ** 2
+    variance = sigma**2.0
+    gaussian = (1.0 / (2.0 * math.pi * variance)) * torch.exp(-squared / (2 * variance))
+    return (1 - gaussian / gaussian.sum()).reshape(-1)
 
 
 def knn_postprocess(
@@ -43,49 +81,102 @@ def knn_postprocess(
     u: torch.Tensor,
     point_range: torch.Tensor,
     num_classes: int,
-    k: int = 5,
-    window: int = 5,
+    knn: int = 5,
+    search: int = 5,
+    sigma: float = 1.0,
     cutoff: float = 1.0,
 ) -> torch.Tensor:
-    """RangeNet++'s KNN: each point takes the majority label of the ``k`` pixels around its own (in a
-    ``window`` × ``window`` neighbourhood) whose range is closest to the point's, ignoring those farther than
-    ``cutoff`` metres; a point without such neighbours keeps its pixel's label."""
+    """RangeNet++'s KNN post-processing (lidar-bonnetal ``postproc/KNN.py``), point for point: the label of
+    every point from the ``knn`` pixels of the ``search`` × ``search`` window around its pixel ``(v, u)``
+    whose range is closest to the point's own range ``point_range``.
+
+    - Range differences are weighted by ``1 - `` a normalised Gaussian of std ``sigma`` pixels over the window
+      (``inverse_gaussian_kernel``); ``cutoff`` applies to the weighted difference (``cutoff <= 0``: none).
+    - The centre of the window takes the point's own range (distance 0), not the range its pixel shows
+      (the closest point of that pixel), so the pixel's label always votes.
+    - Empty pixels (range <= 0 in ``range_image``) never count; outside the image the window holds range 0
+      and class 0, as RangeNet++'s zero padding does.
+    - Votes for class 0 (unlabeled) and for neighbours beyond the cutoff are dropped: the result is never 0.
+      Ties go to the lowest class id; a point with no valid vote at all gets class 1, as in RangeNet++.
+    """
+    if search % 2 == 0:
+        raise ValueError(f"the KNN search window must be odd, got search={search}.")
     width = range_image.shape[1]
-    pad = window // 2
-    ranges = F.unfold(range_image[None, None].float(), window, padding=pad)[0]  # (window², H*W)
-    labels = F.unfold(pred_image[None, None].float(), window, padding=pad)[0].long()
-    pixel = v * width + u
-    nb_range, nb_label = ranges[:, pixel], labels[:, pixel]  # (window², N)
-    distance = (nb_range - point_range[None].float()).abs()
-    distance[nb_range <= 0] = float("inf")  # empty pixels and padding
-    k = min(k, window * window)
-    dist_k, idx = distance.topk(k, dim=0, largest=False)
-    label_k = nb_label.gather(0, idx)
-    label_k[dist_k > cutoff] = num_classes  # a vote for nobody
-    votes = torch.zeros(num_classes + 1, len(pixel), dtype=torch.int64, device=label_k.device)
-    votes.scatter_add_(0, label_k, torch.ones_like(label_k))
-    votes = votes[:num_classes]
-    fallback = pred_image[v, u]
-    return torch.where(votes.sum(0) > 0, votes.argmax(0), fallback)
+    pad = (search - 1) // 2
+    # RangeNet++ marks empty pixels with range -1; padding stays 0
+    proj_range = range_image.float().masked_fill(range_image <= 0, -1.0)
+    ranges = F.unfold(proj_range[None, None], search, padding=pad)[0]  # (search², H*W)
+    pixel = v.long() * width + u.long()
+    neighbour_range = ranges[:, pixel]  # (search², N)
+    neighbour_range[neighbour_range < 0] = float("inf")
+    point_range = point_range.float()
+    neighbour_range[(search * search - 1) // 2] = point_range
+    weight = inverse_gaussian_kernel(search, sigma).to(neighbour_range)
+    distance = (neighbour_range - point_range[None]).abs() * weight[:, None]
+    knn_distance, knn_index = distance.topk(knn, dim=0, largest=False, sorted=False)
+    labels = F.unfold(pred_image[None, None].float(), search, padding=pad)[0].long()[:, pixel]
+    knn_label = labels.gather(0, knn_index)
+    if cutoff > 0:
+        knn_label[knn_distance > cutoff] = num_classes  # an extra class: a vote for nobody
+    votes = torch.zeros(num_classes + 1, len(pixel), dtype=torch.float32, device=knn_label.device)
+    votes.scatter_add_(0, knn_label, torch.ones_like(knn_label, dtype=torch.float32))
+    return votes[1:num_classes].argmax(0) + 1
+
+
+def _knn_settings(knn: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    if knn is None:
+        return None
+    unknown = [key for key in knn if key not in KNN_DEFAULTS]
+    if unknown:
+        raise ConfigError(
+            f"knn has no setting {unknown[0]!r}; RangeNet++'s KNN takes {', '.join(KNN_DEFAULTS)}.",
+            key="knn",
+            hint=did_you_mean(str(unknown[0]), KNN_DEFAULTS)
+            or "For example knn={knn: 5, search: 5, sigma: 1.0, cutoff: 1.0}.",
+        )
+    settings = {**KNN_DEFAULTS, **knn}
+    if int(settings["search"]) % 2 == 0 or int(settings["search"]) < 1:
+        raise ConfigError(f"knn.search must be an odd window size, got {settings['search']}.", key="knn.search")
+    if not 1 <= int(settings["knn"]) <= int(settings["search"]) ** 2:
+        raise ConfigError(
+            f"knn.knn must be between 1 and search² = {int(settings['search']) ** 2}, got {settings['knn']}.",
+            key="knn.knn",
+        )
+    settings["knn"], settings["search"] = int(settings["knn"]), int(settings["search"])
+    return settings
 
 
 class SemanticKittiEvaluator:
-    """Reads ``outputs`` (B, C, H, W logits) and the batch's ``point_labels``, ``proj_v``, ``proj_u`` (and for
-    KNN ``range_image``, ``point_range``). ``evaluate()`` returns ``mIoU`` and ``IoU/<class>`` over the
-    evaluated classes (all but ``ignore_index``), identical on every rank."""
+    """The official SemanticKITTI evaluation (semantic-kitti-api ``evaluate_semantics.py``) of the point-wise
+    predictions.
+
+    Reads ``outputs`` (B, C, H, W logits) and the batch's ``point_labels``, ``proj_v``, ``proj_u`` (and for
+    KNN ``range_image``, ``point_range``). ``evaluate()`` returns, identical on every rank, ``mIoU`` (the
+    mean of the per-class IoU over every class but ``ignore_index``), ``IoU/<class>`` for each of those classes
+    and ``accuracy`` (overall point accuracy), all as the official script computes them: by default a class
+    absent from the ground truth and never predicted has IoU 0 and counts in the mean. With
+    ``skip_absent_classes=True`` such a class is left out of the mean and of the results instead (not the
+    official rule).
+
+    ``knn``: RangeNet++'s KNN post-processing (``knn_postprocess``) with the given settings, any of
+    ``knn``, ``search``, ``sigma``, ``cutoff`` (defaults: RangeNet++'s 5, 5, 1.0, 1.0); None: each point
+    takes its pixel's prediction.
+    """
 
     def __init__(
         self,
         num_classes: int = 20,
         class_names: Optional[Sequence[str]] = None,
         ignore_index: int = 0,
-        knn: Optional[dict[str, Any]] = None,
+        knn: Optional[Mapping[str, Any]] = None,
+        skip_absent_classes: bool = False,
     ) -> None:
         names = list(class_names) if class_names is not None else list(CLASS_NAMES[:num_classes])
         if len(names) != num_classes:
             raise ValueError(f"class_names has {len(names)} names for {num_classes} classes.")
         self.num_classes, self.class_names, self.ignore_index = num_classes, names, ignore_index
-        self.knn = dict(knn) if knn else None
+        self.knn = _knn_settings(knn)
+        self.skip_absent_classes = skip_absent_classes
         self.reset()
 
     def reset(self) -> None:
@@ -117,16 +208,18 @@ class SemanticKittiEvaluator:
 
     def evaluate(self) -> dict[str, Any]:
         confusion = reduce_sum(self.confusion)
-        iou, miou = iou_from_confusion(confusion, self.ignore_index)
-        results: dict[str, Any] = {"mIoU": miou}
+        iou, miou = iou_from_confusion(confusion, self.ignore_index, self.skip_absent_classes)
+        results: dict[str, Any] = {"mIoU": miou, "accuracy": accuracy_from_confusion(confusion, self.ignore_index)}
+        in_ground_truth, predicted = confusion.sum(1), confusion.sum(0)
         absent = []
         for c, name in enumerate(self.class_names):
             if c == self.ignore_index:
                 continue
-            if torch.isnan(iou[c]):
+            if in_ground_truth[c] == 0 and predicted[c] == 0:
                 absent.append(name)
-            else:
+            if not torch.isnan(iou[c]):
                 results[f"IoU/{name}"] = float(iou[c])
         if absent:
-            logger.info("Classes absent from the split and never predicted (not in the mean): %s", ", ".join(absent))
+            counted = "not in the mean" if self.skip_absent_classes else "IoU 0, in the mean: the official rule"
+            logger.info("Classes absent from the ground truth and never predicted (%s): %s", counted, ", ".join(absent))
         return results

@@ -7,14 +7,19 @@ exports to ONNX as it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Optional, Union
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["RangeNet"]
+
+logger = logging.getLogger("lazytrain")
+
+ClassWeights = Union[Sequence[float], Callable[[], Sequence[float]], None]
 
 
 class _ResidualBlock(nn.Module):
@@ -46,8 +51,11 @@ class RangeNet(nn.Module):
 
     ``width`` is the channel count of the first stage (doubled per stage up to ``8 * width``), ``depth`` the
     number of stages (the image width must be divisible by ``2 ** depth``), ``blocks`` residual blocks per
-    stage. ``class_weights`` has ``num_classes`` entries (see ``compute_class_weights``); None weighs all
-    classes equally.
+    stage. ``class_weights`` weighs the loss per class: ``num_classes`` numbers, or a callable returning them
+    (``ClassWeightsFromLabels``: RangeNet++'s weights from the training labels), which is called at the first
+    training step, not when the model is built, so evaluation and export never read the training split; None
+    weighs all classes equally. The weights are the ``class_weights`` buffer, saved in checkpoints: a model
+    that loads a checkpoint holding them does not compute them again.
     """
 
     def __init__(
@@ -58,15 +66,17 @@ class RangeNet(nn.Module):
         depth: int = 4,
         blocks: int = 1,
         dropout: float = 0.05,
-        class_weights: Optional[Sequence[float]] = None,
+        class_weights: ClassWeights = None,
         ignore_index: int = 0,
     ) -> None:
         super().__init__()
-        if class_weights is not None and len(class_weights) != num_classes:
-            raise ValueError(
-                f"class_weights has {len(class_weights)} entries but num_classes is {num_classes}; both must read "
-                "the same num_classes."
-            )
+        self._class_weights_source: Optional[Callable[[], Sequence[float]]] = None
+        weight: Optional[torch.Tensor] = None
+        if callable(class_weights):
+            self._class_weights_source = class_weights
+            weight = torch.full((num_classes,), float("nan"))  # NaN: not computed yet
+        elif class_weights is not None:
+            weight = self._checked_weights(class_weights, num_classes)
         self.num_classes, self.depth, self.ignore_index = num_classes, depth, ignore_index
         channels = [min(width * 2**i, width * 8) for i in range(depth + 1)]
         self.stem = nn.Sequential(_conv_bn(in_channels, channels[0]), _ResidualBlock(channels[0]))
@@ -78,14 +88,33 @@ class RangeNet(nn.Module):
         self.up = nn.ModuleList(_conv_bn(channels[i + 1] + channels[i], channels[i]) for i in reversed(range(depth)))
         self.dropout = nn.Dropout2d(dropout)
         self.head = nn.Conv2d(channels[0], num_classes, 1)
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
         self.class_weights: Optional[torch.Tensor]
-        self.register_buffer("class_weights", weight, persistent=False)
+        self.register_buffer("class_weights", weight)
+        self._class_weights_pending = self._class_weights_source is not None
+        self.register_load_state_dict_post_hook(_note_loaded_class_weights)
+
+    @staticmethod
+    def _checked_weights(class_weights: Sequence[float], num_classes: int) -> torch.Tensor:
+        if len(class_weights) != num_classes:
+            raise ValueError(
+                f"class_weights has {len(class_weights)} entries but num_classes is {num_classes}; both must read "
+                "the same num_classes."
+            )
+        return torch.tensor(list(class_weights), dtype=torch.float32)
+
+    @torch.compiler.disable
+    def _compute_class_weights(self) -> None:
+        assert self._class_weights_source is not None and self.class_weights is not None
+        weight = self._checked_weights(self._class_weights_source(), self.num_classes)
+        self.class_weights.copy_(weight.to(self.class_weights.device))
+        self._class_weights_pending = False
 
     def forward(self, batch: dict[str, torch.Tensor]) -> Union[dict[str, torch.Tensor], torch.Tensor]:
         logits = self.logits(batch["image"])
         if not self.training:
             return logits
+        if self._class_weights_pending:
+            self._compute_class_weights()
         loss = F.cross_entropy(
             logits.float(), batch["label_image"], weight=self.class_weights, ignore_index=self.ignore_index
         )
@@ -105,3 +134,10 @@ class RangeNet(nn.Module):
             x = F.interpolate(x, scale_factor=(1.0, 2.0), mode="nearest")
             x = up(torch.cat([x, skip], dim=1))
         return self.head(self.dropout(x))
+
+
+def _note_loaded_class_weights(module: nn.Module, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: class weights that came with the state dict (finite ones) need no computing."""
+    assert isinstance(module, RangeNet)
+    if module._class_weights_source is not None and module.class_weights is not None:
+        module._class_weights_pending = not bool(torch.isfinite(module.class_weights).all())
