@@ -29,7 +29,7 @@ __all__ = [
     "prepare_root",
 ]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range")
 

@@ -18,7 +18,7 @@ from .semantic_kitti import CLASS_NAMES
 
 __all__ = ["SemanticKittiEvaluator", "accuracy_from_confusion", "iou_from_confusion", "knn_postprocess"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 # the official evaluation (semantic-kitti-api, np_ioueval) adds this to every denominator
 _EPSILON = 1e-15

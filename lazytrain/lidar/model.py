@@ -17,7 +17,7 @@ from torch import nn
 
 __all__ = ["RangeNet"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 ClassWeights = Union[Sequence[float], Callable[[], Sequence[float]], None]
 
