@@ -15,6 +15,7 @@ import torch
 
 from .comm import all_gather, reduce_sum
 from .data import to_device
+from .events import beat
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ def inference_on_dataset(
                 outputs = model(batch)
             evaluator.process(batch, outputs)
             progress.step()
+            beat()  # a long evaluation is progress, not a hang
     progress.done()
     return evaluator.evaluate()
 

@@ -27,11 +27,18 @@ __all__ = [
     "JSONWriter",
     "TensorboardWriter",
     "TerminalWriter",
+    "beat",
     "get_event_storage",
 ]
 
 _CURRENT_STORAGE: list[EventStorage] = []  # the one per-run storage, a context (innermost last)
 Number = Union[float, int, torch.Tensor]
+
+
+def beat() -> None:
+    """Mark progress in the storage of the run in progress, if there is one (evaluation calls it per batch)."""
+    if _CURRENT_STORAGE:
+        _CURRENT_STORAGE[-1].beat()
 
 
 def get_event_storage() -> EventStorage:
@@ -72,6 +79,11 @@ class EventStorage:
         self.groups: dict[str, str] = {}  # name -> "train" / "val"
         self._pending: list[tuple[str, torch.Tensor, int, bool]] = []
         self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
+        self.last_progress = time.monotonic()  # see beat(): a finished step or evaluation batch
+
+    def beat(self) -> None:
+        """Mark progress now (a step or an evaluation batch finished); the hang watchdog reads it."""
+        self.last_progress = time.monotonic()
 
     def put_scalar(
         self, name: str, value: Number, smoothing_hint: bool = True, check_finite: bool = False, group: str = "train"

@@ -24,6 +24,7 @@ from .hooks import (
 from .preemption import GracefulStop
 from .profiler import ProfilerHook
 from .train_loop import HookBase
+from .watchdog import HangWatchdog
 
 __all__ = ["build_hooks", "default_hooks"]
 
@@ -41,6 +42,7 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
             TensorboardWriter(t.output_dir, LazyConfig.to_yaml(cfg, resolve=True), key_settings(cfg)),
         ]
     hooks: list[Optional[HookBase]] = [
+        HangWatchdog(t.hang_timeout) if t.hang_timeout > 0 else None,
         IterationTimer(),
         EMAHook(t.ema.decay) if t.ema.enabled else None,
         LRScheduler(),

@@ -39,6 +39,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
     compile=dict(enabled=False, mode=None, backend="inductor"),  # torch.compile of the train step's model
     profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a torch.profiler trace
+    hang_timeout=300,  # seconds without progress on a rank before the job stops naming it (0: never)
 )
 
 
@@ -148,6 +149,10 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "profile.enabled": _BOOL,
     "profile.start_iter": _int(0),
     "profile.num_iters": _int(1),
+    "hang_timeout": (
+        "a number of seconds >= 0 (0: no watchdog)",
+        lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+    ),
 }
 
 

@@ -1,0 +1,156 @@
+"""HangWatchdog: a rank that is alive but stuck (a deadlock, a stuck data worker, an endless loop in a hook)
+is named, with its stack, instead of hanging the job until the process group times out."""
+
+from __future__ import annotations
+
+import faulthandler
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from typing import Any, Optional
+
+import torch.distributed as dist
+
+from .. import comm
+from ..errors import LazytrainError
+from .train_loop import HookBase
+
+__all__ = ["HangError", "HangWatchdog"]
+
+logger = logging.getLogger(__name__)
+
+_COLLECTIVE_FILES = ("torch/distributed/", "torch/nn/parallel/", "torch/autograd/")  # waiting for other ranks
+
+
+class HangError(LazytrainError):
+    """No step finished for ``train.hang_timeout`` seconds on some rank (exit code 1)."""
+
+
+class HangWatchdog(HookBase):
+    """A thread per rank that wakes every few seconds. When this rank has made no progress (a finished step,
+    or an evaluation batch) for ``timeout`` seconds (three times that before the first step: start-up,
+    compilation, a first pass over the labels), it dumps every thread's Python stack (faulthandler) to stderr
+    and the log, publishes where its main thread is through the process group's store, reads what the other
+    ranks published, and ends the process with one paragraph naming the stuck rank, its iteration and frame.
+    The launcher (or torchrun / SLURM) then stops the job. A rank blocked in a collective is waiting for the
+    stuck one; the stuck one is the rank that is not (or the one that did not answer)."""
+
+    def __init__(self, timeout: float, poll_s: Optional[float] = None) -> None:
+        self.timeout = float(timeout)
+        self.poll_s = poll_s if poll_s is not None else min(5.0, max(0.2, self.timeout / 10))
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._main_thread = 0
+        self._steps_done = 0
+
+    def before_train(self) -> None:
+        if self.timeout <= 0:
+            return
+        self.trainer.storage.beat()
+        self._main_thread = threading.get_ident()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._watch, name="lazytrain-hang-watchdog", daemon=True)
+        self._thread.start()
+
+    def after_step(self) -> None:
+        self._steps_done += 1
+        self.trainer.storage.beat()
+
+    def after_train(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _watch(self) -> None:
+        storage = self.trainer.storage
+        while not self._stop.wait(self.poll_s):
+            limit = self.timeout if self._steps_done else 3 * self.timeout
+            idle = time.monotonic() - storage.last_progress
+            if idle >= limit:
+                self._stop_the_job(idle)
+                return
+
+    def _stop_the_job(self, idle: float) -> None:
+        rank = comm.get_rank()
+        mine = self._where_main_thread_is(idle)
+        sys.stderr.write(
+            f"\n[rank {rank}] lazytrain: no progress for {idle:.0f} s; the Python stack of every thread:\n"
+        )
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        logger.error("rank %d made no progress for %.0f s; its main thread:\n%s", rank, idle, mine["stack"])
+        infos = self._exchange(mine)
+        error = HangError(_describe(infos, comm.get_world_size(), self.timeout))
+        error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
+        if error_dir:  # spawned by lazytrain's launcher: it reports the first error recorded
+            from ..launch import _record_error
+
+            _record_error(error_dir, rank, error)
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(error.exit_code)
+
+    def _where_main_thread_is(self, idle: float) -> dict[str, Any]:
+        frame = sys._current_frames().get(self._main_thread)
+        stack = traceback.extract_stack(frame) if frame is not None else traceback.StackSummary()
+        last = stack[-1] if stack else None
+        waiting = any(any(part in f.filename.replace(os.sep, "/") for part in _COLLECTIVE_FILES) for f in stack[-8:])
+        return {
+            "rank": comm.get_rank(),
+            "iteration": int(getattr(self.trainer, "iter", -1)),
+            "idle": idle,
+            "frame": f"{_short(last.filename)}:{last.lineno} in {last.name}" if last else "an unknown frame",
+            "in_collective": waiting,
+            "stack": "".join(stack.format()),
+        }
+
+    def _exchange(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
+        """Publish this rank's facts in the process group's store and read the others' (those that answer
+        within a few seconds: a rank holding the GIL in C code cannot)."""
+        if comm.get_world_size() == 1:
+            return [mine]
+        try:
+            store = dist.distributed_c10d._get_default_store()
+        except (RuntimeError, AttributeError, ValueError):
+            return [mine]
+        public = {k: v for k, v in mine.items() if k != "stack"}
+        store.set(f"lazytrain/hang/{mine['rank']}", json.dumps(public))
+        infos = {mine["rank"]: public}
+        deadline = time.monotonic() + min(15.0, max(3.0, self.timeout))
+        while time.monotonic() < deadline and len(infos) < comm.get_world_size():
+            for rank in range(comm.get_world_size()):
+                key = f"lazytrain/hang/{rank}"
+                if rank not in infos and store.check([key]):
+                    infos[rank] = json.loads(store.get(key))
+            time.sleep(0.2)
+        return [infos[r] for r in sorted(infos)]
+
+
+def _describe(infos: list[dict[str, Any]], world_size: int, timeout: float) -> str:
+    """The paragraph: the stuck rank(s), iteration and frame; the others waited for them."""
+    answered = {info["rank"] for info in infos}
+    silent = [r for r in range(world_size) if r not in answered]
+    if silent:
+        names = ", ".join(map(str, silent))
+        return (
+            f"rank {names} made no progress for {timeout:.0f} s (train.hang_timeout) and did not answer (stuck in C "
+            "code that holds the GIL?); the other ranks waited for it. Their stacks are in the log above."
+        )
+    stuck = [i for i in infos if not i["in_collective"]] or [min(infos, key=lambda i: i["iteration"])]
+    parts = [f"rank {i['rank']} is stuck at iteration {i['iteration']} in {i['frame']}" for i in stuck]
+    others = "" if len(stuck) == len(infos) else "; the other ranks waited for it in a collective"
+    return (f"{'; '.join(parts)}: no progress for {max(i['idle'] for i in stuck):.0f} s "
+            f"(train.hang_timeout={timeout:g}){others}. Every rank's Python stack is in the log above.")  # fmt: skip
+
+
+def _short(path: str) -> str:
+    try:
+        rel = os.path.relpath(path)
+        return rel if not rel.startswith("..") else path
+    except ValueError:
+        return path
