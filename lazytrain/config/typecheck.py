@@ -208,12 +208,28 @@ def type_name(expected: Any) -> str:
     """An annotation as users write it: ``int``, ``Optional[float]``, ``list[int]``, ``torch.nn.Module``."""
     if expected is None or expected is type(None):
         return "None"
-    if isinstance(expected, type) and not typing.get_args(expected):
-        if expected.__module__ == "builtins":
-            return expected.__qualname__
-        return target_name(expected)
-    text = repr(expected).replace("typing.", "").replace("collections.abc.", "")
-    return text.replace("NoneType", "None")
+    if expected is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (Union, types.UnionType):
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1 and len(args) == 2:
+            return f"Optional[{type_name(others[0])}]"
+        return "Union[" + ", ".join(type_name(a) for a in args) + "]"
+    if origin is Literal:
+        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+    if origin is not None and args:
+        return f"{_short_name(origin)}[{', '.join(type_name(a) for a in args)}]"
+    if isinstance(expected, type):
+        return _short_name(expected)
+    return repr(expected).replace("typing.", "")
+
+
+def _short_name(obj: Any) -> str:
+    """``dict``, ``Sequence``, ``torch.nn.Module``: builtins and abstract collections by their own name."""
+    if getattr(obj, "__module__", None) in ("builtins", "collections.abc", "typing"):
+        return str(getattr(obj, "__qualname__", obj))
+    return target_name(obj)
 
 
 def _check_tree(root: DictConfig, node: Any, key: str) -> None:
@@ -254,7 +270,7 @@ def _check_call(root: DictConfig, node: DictConfig, key: str) -> None:
 
 
 def _fail(root: DictConfig, key: str, value: Any, expected: Any, raw: Any, target: Any = None) -> None:
-    what = f"{target_name(target)}() argument '{key.rsplit('.', 1)[-1]}'" if target is not None else "this setting"
+    what = f"{_short_name(target)}() argument '{key.rsplit('.', 1)[-1]}'" if target is not None else "this setting"
     message = f"{what} expects {type_name(expected)}, got {_show(value)}"
     if isinstance(raw, str) and raw != value and "${" in raw:
         message += f" (from {raw!r})"
@@ -277,7 +293,7 @@ def _hint(expected: Any) -> Optional[str]:
 
 def _show(value: Any) -> str:
     if _is_call(value):
-        return f"a call of {target_name(value._get_node(TARGET_KEY)._value())}(...)"
+        return f"a call of {_short_name(value._get_node(TARGET_KEY)._value())}(...)"
     if isinstance(value, (DictConfig, ListConfig)):
         plain = OmegaConf.to_container(value, resolve=True)
         return f"{plain!r} ({'dict' if isinstance(value, DictConfig) else 'list'})"
