@@ -18,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..errors import ConfigError
 from .lazy import ARGS_KEY, TARGET_KEY, is_structured_class, locate, target_name
-from .lazy_config import key_line, set_on_command_line
+from .provenance import key_line, set_on_command_line
 
 __all__ = ["check_settings", "check_types", "matches_type", "type_name"]
 
