@@ -68,6 +68,7 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert [line.split()[1].split("(")[0] for line in lines] == [
+        "HangWatchdog",
         "IterationTimer",
         "LRScheduler",
         "PeriodicCheckpointer",

@@ -78,7 +78,7 @@ def test_best_metric_the_evaluator_does_not_return_lists_the_names_it_did(toy_co
 
 def test_the_hook_list_shows_ema_and_best(toy_config):
     names = [repr(h) for h in build_hooks(toy_config("train.ema.enabled=True", "train.best.metric=accuracy"))]
-    assert names[1] == "EMAHook(decay=0.9998)"
+    assert names[2] == "EMAHook(decay=0.9998)"
     assert "BestCheckpointer(metric='accuracy', mode='max': checkpoints/model_best.pth)" in names
 
 

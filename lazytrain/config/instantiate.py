@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -9,7 +10,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from ..errors import ConfigError, LazytrainError
-from .lazy import ARGS_KEY, TARGET_KEY, check_arguments, locate, target_name
+from .lazy import (
+    ARGS_KEY,
+    TARGET_KEY,
+    check_arguments,
+    is_structured_class,
+    locate,
+    positional_call_arguments,
+    target_name,
+)
 
 __all__ = ["instantiate"]
 
@@ -17,8 +26,9 @@ __all__ = ["instantiate"]
 def instantiate(cfg: Any, key: str = "") -> Any:
     """Build ``cfg``: every ``_target_`` node is called with its instantiated arguments.
 
-    Dicts and lists without a target come back as plain ``dict`` / ``list`` of instantiated values;
-    anything else is returned as it is. ``key`` is the path of ``cfg`` in its config, used in errors.
+    Dicts and lists without a target come back as plain ``dict`` / ``list`` of instantiated values; a
+    dataclass (or attrs) value comes back as an instance of its class; anything else is returned as it is.
+    ``key`` is the path of ``cfg`` in its config, used in errors.
     """
     if isinstance(cfg, ListConfig):
         return [instantiate(_child(cfg, i, key), _join(key, i)) for i in range(len(cfg))]
@@ -27,6 +37,8 @@ def instantiate(cfg: Any, key: str = "") -> Any:
     if isinstance(cfg, DictConfig):
         if cfg._is_none():
             return None
+        if is_structured_class(OmegaConf.get_type(cfg)):
+            return _structured(cfg, key)
         values = {k: _child(cfg, k, key) for k in cfg}
     elif isinstance(cfg, Mapping):
         values = dict(cfg)
@@ -41,6 +53,10 @@ def instantiate(cfg: Any, key: str = "") -> Any:
 def _call(values: dict[Any, Any], key: str) -> Any:
     target = values.pop(TARGET_KEY)
     where = key or "<config>"
+    if isinstance(target, DictConfig) and is_structured_class(OmegaConf.get_type(target)) and TARGET_KEY not in target:
+        target = OmegaConf.get_type(target)  # a dataclass assigned to _target_ after L(), stored as its fields
+    elif isinstance(target, Mapping):
+        target = instantiate(target, _join(key, TARGET_KEY))  # a call config: call what it builds
     if isinstance(target, str):
         try:
             target = locate(target)
@@ -54,6 +70,7 @@ def _call(values: dict[Any, Any], key: str) -> Any:
         check_arguments(target, kwargs)
     except ConfigError as e:
         raise e.with_key(where) from None
+    args, kwargs = positional_call_arguments(target, args, kwargs)
     try:
         return target(*args, **kwargs)
     except LazytrainError as e:
@@ -64,6 +81,21 @@ def _call(values: dict[Any, Any], key: str) -> Any:
             key=where,
             hint="Check the arguments under this key (run with --traceback for the full stack).",
         ) from e
+
+
+def _structured(cfg: DictConfig, key: str) -> Any:
+    """A dataclass / attrs instance from its typed config node, fields instantiated first."""
+    cls = OmegaConf.get_type(cfg)
+    assert cls is not None
+    values = {str(k): instantiate(_child(cfg, k, key), _join(key, k)) for k in cfg}
+    if not dataclasses.is_dataclass(cls):
+        return cls(**values)
+    init = {f.name for f in dataclasses.fields(cls) if f.init}
+    obj = cls(**{k: v for k, v in values.items() if k in init})
+    for k, v in values.items():
+        if k not in init:
+            object.__setattr__(obj, k, v)  # frozen dataclasses too, as omegaconf's to_object does
+    return obj
 
 
 def _child(cfg: DictConfig | ListConfig, k: Any, key: str) -> Any:

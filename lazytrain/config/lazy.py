@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
 from omegaconf import DictConfig
+from omegaconf.nodes import AnyNode
 
 from ..errors import ConfigError, did_you_mean
 
@@ -19,31 +21,53 @@ ARGS_KEY = "_args_"  # positional arguments a signature cannot name (builtins, *
 
 
 class LazyCall:
-    """``LazyCall(target)(**kwargs)`` returns a config of the call instead of making it.
+    """``LazyCall(target)(*args, **kwargs)`` returns a config of the call instead of making it.
 
     The result is an omegaconf ``DictConfig`` with a ``_target_`` key; :func:`instantiate` builds it.
     Positional arguments are bound to parameter names now, so every argument is a key users can override::
 
         optimizer = L(torch.optim.SGD)(lr=0.1, momentum=0.9)
         optimizer.lr = 0.05            # still a config
+
+    Positional arguments that no parameter name takes (``*args``, as in ``L(torch.nn.Sequential)(a, b)``)
+    are kept in order under ``_args_``. The target may itself be a call config: it is built first and
+    what it returns is called with these arguments (checked against that object when it is built).
     """
 
-    def __init__(self, target: Union[Callable[..., Any], str]) -> None:
-        if not (callable(target) or isinstance(target, str)):
+    def __init__(self, target: Union[Callable[..., Any], str, DictConfig]) -> None:
+        if isinstance(target, Mapping) and TARGET_KEY not in target:
+            raise ConfigError(
+                f"LazyCall got a dict as its target, {dict(target)!r}; a target is a class, a function, "
+                "its dotted import path, or a call config L(...)(...) whose result is called.",
+                hint="To add arguments to a call config, set them on it: cfg = L(Cls)(a=1); cfg.b = 2.",
+            )
+        if not (callable(target) or isinstance(target, (str, Mapping))):
             raise ConfigError(f"LazyCall needs a class or a function to call, got {type(target).__name__} {target!r}.")
         self._target = target
 
     def __call__(self, *args: Any, **kwargs: Any) -> DictConfig:
         target = self._target
-        if callable(target):
-            kwargs = _bind_positional(target, args, kwargs)
+        if callable(target) and not isinstance(target, Mapping):
+            kwargs, args = _bind_positional(target, args, kwargs)
             check_arguments(target, kwargs)
-            args = ()
-        content: dict[str, Any] = {TARGET_KEY: target}
+        content: dict[str, Any] = {TARGET_KEY: target_node(target)}
         if args:
             content[ARGS_KEY] = list(args)
         content.update(kwargs)
         return DictConfig(content=content, flags={"allow_objects": True})
+
+
+def target_node(target: Any) -> Any:
+    """What to store under ``_target_``: omegaconf would turn a dataclass or attrs class into a config of
+    its fields (and refuses ``dict``), so a class is stored in a node that holds it as it is."""
+    if isinstance(target, type):
+        return AnyNode(target, flags={"allow_objects": True})
+    return target
+
+
+def is_structured_class(cls: Any) -> bool:
+    """True for a dataclass or attrs class (or instance): omegaconf stores those as typed configs."""
+    return dataclasses.is_dataclass(cls) or hasattr(cls, "__attrs_attrs__")
 
 
 def target_signature(target: Callable[..., Any]) -> Optional[inspect.Signature]:
@@ -54,21 +78,18 @@ def target_signature(target: Callable[..., Any]) -> Optional[inspect.Signature]:
         return None
 
 
-def _bind_positional(target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _bind_positional(target: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> tuple[dict[str, Any], tuple]:
+    """Name the positional arguments a parameter takes; return the keyword arguments and the positional
+    ones left over for ``*args`` (or all of them when Python cannot inspect the target)."""
     if not args:
-        return kwargs
+        return kwargs, ()
     sig = target_signature(target)
     if sig is None:
-        raise ConfigError(
-            f"{target_name(target)}() takes positional arguments whose names Python cannot inspect; "
-            "pass them as keyword arguments."
-        )
-    positional = [
-        p
-        for p in sig.parameters.values()
-        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
-    if len(args) > len(positional):
+        return kwargs, args
+    params = sig.parameters.values()
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    takes_varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if len(args) > len(positional) and not takes_varargs:
         raise ConfigError(
             f"{target_name(target)}() takes at most {len(positional)} positional arguments "
             f"({', '.join(p.name for p in positional) or 'none'}), got {len(args)}."
@@ -78,7 +99,29 @@ def _bind_positional(target: Callable[..., Any], args: tuple, kwargs: dict[str, 
         if param.name in bound:
             raise ConfigError(f"{target_name(target)}() got two values for argument '{param.name}'.")
         bound[param.name] = value
-    return bound
+    return bound, args[len(positional) :]
+
+
+def positional_call_arguments(
+    target: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """The ``(args, kwargs)`` to call ``target`` with: parameters that must come before ``*args`` (or are
+    positional-only) move from ``kwargs`` to the front of ``args``, in order."""
+    sig = target_signature(target)
+    if sig is None:
+        return args, kwargs
+    params = list(sig.parameters.values())
+    if not args and not any(p.kind is p.POSITIONAL_ONLY for p in params):
+        return args, kwargs
+    kwargs = dict(kwargs)
+    leading = []
+    for p in params:
+        if p.kind not in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) or p.name not in kwargs:
+            break
+        if p.kind is p.POSITIONAL_OR_KEYWORD and not args:
+            break
+        leading.append(kwargs.pop(p.name))
+    return [*leading, *args], kwargs
 
 
 def check_arguments(target: Callable[..., Any], names: Iterable[str]) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import ast
-import contextlib
+import copy
 import os
 import re
+import sys
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any, Optional, Union
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Optional, Union, overload
 
 import cloudpickle
 import yaml
@@ -18,27 +19,39 @@ from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError, did_you_mean
 from ..fileio import atomic_write
-from .lazy import TARGET_KEY, accepts_argument, check_arguments, is_importable, locate, target_name
-from .loader import _rel, load_python_config
+from .lazy import TARGET_KEY, accepts_argument, check_arguments
+from .loader import _rel, load_python_config, load_within_config
+from .provenance import remember_overrides
+from .yaml_io import load_yaml as _load_yaml
+from .yaml_io import side_file
+from .yaml_io import to_yaml as _to_yaml
 
 __all__ = ["LazyConfig"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-_YAML_SCALARS = (int, float, str, bool, type(None))
 # the config files each loaded root came from, to put file:line on interpolation errors found later
 _SOURCE_FILES: dict[int, tuple[weakref.ref, list[str]]] = {}
-_PICKLED = "<cloudpickle>"
 
 
 class LazyConfig:
     """Load, override and save lazytrain configs. All methods are static; configs are plain DictConfigs."""
 
+    @overload
     @staticmethod
-    def load(path: PathLike, check: bool = True) -> DictConfig:
+    def load(path: PathLike, keys: None = None, *, check: bool = True) -> DictConfig: ...
+    @overload
+    @staticmethod
+    def load(path: PathLike, keys: str, *, check: bool = True) -> Any: ...
+    @overload
+    @staticmethod
+    def load(path: PathLike, keys: tuple[str, ...], *, check: bool = True) -> tuple[Any, ...]: ...
+    @staticmethod
+    def load(path: PathLike, keys: Union[str, tuple[str, ...], None] = None, *, check: bool = True) -> Any:
         """Load a ``.py`` config (executed, relative imports allowed) or a ``.yaml`` saved by :meth:`save`.
 
-        With ``check``, interpolations are checked against the whole config: a reference to a missing key is
-        an error naming file:line. Pass ``check=False`` to add keys first, then call :meth:`check`.
+        ``keys`` picks top-level keys, as detectron2's ``load``: a name gives that value, a tuple of names a
+        tuple of values. With ``check``, the whole config is checked (:meth:`check`). Pass ``check=False``
+        to add keys or apply overrides first, then call :meth:`check`. Any file name works (``my-exp.py``).
         """
         path = os.fspath(path)
         if not os.path.isfile(path):
@@ -55,19 +68,46 @@ class LazyConfig:
         weakref.finalize(cfg, _SOURCE_FILES.pop, key, None)
         if check:
             LazyConfig.check(cfg)
-        return cfg
+        return cfg if keys is None else select_keys(cfg, keys, path)
+
+    @staticmethod
+    def load_rel(filename: PathLike, keys: Union[str, tuple[str, ...], None] = None, *, check: bool = True) -> Any:
+        """:meth:`load` with ``filename`` relative to the file that calls it, as detectron2's ``load_rel``.
+
+        Inside a config file it works like a relative import whose name need not be a Python identifier
+        (``LazyConfig.load_rel("base-exp.py", "model")``): errors and import cycles name the calling line.
+        """
+        caller = sys._getframe(1)
+        caller_file = caller.f_globals.get("__file__") or caller.f_code.co_filename
+        if not caller_file or caller_file.startswith("<"):
+            raise ConfigError(
+                f"LazyConfig.load_rel('{os.fspath(filename)}') was called from code that is not in a file.",
+                hint="Use LazyConfig.load with a path instead.",
+            )
+        path = os.path.join(os.path.dirname(os.path.abspath(caller_file)), os.fspath(filename))
+        values = load_within_config(caller.f_globals, path, caller.f_lineno) if path.endswith(".py") else None
+        if values is not None:
+            return values if keys is None else select_keys(values, keys, path)
+        return LazyConfig.load(path, keys, check=check)
 
     @staticmethod
     def check(cfg: DictConfig) -> None:
-        """Raise a ConfigError for the first interpolation that does not resolve (key, file:line, close matches)."""
+        """Check the config after overrides: every interpolation resolves (key, file:line, close matches) and
+        every argument of every ``L(...)`` call has the type its target's annotations ask for."""
         check_interpolations(cfg, _source_files(cfg))
+        from .typecheck import check_types  # typecheck uses this module's source-line helpers
+
+        check_types(cfg)
 
     @staticmethod
     def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
         """Apply ``key=value`` strings in place (values parse as Python / YAML literals) and return ``cfg``.
 
         A key must exist, or be an argument that the target of its parent ``L(...)`` call accepts;
-        ``+key=value`` adds a new key.
+        ``+key=value`` adds a new key. A dict value merges into the node there, as omegaconf's
+        ``update(merge=True)`` and detectron2 do: ``optimizer={'lr': 0.5}`` sets ``optimizer.lr`` and keeps
+        the other keys (each of its keys is checked as its own override). Any other value replaces the node.
+        The keys set are remembered, so that errors about them say "command line".
         """
         for override in overrides:
             key, sep, text = override.partition("=")
@@ -78,14 +118,29 @@ class LazyConfig:
                 )
             add = key.startswith("+")
             key = key.lstrip("+")
-            if not add:
-                _check_override_key(cfg, key)
             value = parse_value(text)
+            set_keys = _merged_keys(cfg, key, value)
+            if not add:
+                for set_key in set_keys:
+                    _check_override_key(cfg, set_key)
             try:
-                OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+                OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             except Exception as e:
                 raise ConfigError(f"cannot set this key to {value!r}: {e}", key=key) from None
+            remember_overrides(cfg, set_keys)
         return cfg
+
+    @staticmethod
+    def to_py(cfg: DictConfig, prefix: str = "") -> str:
+        """The config as the text of a Python config file that :meth:`load` turns back into an equal config.
+
+        detectron2's ``to_py`` writes readable code that need not run; this one runs. ``prefix`` is written
+        before each top-level name (detectron2 uses ``"cfg."``); only the empty default gives a loadable file.
+        A value Python source cannot spell (a lambda, a tensor) is a ConfigError naming its key.
+        """
+        from .python_writer import config_to_python
+
+        return config_to_python(cfg, prefix)
 
     @staticmethod
     def save(cfg: DictConfig, path: PathLike) -> None:
@@ -118,6 +173,29 @@ class LazyConfig:
         return _to_yaml(cfg, {})
 
 
+def select_keys(cfg: DictConfig, keys: Union[str, tuple[str, ...]], path: str) -> Any:
+    """``cfg[keys]`` for one name, a tuple of values for a tuple of names (``LazyConfig.load(path, keys)``)."""
+    names = (keys,) if isinstance(keys, str) else tuple(keys)
+    for name in names:
+        if name not in cfg:
+            raise ConfigError(
+                f"config file '{_rel(path)}' has no top-level key '{name}'.",
+                hint=did_you_mean(name, [str(k) for k in cfg]) or f"It has: {', '.join(str(k) for k in cfg)}.",
+            )
+    return cfg[keys] if isinstance(keys, str) else tuple(cfg[name] for name in names)
+
+
+def _merged_keys(cfg: DictConfig, key: str, value: Any) -> list[str]:
+    """The keys an override sets: a dict merged into an existing node sets each of its leaves."""
+    node = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if not isinstance(value, Mapping) or not value or not isinstance(node, DictConfig) or node._is_none():
+        return [key]
+    keys = []
+    for k, v in value.items():
+        keys.extend(_merged_keys(cfg, f"{key}.{k}", v) if isinstance(v, Mapping) else [f"{key}.{k}"])
+    return keys
+
+
 def source_line(cfg: DictConfig, name: str) -> tuple[Optional[str], Optional[int]]:
     """The first ``file, line`` of the config files ``cfg`` was loaded from where ``name`` is written as a
     word (to point at a misspelled key), or ``(None, None)``."""
@@ -145,15 +223,10 @@ def _first_line(files: Sequence[str], pattern: re.Pattern[str]) -> tuple[Optiona
 
 def resolved_copy(cfg: DictConfig) -> DictConfig:
     """A copy of ``cfg`` with every interpolation replaced by its value."""
-    copy = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False), flags={"allow_objects": True})
-    assert isinstance(copy, DictConfig)
-    OmegaConf.resolve(copy)
-    return copy
-
-
-def side_file(path: str) -> str:
-    """Where :meth:`LazyConfig.save` puts the values YAML cannot hold."""
-    return os.path.splitext(path)[0] + ".pkl"
+    # a deep copy, not a rebuilt tree: a rebuilt tree would turn dataclass targets and values into dicts
+    resolved = copy.deepcopy(cfg)
+    OmegaConf.resolve(resolved)
+    return resolved
 
 
 def parse_value(text: str) -> Any:
@@ -241,97 +314,3 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
         key=key,
         hint=(hint or "Run `lazytrain config CONFIG` to see the keys.") + " Prefix it with '+' to add a new key.",
     )
-
-
-class _Import(str):
-    """The dotted path of an importable function or class that is a value (not a ``_target_``): YAML writes
-    it as ``!import path`` and loading imports it again."""
-
-
-class _Dumper(yaml.SafeDumper):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-_Dumper.add_representer(_Import, lambda dumper, value: dumper.represent_scalar("!import", str(value)))
-
-
-def _construct_import(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    path = loader.construct_scalar(node)  # type: ignore[arg-type]
-    try:
-        return locate(str(path))
-    except ConfigError as e:
-        raise ConfigError(e.message, file=node.start_mark.name, line=node.start_mark.line + 1) from None
-
-
-_Loader.add_constructor("!import", _construct_import)
-
-
-def _to_yaml(cfg: DictConfig, pickled: dict[str, Any]) -> str:
-    container = OmegaConf.to_container(cfg, resolve=False)
-    plain = _yaml_ready(container, "", pickled)
-    return yaml.dump(plain, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def _yaml_ready(value: Any, key: str, pickled: dict[str, Any]) -> Any:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            path = f"{key}.{k}" if key else str(k)
-            if k == TARGET_KEY and callable(v) and is_importable(v):
-                out[k] = target_name(v)
-            else:
-                out[k] = _yaml_ready(v, path, pickled)
-        return out
-    if isinstance(value, (list, tuple)):
-        return [_yaml_ready(v, f"{key}.{i}", pickled) for i, v in enumerate(value)]
-    if isinstance(value, _YAML_SCALARS):
-        return value
-    if callable(value) and is_importable(value):
-        return _Import(target_name(value))
-    pickled[key] = value
-    return _PICKLED
-
-
-def _load_yaml(path: str) -> DictConfig:
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.load(f, Loader=_Loader) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise ConfigError(
-                f"invalid YAML: {getattr(e, 'problem', e)}.",
-                file=path,
-                line=mark.line + 1 if mark else None,
-            ) from None
-    if not isinstance(data, dict):
-        raise ConfigError("a YAML config must be a mapping of keys to values.", file=path)
-    cfg = OmegaConf.create(data, flags={"allow_objects": True})
-    side = side_file(path)
-    if os.path.exists(side):
-        with open(side, "rb") as f:
-            for key, value in cloudpickle.load(f).items():
-                OmegaConf.update(cfg, key, value, merge=False, force_add=True)
-    _resolve_targets(cfg)
-    return cfg
-
-
-def _resolve_targets(cfg: Any) -> None:
-    """Turn ``_target_`` strings back into the objects they name, so a loaded YAML equals the saved config.
-
-    A target that cannot be imported here stays a string; instantiate reports it if it is ever built.
-    """
-    if isinstance(cfg, DictConfig):
-        for k in cfg:
-            node = cfg._get_node(k)
-            if k == TARGET_KEY and isinstance(node._value(), str):  # type: ignore[union-attr]
-                with contextlib.suppress(ConfigError):
-                    cfg[k] = locate(node._value())  # type: ignore[union-attr]
-            else:
-                _resolve_targets(node)
-    elif isinstance(cfg, ListConfig):
-        for i in range(len(cfg)):
-            _resolve_targets(cfg._get_node(i))

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..errors import ConfigError, LazytrainError, did_you_mean
 
-__all__ = ["load_python_config"]
+__all__ = ["load_python_config", "load_within_config"]
 
 _LITERALS = (int, float, str, bool, type(None), bytes)
 _CONFIG_TYPES = (DictConfig, ListConfig, dict, list, tuple, *_LITERALS)
@@ -31,6 +31,20 @@ def load_python_config(path: str) -> tuple[DictConfig, list[str]]:
     loader = _ConfigFileLoader()
     values = loader.load(os.path.abspath(path), importer=None)
     return OmegaConf.create(values, flags={"allow_objects": True}), loader.loaded
+
+
+def load_within_config(caller_globals: Mapping[str, Any], path: str, line: int) -> Optional[DictConfig]:
+    """Load the config file ``path`` with the loader that is running the calling config file (so that
+    its files are recorded and import cycles named), or return None when no config file is calling."""
+    imported = caller_globals.get("__builtins__")
+    loader = getattr(imported.get("__import__") if isinstance(imported, dict) else None, "__self__", None)
+    if not isinstance(loader, _ConfigFileLoader):
+        return None
+    caller = str(caller_globals["__file__"])
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file '{_rel(path)}' does not exist.", file=_rel(caller), line=line)
+    values = loader.load(os.path.abspath(path), importer=(caller, line))
+    return OmegaConf.create(values, flags={"allow_objects": True})
 
 
 def config_value_names(namespace: Mapping[str, Any]) -> list[str]:

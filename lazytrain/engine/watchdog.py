@@ -66,6 +66,9 @@ class HangWatchdog(HookBase):
             self._thread.join(timeout=5)
             self._thread = None
 
+    def __repr__(self) -> str:
+        return f"HangWatchdog(timeout={self.timeout:g} s: names a stuck rank with its stack)"
+
     def _watch(self) -> None:
         storage = self.trainer.storage
         while not self._stop.wait(self.poll_s):

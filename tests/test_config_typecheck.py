@@ -1,0 +1,249 @@
+"""Types checked before anything is built: each L(...) argument against its target's annotations, and
+settings against a schema. An error names the key, where it was set, the expected type and the value."""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lazytrain.config import ConfigError, L, LazyConfig
+from lazytrain.config.typecheck import check_settings, check_types, matches_type
+
+
+def write(root: Path, rel: str, text: str) -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+class Net:
+    def __init__(
+        self,
+        width: int,
+        scale: float = 1.0,
+        flag: bool = False,
+        name: str = "net",
+        dropout: Optional[float] = None,
+        act: Literal["relu", "gelu"] = "relu",
+        sizes: Sequence[int] = (1,),
+        pair: tuple[int, str] = (1, "a"),
+        table: Mapping[str, int] | None = None,
+        either: Union[int, str] = 0,
+        module: Optional[torch.nn.Module] = None,
+        anything: Any = None,
+        loose=None,
+        sloppy: int = None,  # type: ignore[assignment]  # noqa: RUF013  # implicit Optional, as old code has it
+        dims: list[int] | None = None,
+    ) -> None:
+        pass
+
+
+def make_linear(n: int) -> torch.nn.Linear:
+    return torch.nn.Linear(n, n)
+
+
+def make_unknown(n: int):
+    return n
+
+
+class Unresolvable:
+    def __init__(self, a: NoSuchType, b: int = 0) -> None:  # type: ignore[name-defined]  # noqa: F821
+        pass
+
+
+def error(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_types(as_config(cfg))
+    text = str(info.value)
+    assert "\n" not in text.strip()
+    return text
+
+
+def as_config(d) -> Any:
+    return OmegaConf.create(d, flags={"allow_objects": True})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "bad"),
+    [
+        ({"width": "abc"}, "'width' expects int, got 'abc' (str)"),
+        ({"width": 2.5}, "expects int, got 2.5 (float)"),
+        ({"width": True}, "expects int, got True (bool)"),
+        ({"width": 1, "scale": "x"}, "'scale' expects float"),
+        ({"width": 1, "flag": 1}, "'flag' expects bool, got 1 (int)"),
+        ({"width": 1, "name": 3}, "'name' expects str"),
+        ({"width": 1, "dropout": "no"}, "'dropout' expects Optional[float]"),
+        ({"width": 1, "act": "tanh"}, "'act' expects Literal['relu', 'gelu']"),
+        ({"width": 1, "sizes": [1, "b"]}, "'sizes' expects Sequence[int]"),
+        ({"width": 1, "sizes": "12"}, "'sizes' expects Sequence[int]"),
+        ({"width": 1, "pair": [1, 2]}, "'pair' expects tuple[int, str]"),
+        ({"width": 1, "table": {"a": "b"}}, "'table' expects"),
+        ({"width": 1, "either": 1.5}, "'either' expects Union[int, str]"),
+        ({"width": 1, "module": 3}, "'module' expects Optional[torch.nn.Module]"),
+        ({"width": 1, "dims": [1.5]}, "'dims' expects"),
+    ],
+)
+def test_each_kind_of_annotation_rejects_a_wrong_value(kwargs, bad):
+    assert bad in error({"model": L(Net)(**kwargs)})
+
+
+def test_values_that_fit_their_annotations_pass():
+    check_types(
+        as_config(
+            {
+                "model": L(Net)(
+                    width=3,
+                    scale=2,  # an int is a float
+                    flag=True,
+                    dropout=None,
+                    act="gelu",
+                    sizes=[1, 2],
+                    pair=[3, "b"],  # configs hold tuples as lists
+                    table={"a": 1},
+                    either="s",
+                    module=L(torch.nn.ReLU)(),
+                    anything=object(),
+                    loose="whatever",
+                    sloppy=None,
+                    dims=[1, 2],
+                )
+            }
+        )
+    )
+
+
+def test_nested_call_is_checked_by_its_return_type():
+    assert "'module' expects Optional[torch.nn.Module], got a call of" in error(
+        {"model": L(Net)(width=1, module=L(dict)())}
+    )
+    check_types(as_config({"model": L(Net)(width=1, module=L(make_linear)(n=2))}))  # annotated return fits
+    check_types(as_config({"model": L(Net)(width=L(make_unknown)(n=2))}))  # not annotated: accepted
+    assert "'width' expects int, got a call of" in error({"model": L(Net)(width=L(make_linear)(n=2))})
+
+
+def test_nested_call_arguments_are_checked_with_their_key():
+    assert error({"model": dict(head=L(make_linear)(n="x"))}).startswith("model.head.n: ")
+
+
+def test_unannotated_any_and_unresolvable_annotations_are_not_checked():
+    check_types(as_config({"m": L(Net)(width=1, loose=object(), anything="x"), "u": L(Unresolvable)(a="x")}))
+    assert "'b' expects int" in error({"u": L(Unresolvable)(a="x", b="y")})
+
+
+def test_string_annotations_are_resolved(tmp_path):
+    # this module uses `from __future__ import annotations`: every annotation above is a string
+    assert isinstance(Net.__init__.__annotations__["width"], str)
+    assert "expects int" in error({"model": L(Net)(width="abc")})
+
+
+def test_dataclass_target_fields_are_checked():
+    @dataclasses.dataclass
+    class Opts:
+        lr: float = 0.1
+
+    assert "'lr' expects float" in error({"opts": L(Opts)(lr="fast")})
+
+
+def test_interpolations_are_checked_after_resolution():
+    text = error({"n": "abc", "model": L(Net)(width="${n}")})
+    assert "got 'abc' (str) (from '${n}')" in text
+    check_types(as_config({"n": 4, "model": L(Net)(width="${n}")}))
+
+
+def test_error_names_file_line_and_key_of_a_value_set_in_a_config_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = write(
+        tmp_path,
+        "exp.py",
+        """
+        import torch
+        from lazytrain.config import L
+
+        model = L(torch.nn.Linear)(
+            in_features=8,
+            out_features="many",
+        )
+        """,
+    )
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(path)
+    assert str(info.value) == (
+        "exp.py:6: model.out_features: torch.nn.Linear() argument 'out_features' expects int, got 'many' (str)."
+    )
+
+
+def test_error_points_at_a_later_assignment_and_into_imported_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(
+        tmp_path,
+        "base.py",
+        """
+        import torch
+        from lazytrain.config import L
+        model = L(torch.nn.Linear)(in_features=8, out_features=2)
+        optimizer = dict(head=L(torch.nn.Linear)(in_features=1, out_features="x"))
+        """,
+    )
+    path = write(tmp_path, "exp.py", "from .base import model, optimizer\n\nmodel.in_features = 'wide'\n")
+    cfg = LazyConfig.load(path, check=False)
+    with pytest.raises(ConfigError, match=r"^exp.py:3: model.in_features: "):
+        LazyConfig.check(cfg)
+    cfg.model.in_features = 8
+    with pytest.raises(ConfigError, match=r"^base.py:4: optimizer.head.out_features: "):
+        LazyConfig.check(cfg)
+
+
+def test_error_says_command_line_when_an_override_set_the_value(tmp_path):
+    path = write(
+        tmp_path,
+        "exp.py",
+        "import torch\nfrom lazytrain.config import L\nmodel = L(torch.nn.Linear)(in_features=8, out_features=2)\n",
+    )
+    cfg = LazyConfig.load(path, check=False)
+    LazyConfig.apply_overrides(cfg, ["model.out_features=abc"])
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.check(cfg)
+    assert str(info.value).startswith("model.out_features: torch.nn.Linear() argument 'out_features' expects int")
+    assert "set on the command line" in str(info.value) and "exp.py" not in str(info.value)
+    cfg = LazyConfig.load(path, check=False)
+    LazyConfig.apply_overrides(cfg, ["model={'in_features': 'x'}"])  # a merged dict: its leaves
+    with pytest.raises(ConfigError, match=r"model.in_features: .*set on the command line"):
+        LazyConfig.check(cfg)
+
+
+def test_override_records_do_not_show_in_the_config(tmp_path):
+    path = write(tmp_path, "exp.py", "train = dict(max_iter=3)\n")
+    cfg = LazyConfig.load(path)
+    LazyConfig.apply_overrides(cfg, ["train.max_iter=5"])
+    assert LazyConfig.to_yaml(cfg) == "train:\n  max_iter: 5\n"
+
+
+def test_check_settings_checks_a_mapping_against_a_schema(tmp_path):
+    path = write(tmp_path, "exp.py", "train = dict(\n    max_iter='abc',\n    amp=dict(dtype='fp8'),\n)\n")
+    schema = {"max_iter": int, "seed": int, "amp": {"dtype": Literal["bf16", "fp16"], "enabled": bool}}
+    cfg = LazyConfig.load(path)
+    with pytest.raises(ConfigError) as info:
+        check_settings(cfg, "train", schema)
+    assert str(info.value).endswith("exp.py:2: train.max_iter: this setting expects int, got 'abc' (str).")
+    LazyConfig.apply_overrides(cfg, ["train.max_iter=3"])
+    with pytest.raises(ConfigError) as info:
+        check_settings(cfg, "train", schema)
+    assert "exp.py:3: train.amp.dtype: this setting expects Literal['bf16', 'fp16'], got 'fp8'" in str(info.value)
+    assert "Use one of: 'bf16', 'fp16'." in str(info.value)
+    LazyConfig.apply_overrides(cfg, ["train.amp.dtype=bf16", "train.max_iter=x"])
+    with pytest.raises(ConfigError, match=r"train.max_iter: .*set on the command line"):
+        check_settings(cfg, "train", schema)
+
+
+def test_matches_type_is_usable_on_its_own():
+    assert matches_type(3, float) and not matches_type(True, int)
+    assert matches_type([1, 2], list[int]) and not matches_type([1, "a"], list[int])
+    assert matches_type(None, Optional[str]) and matches_type({"a": 1}, dict[str, int])
