@@ -27,6 +27,7 @@ class LazytrainError(Exception):
 
     exit_code = 1
     show_details = False  # print ``details`` (a traceback) even without --traceback
+    speaks_for_the_job = False  # in a process group, the message says what happened to every rank
 
     def __init__(
         self,

@@ -32,7 +32,7 @@ from .errors import ConfigError, LazytrainError, RankFailedError
 
 __all__ = ["DEFAULT_TIMEOUT", "cluster_environment", "launch"]
 
-logger = logging.getLogger("lazytrain")
+logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 _STOP_GRACE_S = 3.0  # how long a surviving rank gets to exit after SIGTERM before SIGKILL
@@ -189,6 +189,7 @@ def _spawn(
             start_method="spawn",
         )
         processes = context.processes
+        _WORKERS[:] = processes
         try:
             failed = _wait_for_failure(processes)
         except BaseException:  # Ctrl-C or SIGTERM of the launcher: take the workers down with it
@@ -199,22 +200,34 @@ def _spawn(
         _stop(processes)
         raise _failure(failed, machine_rank * num_procs, error_dir)
     finally:
+        _WORKERS.clear()
         shutil.rmtree(error_dir, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
 def _sigterm_raises() -> Any:
-    """While workers run, SIGTERM to the launcher (scancel, kill) raises KeyboardInterrupt, so the workers are
-    stopped too instead of being orphaned. Returns the previous handler (None off the main thread)."""
+    """While workers run, the first SIGTERM to the launcher (scancel, kill, Kubernetes) is passed on to the
+    workers, which finish their step, save a checkpoint and exit (GracefulStop); the launcher waits for them
+    (a rank that hangs meanwhile is the watchdog's). A second SIGTERM raises KeyboardInterrupt, so the workers
+    are stopped at once instead of being orphaned. Returns the previous handler (None off the main thread)."""
+    forwarded: list[float] = []
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if forwarded or not _WORKERS:
+            raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        forwarded.append(time.monotonic())
+        for p in _WORKERS:
+            if p.is_alive():
+                os.kill(p.pid, signum)
 
     try:
-        return signal.signal(signal.SIGTERM, interrupt)
+        return signal.signal(signal.SIGTERM, on_sigterm)
     except ValueError:  # not the main thread
         return None
+
+
+_WORKERS: list = []  # the launcher's live workers, for its SIGTERM handler
 
 
 def _wait_for_failure(processes: list) -> dict[int, int]:
@@ -273,9 +286,13 @@ def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> Lazytr
             hint="Check the machine's memory (the OOM killer sends SIGKILL) and the log above.",
         )
     record = min(records, key=lambda r: r["time"])
-    error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
+    if record.get("speaks_for_the_job"):  # e.g. "stopped by SIGTERM ...", "rank 1 is stuck at ..."
+        error = RankFailedError(record["message"])
+    else:
+        error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
     error.exit_code = record["exit_code"]
     error.details = record["traceback"]
+    error.show_details = bool(record.get("show_details"))  # a traceback of user code: shown, not only on request
     return error
 
 
@@ -291,6 +308,7 @@ def _worker(
 ) -> None:
     rank = machine_rank * num_procs + local_rank
     try:
+        os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank's watchdog records a hang
         main_fn, args = cloudpickle.loads(payload)
         _set_device(local_rank)
         dist.init_process_group(_backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
@@ -314,7 +332,13 @@ def _record_error(error_dir: str, rank: int, error: BaseException) -> None:
         "time": time.time(),
         "message": message,
         "exit_code": error.exit_code if isinstance(error, LazytrainError) else 1,
-        "traceback": "".join(traceback.format_exception(type(error), error, error.__traceback__)),
+        "speaks_for_the_job": isinstance(error, LazytrainError) and error.speaks_for_the_job,
+        "show_details": isinstance(error, LazytrainError) and error.show_details,
+        "traceback": (
+            error.details
+            if isinstance(error, LazytrainError) and error.show_details and error.details
+            else "".join(traceback.format_exception(type(error), error, error.__traceback__))
+        ),
     }
     tmp = os.path.join(error_dir, f".rank{rank}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -137,3 +137,27 @@ class HangsAt(HookBase):
             print("hanging", flush=True)
             while True:
                 time.sleep(0.1)
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_at_one_iteration_and_resume_repeats_the_losses(tmp_path):
+    cfg = config(tmp_path)
+    procs = ("--num-procs", "2")
+    full = train(cfg, tmp_path / "full", *procs)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytrain.cli", "train", cfg, *COMMON, f"--output-dir={tmp_path / 'parts'}", *procs],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tests(),
+    )  # fmt: skip
+    for line in proc.stdout:
+        if line.strip() == "finished 6":
+            proc.send_signal(signal.SIGTERM)  # to the launcher only: it passes it on to the workers
+            break
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_PREEMPTED, stderr
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM after iteration ")
+    stopped = int(stderr.split("after iteration ")[1].split(" ")[0])
+    assert (tmp_path / "parts" / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"
+    resumed = train(cfg, tmp_path / "parts", "--resume", *procs)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = losses(tmp_path / "full"), losses(tmp_path / "parts")
+    assert [a[i] for i in range(24)] == [b[i] for i in range(24)]  # means over both ranks, to the last bit

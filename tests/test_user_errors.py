@@ -103,6 +103,7 @@ def test_under_num_procs_the_rank_is_named_too(tmp_path):
     assert r.returncode == 1
     assert last_line(r).startswith("error: rank ")  # either rank: both raise at the same iteration
     assert "failed: iteration 2: hook RaisesInAfterStep.after_step raised ZeroDivisionError" in last_line(r)
+    assert "Traceback (most recent call last)" in r.stderr  # the user's frames, from the worker
 
 
 def test_describe_batch_gives_keys_shapes_and_dtypes():

@@ -31,6 +31,7 @@ class Preempted(LazytrainError):
     """Training stopped on a signal after saving a checkpoint (exit code 75); ``--resume`` continues it."""
 
     exit_code = EXIT_PREEMPTED
+    speaks_for_the_job = True
 
 
 class GracefulStop(HookBase):

@@ -29,6 +29,8 @@ _COLLECTIVE_FILES = ("torch/distributed/", "torch/nn/parallel/", "torch/autograd
 class HangError(LazytrainError):
     """No step finished for ``train.hang_timeout`` seconds on some rank (exit code 1)."""
 
+    speaks_for_the_job = True
+
 
 class HangWatchdog(HookBase):
     """A thread per rank that wakes every few seconds. When this rank has made no progress (a finished step,
