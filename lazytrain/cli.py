@@ -135,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--save", metavar="OUT.yaml", help="also save the config (loadable with LazyConfig.load)")
+    p.add_argument("--where", nargs="?", const="", metavar="KEY",
+                   help="where KEY's value was set (file:line, command line, default, interpolation); "
+                   "without KEY: every key the overrides changed")  # fmt: skip
     p.set_defaults(func=cmd_config)
     return parser
 
@@ -216,10 +219,33 @@ def cmd_config(args: argparse.Namespace) -> int:
     from .config import LazyConfig
 
     cfg = load_config(args)
+    if args.where is not None:
+        return _print_where(cfg, args.where)
     sys.stdout.write(LazyConfig.to_yaml(cfg, resolve=True))
     if args.save:
         LazyConfig.save(cfg, args.save)
         print(f"saved {args.save}", file=sys.stderr)
+    return 0
+
+
+def _print_where(cfg: Any, key: str) -> int:
+    from omegaconf import OmegaConf
+
+    from .config.provenance import origin, overridden_keys
+    from .engine.settings import TRAIN_DEFAULTS
+    from .errors import ConfigError, did_you_mean
+
+    keys = [key] if key else sorted(overridden_keys(cfg))
+    if not keys:
+        print("no key was changed by an override")
+    for k in keys:
+        if OmegaConf.select(cfg, k, default="<missing>", throw_on_missing=False) == "<missing>":
+            from .config.lazy_config import flat_keys
+
+            raise ConfigError("no such config key.", key=k, hint=did_you_mean(k, list(flat_keys(cfg))))
+        value = OmegaConf.select(cfg, k, throw_on_missing=False)
+        shown = value if not OmegaConf.is_config(value) else "(a node)"
+        print(f"{k} = {shown!r}: {origin(cfg, k, TRAIN_DEFAULTS)}")
     return 0
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 import weakref
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -107,3 +108,48 @@ def _yaml_key_line(source: str, parts: list[str]) -> Optional[int]:
             break
         position, found = match.end(), True
     return source.count("\n", 0, position) + 1 if found else None
+
+
+def origin(cfg: DictConfig, key: str, defaults: Optional[Mapping[str, Any]] = None, _seen: int = 0) -> str:
+    """Where the value of ``key`` comes from, for ``lazytrain config CONFIG --where KEY``: "command line",
+    "file:line", the interpolation it follows (and where that one was set), or "default of train settings"
+    (``defaults``: the ``train`` schema, for keys no file sets)."""
+    from .lazy_config import _raw_value
+
+    raw = _raw_value(cfg, key)
+    if set_on_command_line(cfg, key):
+        return "command line"
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and _seen < 10:
+        target = raw[2:-1]
+        file, line = key_line(cfg, key)
+        here = f"{file}:{line}: " if file else ""
+        return f"{here}interpolation {raw}, whose value comes from: {origin(cfg, target, defaults, _seen + 1)}"
+    is_setting = defaults is not None and key.startswith("train.") and _in(defaults, key[len("train.") :].split("."))
+    file, line = key_line(cfg, key)
+    if file is not None and line is not None and (not is_setting or _spells(file, line, key.rsplit(".", 1)[-1])):
+        return f"{file}:{line}"
+    if is_setting:
+        return "default of train settings (README: Run settings)"
+    return "not written in any config file (set in code?)"
+
+
+def _in(tree: Mapping[str, Any], parts: list[str]) -> bool:
+    node: Any = tree
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _spells(file: str, line: int, word: str) -> bool:
+    """Whether the statement at ``file:line`` writes ``word`` (else the key got its value elsewhere)."""
+    import re
+
+    try:
+        with open(file, encoding="utf-8") as f:
+            lines = f.read().splitlines()[line - 1 :]
+    except OSError:
+        return True
+    statement = [lines[0]] + [text for text in itertools.takewhile(lambda t: not t[:1].strip(), lines[1:])]
+    return re.search(rf"\b{re.escape(word)}\b", "\n".join(statement)) is not None
