@@ -5,11 +5,13 @@ The defaults fit a CPU with 2 cores (a few minutes): a synthetic data set is wri
 set elsewhere must hold scans (or opt in with `dataset.synthetic_scans=N`). For the real data set on a GPU:
     lazytrain train configs/kitti_seg.py dataset.root=/path/to/SemanticKITTI \
         dataset.projection.width=2048 model.width=32 train.max_iter=150000 train.amp.enabled=True
+A benchmark submission of the test sequences 11-21 (README: "SemanticKITTI"):
+    lazytrain predict configs/kitti_seg.py --weights CKPT --split test dataset.root=/path/to/SemanticKITTI ...
 """
 
 from .common.kitti_data import dataloader, dataset
 from .common.optim import lr_multiplier, optimizer
-from .common.rangenet import evaluator, export, model
+from .common.rangenet import evaluator, export, model, predict
 from .common.train import train
 
 dataset.synthetic_default.scans = 8
@@ -19,6 +21,6 @@ model.depth = 3
 
 train.max_iter = 300
 train.log_period = 20
-train.eval_period = 0
+train.eval_period = 100  # mIoU as a curve; pictures of 3 validation scans in TensorBoard
 train.checkpoint_period = 100
 train.output_dir = "output/kitti_seg"

@@ -119,6 +119,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(
+        "predict",
+        help="write the model's predictions for a split as files (flagship: a SemanticKITTI submission)",
+        formatter_class=_Help,
+        epilog="example:\n  lazytrain predict configs/kitti_seg.py --weights output/kitti_seg/checkpoints/"
+        "model_final.pth --split test",
+    )
+    _config_args(p)
+    p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
+    p.add_argument("--split", help="the split to predict (sets predict.split; default: the config's)")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: <train.output_dir>/predictions/<split>)")
+    p.add_argument("--png", action="store_true", help="also write pictures of the predictions as PNG files")
+    p.add_argument("--no-ema", action="store_true", help="predict with the trained weights, not their EMA")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
         "hooks",
         help="print the trainer's hook list, in order, with periods",
         formatter_class=_Help,
@@ -203,6 +218,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
         print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_main
+
+    summary = predict_main(load_config(args), args.weights, args.split, args.out, args.png, not args.no_ema)
+    width = max((len(str(k)) for k in summary), default=0)
+    print("predictions written:")
+    for key, value in summary.items():
+        print(f"  {key:<{width}}  {value}")
     return 0
 
 

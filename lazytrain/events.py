@@ -17,9 +17,11 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any, Optional, Union
 
+import numpy as np
 import torch
 
 from .fileio import atomic_write
+from .images import as_image, encode_png
 
 __all__ = [
     "EventStorage",
@@ -80,6 +82,7 @@ class EventStorage:
         self._pending: list[tuple[str, torch.Tensor, int, bool]] = []
         self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
         self.last_progress = time.monotonic()  # see beat(): a finished step or evaluation batch
+        self._images: dict[str, tuple[np.ndarray, int]] = {}  # name -> (newest image, iteration)
 
     def beat(self) -> None:
         """Mark progress now (a step or an evaluation batch finished); the hang watchdog reads it."""
@@ -103,6 +106,20 @@ class EventStorage:
     ) -> None:
         for name, value in values.items():
             self.put_scalar(name, value, smoothing_hint=smoothing_hint, check_finite=check_finite, group=group)
+
+    def put_image(self, name: str, image: np.ndarray, group: str = "val") -> None:
+        """Record a picture for ``name`` at the current iteration: an (H, W, 3) RGB or (H, W) grey uint8 array.
+        Only the newest image of each name is kept, until a newer one replaces it (writers take the ones new
+        since their last write). Images are no part of :meth:`flush`'s collective and are never averaged over
+        ranks: put them on the main process only. ``group`` is the TensorBoard section (``val/<name>``)."""
+        self.groups.setdefault(name, group)
+        self._images[name] = (as_image(image), self.iter)
+
+    def new_images(self, written: dict[str, int]) -> dict[str, tuple[np.ndarray, int]]:
+        """Each image newer than ``written[name]``, as ``(image, iteration)``; updates ``written``."""
+        fresh = {name: (im, it) for name, (im, it) in self._images.items() if it > written.get(name, -1)}
+        written.update({name: it for name, (_, it) in fresh.items()})
+        return fresh
 
     def flush(self) -> None:
         """Turn pending tensors into floats: one stack and one device-to-host copy per device and dtype.
@@ -291,9 +308,10 @@ class JSONWriter(EventWriter):
 
 
 class TensorboardWriter(EventWriter):
-    """Scalars to TensorBoard event files, written by tensorboard's own EventFileWriter (a background thread),
-    one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or ``val/<name>``
-    so TensorBoard groups them. Exact values: TensorBoard smooths in its UI. ``config_yaml`` becomes a text
+    """Scalars and images to TensorBoard event files, written by tensorboard's own EventFileWriter (a background
+    thread), one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or
+    ``val/<name>`` so TensorBoard groups them; each image (:meth:`EventStorage.put_image`) as a PNG. Exact
+    values: TensorBoard smooths in its UI. ``config_yaml`` becomes a text
     summary; at the end, ``hparams`` (a few key settings) and the final values of the ``val/`` scalars go to
     TensorBoard's HParams tab, so runs can be compared."""
 
@@ -303,6 +321,7 @@ class TensorboardWriter(EventWriter):
         self.hparams = dict(hparams or {})
         self._writer: Optional[Any] = None  # made by open(): building a writer creates no file
         self._written: dict[str, int] = {}
+        self._written_images: dict[str, int] = {}
         self._final: dict[str, float] = {}  # the newest value of each val/ tag
         self._step = 0
 
@@ -344,6 +363,13 @@ class TensorboardWriter(EventWriter):
             if tag.startswith("val/"):
                 self._final[tag] = value
             self._step = max(self._step, iteration)
+        for name, (image, iteration) in storage.new_images(self._written_images).items():
+            height, width, channels = image.shape
+            picture = Summary.Image(
+                height=height, width=width, colorspace=channels, encoded_image_string=encode_png(image)
+            )
+            tag = f"{storage.groups.get(name, 'val')}/{name}"
+            by_iteration[iteration].append(Summary.Value(tag=tag, image=picture))
         for iteration in sorted(by_iteration):
             self._add(Summary(value=by_iteration[iteration]), iteration)
 

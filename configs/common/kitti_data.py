@@ -43,4 +43,11 @@ dataloader = dict(
         num_workers=2,
         collate_fn=collate_scans,
     ),
+    # `lazytrain predict`: the scans of predict.split (the command's --split), no labels needed
+    predict=L(build_test_loader)(
+        dataset=L(SemanticKittiDataset)(split="${predict.split}", return_points=True, **_scans),
+        batch_size=4,
+        num_workers=2,
+        collate_fn=collate_scans,
+    ),
 )

@@ -113,7 +113,9 @@ class PeriodicCheckpointer(HookBase):
 
 class EvalHook(HookBase):
     """Runs ``trainer.test()`` every ``period`` iterations (0: never during training) and when training
-    completes; puts each result as a scalar."""
+    completes; puts each result as a scalar. An evaluator with a ``pictures()`` method (``-> dict[str, (H, W, 3)
+    uint8 array]``, the same on every rank after ``evaluate()``) also gets its pictures put as images
+    (``val/<name>`` in TensorBoard), by the main process."""
 
     def __init__(self, period: int) -> None:
         self.period = period
@@ -131,6 +133,10 @@ class EvalHook(HookBase):
         results = self.trainer.test()
         if results:
             self.trainer.storage.put_scalars(**flatten_results(results), smoothing_hint=False, group="val")
+        pictures = getattr(self.trainer.evaluator, "pictures", None)
+        if callable(pictures) and comm.is_main_process():
+            for name, image in pictures().items():
+                self.trainer.storage.put_image(name, image, group="val")
         comm.synchronize()
 
     def __repr__(self) -> str:

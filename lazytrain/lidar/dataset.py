@@ -31,7 +31,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range")
+POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range", "sequence", "frame")
 
 
 def same_folder(a: str, b: str) -> bool:
@@ -74,7 +74,11 @@ def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, 
             os.path.abspath(root),
             synthetic_scans,
         )
-        write_synthetic_kitti(root, missing, synthetic_scans, seed=seed)
+        # the test sequences of the real data set have no labels: neither do synthetic ones
+        labelled = [s for s in missing if s not in OFFICIAL_SPLIT["test"]]
+        unlabelled = [s for s in missing if s in OFFICIAL_SPLIT["test"]]
+        write_synthetic_kitti(root, labelled, synthetic_scans, seed=seed)
+        write_synthetic_kitti(root, unlabelled, synthetic_scans, seed=seed, labels=False)
     elif not has_any:
         where = os.path.abspath(root)
         layout = os.path.join("dataset", "sequences", "<SS>", "velodyne")
@@ -92,6 +96,10 @@ class SemanticKittiDataset(Dataset):
     A sample is a dict: ``image`` (5, H, W) float32, ``mask`` (H, W) bool, ``label_image`` (H, W) int64
     (training ids, 0 where empty or unlabeled); with ``return_points`` also the per-point ``point_labels``,
     ``proj_v``, ``proj_u``, ``point_range`` and the ``range_image`` (for point-wise metrics and KNN).
+    The test split (sequences 11-21) has no label files: its ``label_image`` and ``point_labels`` are 0
+    (``labels``: whether to read label files; default: unless the split is "test" or a sequence is one of
+    11-21). With ``return_points`` a sample also names its scan: ``index`` (in this dataset), ``sequence``
+    ("08") and ``frame`` ("000123"), so predictions can be written per scan.
     ``augment`` (training): random yaw rotation, x-flip, point dropout, drawn from NumPy's global RNG (which
     lazytrain's train loader seeds per sample).
 
@@ -122,6 +130,7 @@ class SemanticKittiDataset(Dataset):
         synthetic_default_root: Optional[str] = None,
         synthetic_default_scans: int = 0,
         max_scans: Optional[int] = None,
+        labels: Optional[bool] = None,
     ) -> None:
         if sequences is None:
             if split not in OFFICIAL_SPLIT:
@@ -132,7 +141,9 @@ class SemanticKittiDataset(Dataset):
         if synthetic_scans <= 0 and synthetic_default_root is not None and same_folder(root, synthetic_default_root):
             synthetic_scans = synthetic_default_scans
         prepare_root(root, self.sequences, synthetic_scans, synthetic_seed)
-        self.labelled = split != "test"
+        if labels is None:
+            labels = split != "test" and not any(s in OFFICIAL_SPLIT["test"] for s in self.sequences)
+        self.labelled = labels
         self.scans = evenly_spread(list_scans(root, self.sequences, labels=self.labelled), max_scans)
         if not self.scans:
             raise DataError(f"no scans found for sequences {', '.join(self.sequences)} under '{root}'.")
@@ -165,6 +176,9 @@ class SemanticKittiDataset(Dataset):
                 proj_u=torch.from_numpy(proj.u),
                 point_range=torch.from_numpy(np.linalg.norm(points[:, :3], axis=1)),
                 range_image=torch.from_numpy(proj.range_image),
+                index=index,
+                sequence=scan.sequence,
+                frame=os.path.splitext(os.path.basename(scan.points_path))[0],
             )
         return sample
 

@@ -9,11 +9,13 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..comm import reduce_sum
+from ..comm import all_gather, get_world_size, reduce_sum
 from ..errors import ConfigError, did_you_mean
+from .pictures import confusion_picture, iou_picture, scan_picture
 from .semantic_kitti import CLASS_NAMES
 
 __all__ = ["SemanticKittiEvaluator", "accuracy_from_confusion", "iou_from_confusion", "knn_postprocess"]
@@ -161,6 +163,11 @@ class SemanticKittiEvaluator:
     ``knn``: RangeNet++'s KNN post-processing (``knn_postprocess``) with the given settings, any of
     ``knn``, ``search``, ``sigma``, ``cutoff`` (defaults: RangeNet++'s 5, 5, 1.0, 1.0); None: each point
     takes its pixel's prediction.
+
+    ``picture_scans``: the first that many scans of the test set (by the batch's ``index``) are drawn at each
+    evaluation (:func:`scan_picture`: range, ground truth, prediction, error mask), and ``pictures()`` returns
+    them as ``scans/<sequence>_<frame>`` with the ``confusion_matrix`` and ``IoU`` pictures (the EvalHook
+    puts them in TensorBoard as ``val/...``); 0: no pictures.
     """
 
     def __init__(
@@ -170,6 +177,7 @@ class SemanticKittiEvaluator:
         ignore_index: int = 0,
         knn: Optional[Mapping[str, Any]] = None,
         skip_absent_classes: bool = False,
+        picture_scans: int = 3,
     ) -> None:
         names = list(class_names) if class_names is not None else list(CLASS_NAMES[:num_classes])
         if len(names) != num_classes:
@@ -177,10 +185,18 @@ class SemanticKittiEvaluator:
         self.num_classes, self.class_names, self.ignore_index = num_classes, names, ignore_index
         self.knn = _knn_settings(knn)
         self.skip_absent_classes = skip_absent_classes
+        self.picture_scans = picture_scans
+        self._pictures: dict[str, np.ndarray] = {}
         self.reset()
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self._scan_pictures: dict[str, np.ndarray] = {}
+
+    def pictures(self) -> dict[str, np.ndarray]:
+        """The pictures of the last ``evaluate()`` (identical on every rank): ``scans/<sequence>_<frame>``
+        for the first ``picture_scans`` scans, ``confusion_matrix`` and ``IoU``; empty with ``picture_scans=0``."""
+        return dict(self._pictures)
 
     def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
         pred_images = outputs.argmax(dim=1)
@@ -199,6 +215,11 @@ class SemanticKittiEvaluator:
             else:
                 pred = pred_images[i][v, u]
             self.add(batch["point_labels"][i].cpu(), pred.cpu())
+            if self.picture_scans > 0 and "index" in batch and int(batch["index"][i]) < self.picture_scans:
+                name = f"scans/{batch['sequence'][i]}_{batch['frame'][i]}"
+                self._scan_pictures[name] = scan_picture(
+                    batch["range_image"][i], pred_images[i], batch["label_image"][i], batch["mask"][i]
+                )
 
     def add(self, labels: torch.Tensor, pred: torch.Tensor) -> None:
         """Count points with ground truth ``labels`` predicted as ``pred`` (ignored-class points skipped)."""
@@ -209,6 +230,15 @@ class SemanticKittiEvaluator:
     def evaluate(self) -> dict[str, Any]:
         confusion = reduce_sum(self.confusion)
         iou, miou = iou_from_confusion(confusion, self.ignore_index, self.skip_absent_classes)
+        if self.picture_scans > 0:
+            scans = self._scan_pictures
+            if get_world_size() > 1:  # each rank drew the scans of its shard
+                scans = {name: picture for part in all_gather(scans) for name, picture in part.items()}
+            self._pictures = {
+                **dict(sorted(scans.items())),
+                "confusion_matrix": confusion_picture(confusion, ignore_index=self.ignore_index),
+                "IoU": iou_picture(iou, ignore_index=self.ignore_index),
+            }
         results: dict[str, Any] = {"mIoU": miou, "accuracy": accuracy_from_confusion(confusion, self.ignore_index)}
         in_ground_truth, predicted = confusion.sum(1), confusion.sum(0)
         absent = []

@@ -15,7 +15,9 @@ from ..errors import DataError
 
 __all__ = [
     "CLASS_NAMES",
+    "COLOR_MAP_BGR",
     "LEARNING_MAP",
+    "LEARNING_MAP_INV",
     "OFFICIAL_SPLIT",
     "ScanFile",
     "list_scans",
@@ -29,6 +31,23 @@ LEARNING_MAP: dict[int, int] = {
     0: 0, 1: 0, 10: 1, 11: 2, 13: 5, 15: 3, 16: 5, 18: 4, 20: 5, 30: 6, 31: 7, 32: 8, 40: 9, 44: 10, 48: 11,
     49: 12, 50: 13, 51: 14, 52: 0, 60: 9, 70: 15, 71: 16, 72: 17, 80: 18, 81: 19, 99: 0, 252: 1, 253: 7,
     254: 6, 255: 8, 256: 5, 257: 5, 258: 4, 259: 5,
+}  # fmt: skip
+
+# training id -> raw id (learning_map_inv): what a benchmark submission holds
+LEARNING_MAP_INV: dict[int, int] = {
+    0: 0, 1: 10, 2: 11, 3: 15, 4: 18, 5: 20, 6: 30, 7: 31, 8: 32, 9: 40, 10: 44, 11: 48, 12: 49, 13: 50,
+    14: 51, 15: 70, 16: 71, 17: 72, 18: 80, 19: 81,
+}  # fmt: skip
+
+# raw id -> colour, in BGR order as semantic-kitti.yaml's color_map stores it (class_colors() gives RGB)
+COLOR_MAP_BGR: dict[int, tuple[int, int, int]] = {
+    0: (0, 0, 0), 1: (0, 0, 255), 10: (245, 150, 100), 11: (245, 230, 100), 13: (250, 80, 100),
+    15: (150, 60, 30), 16: (255, 0, 0), 18: (180, 30, 80), 20: (255, 0, 0), 30: (30, 30, 255),
+    31: (200, 40, 255), 32: (90, 30, 150), 40: (255, 0, 255), 44: (255, 150, 255), 48: (75, 0, 75),
+    49: (75, 0, 175), 50: (0, 200, 255), 51: (50, 120, 255), 52: (0, 150, 255), 60: (170, 255, 150),
+    70: (0, 175, 0), 71: (0, 60, 135), 72: (80, 240, 150), 80: (150, 240, 255), 81: (0, 0, 255),
+    99: (255, 255, 50), 252: (245, 150, 100), 253: (200, 40, 255), 254: (30, 30, 255), 255: (90, 30, 150),
+    256: (255, 0, 0), 257: (250, 80, 100), 258: (180, 30, 80), 259: (255, 0, 0),
 }  # fmt: skip
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -49,6 +68,24 @@ _KNOWN = np.zeros(_LUT_SIZE, dtype=bool)
 for _raw, _train in LEARNING_MAP.items():
     _LUT[_raw] = _train
     _KNOWN[_raw] = True
+_INV_LUT = np.array([LEARNING_MAP_INV[i] for i in range(len(LEARNING_MAP_INV))], dtype="<u4")
+
+
+def class_colors(num_classes: int = len(LEARNING_MAP_INV)) -> np.ndarray:
+    """``(num_classes, 3)`` uint8 RGB colour of each training id: its raw id's colour in the official map."""
+    colors = np.zeros((num_classes, 3), dtype=np.uint8)
+    for train_id in range(min(num_classes, len(LEARNING_MAP_INV))):
+        colors[train_id] = COLOR_MAP_BGR[LEARNING_MAP_INV[train_id]][::-1]
+    return colors
+
+
+def to_raw_ids(train_ids: np.ndarray) -> np.ndarray:
+    """Raw SemanticKITTI ids (``uint32``, instance bits 0) of training ids, through ``learning_map_inv``; an id
+    outside the map is a ValueError."""
+    train_ids = np.asarray(train_ids)
+    if train_ids.size and (train_ids.min() < 0 or train_ids.max() >= len(_INV_LUT)):
+        raise ValueError(f"training ids must be in 0..{len(_INV_LUT) - 1}, got {train_ids.min()}..{train_ids.max()}.")
+    return _INV_LUT[train_ids]
 
 
 class ScanFile:
