@@ -105,18 +105,26 @@ def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
     assert results[1]["accuracy"] == results[2]["accuracy"]
 
 
+# Time-to-exit is measured by tools/bench_startup.py and recorded in docs/benchmarks.md; the bound here only
+# catches a hang (the process-group timeout is 1800 s), generous enough for a loaded 2-core CI machine.
+EXIT_WITHOUT_HANG_S = 100
+
+
 def test_rank_that_raises_stops_every_rank_and_is_named(tmp_path, configs):
     r = lazytrain("train", configs / "fail.py", "--num-procs", 2, f"--output-dir={tmp_path / 'o'}")
     assert r.returncode == 1
-    assert r.seconds < 30
-    assert "error: rank 1 failed: RuntimeError: injected failure at iteration 3" in r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.seconds < EXIT_WITHOUT_HANG_S
+    # The user's frames are kept (the hook is user code), then one closing line names rank, iteration and hook.
+    assert 'dist_helpers.py", line' in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank 1 failed: iteration 3: hook FailAt.after_step raised RuntimeError: ")
+    assert "injected failure at iteration 3" in last
 
 
 def test_rank_that_is_sigkilled_stops_every_rank(tmp_path, configs):
     r = lazytrain("train", configs / "fail.py", "--num-procs", 2, "hooks.0.how=kill", f"--output-dir={tmp_path / 'o'}")
     assert r.returncode == 1
-    assert r.seconds < 30
+    assert r.seconds < EXIT_WITHOUT_HANG_S
     assert "rank 1 was killed by signal SIGKILL" in r.stderr
 
 
