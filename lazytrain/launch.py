@@ -138,8 +138,13 @@ def _first_slurm_host(nodelist: str) -> str:
     return first
 
 
-def _backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+def process_group_backend(cuda: Optional[bool] = None) -> str:
+    """The backend string for ``init_process_group``: on GPUs NCCL for CUDA tensors *and* gloo for CPU tensors
+    (``"cuda:nccl,cpu:gloo"``, as torchtitan does), because some collectives run on CPU tensors by design (the
+    evaluators' counts, the stop vote, the logged values); plain NCCL has no CPU backend and fails them with "No
+    backend type associated with device type cpu". Without CUDA, gloo."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return "cuda:nccl,cpu:gloo" if cuda else "gloo"
 
 
 def _set_device(local_rank: int) -> None:
@@ -153,7 +158,7 @@ def _join_existing(main_fn: Callable[..., Any], args: tuple, env: dict[str, Any]
     os.environ.setdefault("MASTER_PORT", str(env["master_port"]))
     _set_device(env["local_rank"])
     dist.init_process_group(
-        _backend(), init_method="env://", world_size=env["world_size"], rank=env["rank"], timeout=timeout
+        process_group_backend(), init_method="env://", world_size=env["world_size"], rank=env["rank"], timeout=timeout
     )
     try:
         return main_fn(*args)
@@ -311,7 +316,9 @@ def _worker(
         os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank's watchdog records a hang
         main_fn, args = cloudpickle.loads(payload)
         _set_device(local_rank)
-        dist.init_process_group(_backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout)
+        dist.init_process_group(
+            process_group_backend(), init_method=dist_url, world_size=world_size, rank=rank, timeout=timeout
+        )
         main_fn(*args)
         dist.destroy_process_group()
     except SystemExit as e:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TOY, cli_env
+from torch.distributed.distributed_c10d import Backend, BackendConfig
 
-from lazytrain.launch import _first_slurm_host, cluster_environment
+from lazytrain.launch import _first_slurm_host, cluster_environment, process_group_backend
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,7 +95,7 @@ def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
     out = tmp_path / "run"
     r = lazytrain("train", configs / "toy.py", "--num-procs", 2, "train.max_iter=30", f"--output-dir={out}", gpus=True)
     assert r.returncode == 0, r.stderr
-    assert "Process group: 2 processes, backend nccl." in r.stdout
+    assert "Process group: 2 processes, backend cuda:nccl,cpu:gloo." in r.stdout
     results = {}
     for procs in (1, 2):
         r = lazytrain("eval", configs / "toy.py", "--weights", out / "checkpoints" / "model_final.pth",
@@ -108,6 +109,14 @@ def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
 # Time-to-exit is measured by tools/bench_startup.py and recorded in docs/benchmarks.md; the bound here only
 # catches a hang (the process-group timeout is 1800 s), generous enough for a loaded 2-core CI machine.
 EXIT_WITHOUT_HANG_S = 100
+
+
+def test_on_gpus_the_process_group_has_a_cpu_backend_too():
+    """The evaluators' counts, the stop vote and the logged values are CPU tensors: under NCCL alone their
+    collectives fail ("No backend type associated with device type cpu"), so GPU runs get gloo for the CPU."""
+    on_gpus = BackendConfig(Backend(process_group_backend(cuda=True))).get_device_backend_map()
+    assert on_gpus == {"cuda": "nccl", "cpu": "gloo"}
+    assert BackendConfig(Backend(process_group_backend(cuda=False))).get_device_backend_map()["cpu"] == "gloo"
 
 
 def test_rank_that_raises_stops_every_rank_and_is_named(tmp_path, configs):

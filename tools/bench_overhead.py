@@ -40,6 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from lazytrain.config import LazyCall as L
 from lazytrain.data import build_train_loader
 from lazytrain.engine import HookBase, add_train_defaults, build_trainer, prepare_output_dir
+from lazytrain.launch import process_group_backend
 from lazytrain.lidar import RangeNet
 
 
@@ -312,7 +313,7 @@ def _ddp_worker(rank: int, url: str, iters: int, repeats: int, threads: int, out
     device = _ddp_device(rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", init_method=url, rank=rank, world_size=2)
+    dist.init_process_group(process_group_backend(device.type == "cuda"), init_method=url, rank=rank, world_size=2)
     warnings.filterwarnings("ignore")
     results = [one_repeat(ddp_case(), iters, device, False) for _ in range(repeats)]
     if rank == 0:

@@ -148,5 +148,6 @@ class TrainerBase:
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:
-    """In place: the sum over ranks (a CPU tensor: the group's gloo backend takes it, under NCCL too)."""
+    """In place: the sum over ranks (a CPU tensor: on GPUs the group has gloo for CPU tensors beside NCCL, see
+    ``launch.process_group_backend``)."""
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
