@@ -99,6 +99,56 @@ def test_projection_keeps_the_closest_point_of_a_pixel():
     assert out.mask.sum() == 1 and (out.v == 6).all()  # every point still knows its pixel
 
 
+def reference_pixels(points, height=64, width=2048, fov_up=3.0, fov_down=-25.0):
+    """semantic-kitti-api's LaserScan.do_range_projection, in float32 as it computes (an independent transcription
+    of its formulas): pixel rows and columns of every point, and the point each pixel shows (argsort by range)."""
+    xyz = points[:, :3]
+    depth = np.linalg.norm(xyz, 2, axis=1)
+    yaw = -np.arctan2(xyz[:, 1], xyz[:, 0])
+    pitch = np.arcsin(xyz[:, 2] / (depth + 1e-8))
+    up, down = fov_up / 180.0 * np.pi, fov_down / 180.0 * np.pi
+    proj_x = 0.5 * (yaw / np.pi + 1.0) * width
+    proj_y = (1.0 - (pitch + abs(down)) / (abs(down) + abs(up))) * height
+    u = np.maximum(0, np.minimum(width - 1, np.floor(proj_x))).astype(np.int64)
+    v = np.maximum(0, np.minimum(height - 1, np.floor(proj_y))).astype(np.int64)
+    order = np.argsort(depth)[::-1]
+    idx = np.full((height, width), -1, dtype=np.int64)
+    idx[v[order], u[order]] = order
+    return v, u, idx, depth
+
+
+def test_projection_puts_every_point_where_the_reference_does():
+    points, _ = make_scan(5, "00", 0, columns=2150)  # real density: ~120k points
+    ref_v, ref_u, ref_idx, depth = reference_pixels(points)
+    out = RangeProjection(means=None, stds=None)(points)
+    np.testing.assert_array_equal(out.v, ref_v)
+    np.testing.assert_array_equal(out.u, ref_u)
+    np.testing.assert_array_equal(out.mask, ref_idx >= 0)
+    shown = out.pixel_point[out.mask]  # the nearest point of each pixel (ties aside, the reference's choice)
+    np.testing.assert_array_equal(depth[shown], depth[ref_idx[out.mask]])
+    np.testing.assert_array_equal(out.range_image[out.mask], depth[shown])
+    np.testing.assert_array_equal(out.image[1:4, out.mask], points[shown, :3].T)
+
+
+def test_a_scan_with_nan_points_is_named_and_trains(tmp_path):
+    root = tmp_path / "kitti"
+    write_synthetic_kitti(str(root), ["00"], scans=1, seed=2, columns=256)
+    path = root / "dataset" / "sequences" / "00" / "velodyne" / "000000.bin"
+    points = np.fromfile(path, dtype="<f4").reshape(-1, 4)
+    points[[3, 10, 11], 0] = np.nan
+    points[20, 3] = np.inf
+    points.tofile(path)
+    train = SemanticKittiDataset(str(root), sequences=["00"], width=256, augment=True)
+    with pytest.warns(UserWarning, match=r"scan '.*000000.bin' has 4 points with NaN or infinite values; they are"):
+        sample = train[0]
+    assert torch.isfinite(sample["image"]).all()
+    evaluate = SemanticKittiDataset(str(root), sequences=["00"], width=256, return_points=True)
+    with pytest.warns(UserWarning, match="left out of the range image and of the metrics"):
+        sample = evaluate[0]
+    assert len(sample["point_labels"]) == len(points)  # every point keeps its place (predictions need them all)
+    assert (sample["point_labels"][[3, 10, 11, 20]] == 0).all() and torch.isfinite(sample["image"]).all()
+
+
 def test_dataset_sample_shapes_and_labels(kitti_root):
     ds = SemanticKittiDataset(str(kitti_root), sequences=["08"], width=256, return_points=True)
     sample = ds[0]

@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -155,15 +156,28 @@ class SemanticKittiDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         scan = self.scans[index]
-        points = np.array(read_points(scan.points_path))  # a private copy: augmentation changes it
+        points = read_points(scan.points_path)  # memory-mapped, read-only
         if scan.label_path is not None:
             labels = map_labels(read_labels(scan.label_path, len(points)), scan.label_path)
         else:
             labels = np.zeros(len(points), dtype=np.int64)
+        finite = np.isfinite(points).all(axis=1)
+        if not finite.all():
+            bad = int((~finite).sum())
+            if self.return_points:  # every point keeps its place (predictions): it is only left out of the image
+                labels = np.where(finite, labels, 0)
+                what = "they are left out of the range image and of the metrics (label 0)"
+            else:
+                points, labels = points[finite], labels[finite]
+                what = "they are dropped"
+            warnings.warn(
+                f"scan '{scan.points_path}' has {bad} points with NaN or infinite values; {what}.", stacklevel=2
+            )
         if self.augment:
             points, labels = self._augment(points, labels)
         proj = self.projection(points)
-        label_image = np.where(proj.mask, labels[np.maximum(proj.pixel_point, 0)], 0)
+        label_image = np.zeros(proj.mask.shape, dtype=np.int64)
+        label_image[proj.mask] = labels[proj.pixel_point[proj.mask]]
         sample: dict[str, Any] = {
             "image": torch.from_numpy(proj.image),
             "mask": torch.from_numpy(proj.mask),
@@ -174,7 +188,7 @@ class SemanticKittiDataset(Dataset):
                 point_labels=torch.from_numpy(labels),
                 proj_v=torch.from_numpy(proj.v),
                 proj_u=torch.from_numpy(proj.u),
-                point_range=torch.from_numpy(np.linalg.norm(points[:, :3], axis=1)),
+                point_range=torch.from_numpy(proj.point_range),
                 range_image=torch.from_numpy(proj.range_image),
                 index=index,
                 sequence=scan.sequence,
@@ -183,15 +197,19 @@ class SemanticKittiDataset(Dataset):
         return sample
 
     def _augment(self, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A new array of points: rotated by a random yaw, mirrored in x half of the time, and (training) a
+        random fraction up to ``dropout`` of them dropped; all in float32."""
         angle = np.random.uniform(0, 2 * np.pi)
-        c, s = np.cos(angle), np.sin(angle)
-        x, y = points[:, 0].copy(), points[:, 1].copy()
-        points[:, 0], points[:, 1] = c * x - s * y, s * x + c * y
-        if np.random.random() < 0.5:
-            points[:, 0] = -points[:, 0]
+        c, s = np.float32(np.cos(angle)), np.float32(np.sin(angle))
+        flip = np.float32(-1.0 if np.random.random() < 0.5 else 1.0)
         if self.dropout > 0:
             keep = np.random.random(len(points)) >= np.random.uniform(0, self.dropout)
             points, labels = points[keep], labels[keep]
+        else:
+            points = np.array(points)
+        x, y = points[:, 0].copy(), points[:, 1]
+        points[:, 0] = flip * (c * x - s * y)
+        points[:, 1] = s * x + c * y
         return points, labels
 
 

@@ -18,8 +18,8 @@ KITTI_STDS = (12.32, 11.47, 6.91, 0.86, 0.16)
 @dataclass
 class Projection:
     """``image`` (5, H, W) float32 normalised (0 where empty); ``mask`` (H, W) bool; ``range_image`` (H, W)
-    metres (0 where empty); ``v``, ``u`` (N,) int64 pixel of every point; ``order``: the point whose value
-    each pixel shows is ``pixel_point[v, u]`` (-1 where empty)."""
+    metres (0 where empty); ``v``, ``u`` (N,) int64 pixel of every point; ``point_range`` (N,) float32 metres;
+    the point whose value each pixel shows is ``pixel_point[v, u]`` (-1 where empty)."""
 
     image: np.ndarray
     mask: np.ndarray
@@ -27,12 +27,18 @@ class Projection:
     v: np.ndarray
     u: np.ndarray
     pixel_point: np.ndarray
+    point_range: np.ndarray
 
 
 class RangeProjection:
     """Projects ``(N, 4)`` points (x, y, z, remission) for a sensor with ``height`` beams over the vertical
     field of view ``fov_up`` .. ``fov_down`` degrees, and ``width`` columns over 360°. Where several points fall
-    on one pixel, the closest wins."""
+    on one pixel, the closest wins.
+
+    The pixel of each point is computed in float32 with the operations of semantic-kitti-api's ``LaserScan``
+    (RangeNet++'s projection), so both put every point on the same pixel. Instead of sorting the points by range
+    (the reference's ``argsort``, 2/3 of a 120k-point scan's time), the nearest range of each pixel is found with
+    one ``np.minimum.at``. Points with a non-finite coordinate (a corrupt scan) are left out of the image."""
 
     def __init__(
         self,
@@ -46,40 +52,51 @@ class RangeProjection:
         if fov_up <= fov_down:
             raise ValueError(f"fov_up ({fov_up}) must be above fov_down ({fov_down}).")
         self.height, self.width = height, width
-        self.fov_up = np.radians(fov_up)
-        self.fov_down = np.radians(fov_down)
-        self.means = None if means is None else np.asarray(means, dtype=np.float32).reshape(-1, 1, 1)
-        self.stds = None if stds is None else np.asarray(stds, dtype=np.float32).reshape(-1, 1, 1)
+        self.fov_up = fov_up / 180.0 * np.pi
+        self.fov_down = fov_down / 180.0 * np.pi
+        self.means = None if means is None else np.asarray(means, dtype=np.float32).reshape(-1, 1)
+        self.stds = None if stds is None else np.asarray(stds, dtype=np.float32).reshape(-1, 1)
 
     def pixels(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(v, u, range)`` of each point: row from the pitch, column from the yaw, floored and clipped."""
-        xyz = np.asarray(points[:, :3], dtype=np.float64)
-        r = np.linalg.norm(xyz, axis=1)
-        safe = np.maximum(r, 1e-8)
-        yaw = np.arctan2(xyz[:, 1], xyz[:, 0])
-        pitch = np.arcsin(np.clip(xyz[:, 2] / safe, -1.0, 1.0))
-        fov = self.fov_up - self.fov_down
-        u = 0.5 * (1.0 - yaw / np.pi) * self.width
+        """``(v, u, range)`` of each point: row from the pitch, column from the yaw, floored and clipped (float32
+        arithmetic, in the reference's order of operations)."""
+        x, y, z = (np.asarray(points[:, i], dtype=np.float32) for i in range(3))
+        r = np.sqrt(x * x + y * y + z * z)
+        yaw = -np.arctan2(y, x)
+        pitch = np.arcsin(np.clip(z / (r + np.float32(1e-8)), -1.0, 1.0))
+        fov = abs(self.fov_down) + abs(self.fov_up)
+        u = 0.5 * (yaw / np.pi + 1.0) * self.width
         v = (1.0 - (pitch + abs(self.fov_down)) / fov) * self.height
         u = np.clip(np.floor(u), 0, self.width - 1).astype(np.int64)
         v = np.clip(np.floor(v), 0, self.height - 1).astype(np.int64)
-        return v, u, r.astype(np.float32)
+        return v, u, r
 
     def __call__(self, points: np.ndarray) -> Projection:
         points = np.asarray(points, dtype=np.float32)
+        finite = np.isfinite(points).all(axis=1)
+        if not finite.all():  # corrupt points: a pixel of their own is computed from zeros, none is written
+            points = np.where(finite[:, None], points, np.float32(0))
         v, u, r = self.pixels(points)
-        # sort by decreasing range, then write: the closest point is written last and wins
-        order = np.argsort(-r, kind="stable")
-        channels = np.zeros((5, self.height, self.width), dtype=np.float32)
-        pixel_point = np.full((self.height, self.width), -1, dtype=np.int64)
-        vo, uo = v[order], u[order]
-        channels[0, vo, uo] = r[order]
-        channels[1:4, vo, uo] = points[order, :3].T
-        channels[4, vo, uo] = points[order, 3]
-        pixel_point[vo, uo] = order
-        mask = pixel_point >= 0
-        range_image = channels[0].copy()
+        pixel = v * self.width + u
+        nearest = np.full(self.height * self.width, np.inf, dtype=np.float32)
+        np.minimum.at(nearest, pixel, np.where(finite, r, np.inf) if not finite.all() else r)
+        winners = np.flatnonzero((r == nearest[pixel]) & finite)
+        pixel_point = np.full(self.height * self.width, -1, dtype=np.int64)
+        pixel_point[pixel[winners]] = winners  # equal ranges on one pixel: one of them
+        filled = np.flatnonzero(pixel_point >= 0)
+        shown = pixel_point[filled]
+        values = np.empty((5, len(shown)), dtype=np.float32)
+        values[0] = r[shown]
+        values[1:] = points[shown].T
+        range_image = np.zeros(self.height * self.width, dtype=np.float32)
+        range_image[filled] = values[0]
         if self.means is not None and self.stds is not None:
-            channels = (channels - self.means) / self.stds
-            channels *= mask  # empty pixels stay 0
-        return Projection(channels, mask, range_image, v, u, pixel_point)
+            values -= self.means
+            values /= self.stds
+        image = np.zeros((5, self.height * self.width), dtype=np.float32)
+        image[:, filled] = values
+        shape = (self.height, self.width)
+        return Projection(
+            image.reshape(5, *shape), pixel_point.reshape(shape) >= 0, range_image.reshape(shape), v, u,
+            pixel_point.reshape(shape), r,
+        )  # fmt: skip

@@ -62,12 +62,10 @@ OFFICIAL_SPLIT: dict[str, tuple[str, ...]] = {
     "test": tuple(f"{i:02d}" for i in range(11, 22)),
 }
 
-_LUT_SIZE = 260
-_LUT = np.zeros(_LUT_SIZE, dtype=np.int64)
-_KNOWN = np.zeros(_LUT_SIZE, dtype=bool)
+# every 16-bit semantic id -> training id, -1 where unknown: one gather maps a scan
+_LUT16 = np.full(1 << 16, -1, dtype=np.int64)
 for _raw, _train in LEARNING_MAP.items():
-    _LUT[_raw] = _train
-    _KNOWN[_raw] = True
+    _LUT16[_raw] = _train
 _INV_LUT = np.array([LEARNING_MAP_INV[i] for i in range(len(LEARNING_MAP_INV))], dtype="<u4")
 
 
@@ -171,15 +169,14 @@ def map_labels(raw: np.ndarray, source: str = "") -> np.ndarray:
 
     Unknown raw ids become 0 (unlabeled) with a warning that counts them: never a crash in the loss.
     """
-    semantic = (np.asarray(raw) & 0xFFFF).astype(np.int64)
-    inside = semantic < _LUT_SIZE
-    clipped = np.where(inside, semantic, 0)
-    known = inside & _KNOWN[clipped]
-    if not known.all():
-        unknown_ids = np.unique(semantic[~known])
+    mapped = _LUT16[np.asarray(raw) & 0xFFFF]
+    unknown = mapped < 0
+    if unknown.any():
+        unknown_ids = np.unique(np.asarray(raw)[unknown] & 0xFFFF)
         warnings.warn(
-            f"{source or 'labels'}: {int((~known).sum())} points have raw ids not in the learning map "
+            f"{source or 'labels'}: {int(unknown.sum())} points have raw ids not in the learning map "
             f"({', '.join(map(str, unknown_ids[:10]))}); they are mapped to 0 (unlabeled).",
             stacklevel=2,
         )
-    return np.where(known, _LUT[clipped], 0)
+        mapped[unknown] = 0
+    return mapped
