@@ -329,7 +329,7 @@ def flagship_run(tmp_path_factory):
            f"dataset.root={tmp_path / 'data'}", "dataset.synthetic_scans=4", "dataset.projection.width=256",
            "model.width=8", "model.depth=2", "train.max_iter=100", "optimizer.lr=0.01",
            "dataloader.train.dataset.sequences=['00','01']", "dataloader.test.dataset.sequences=['08']",
-           "model.class_weights.sequences=['00','01']", f"model.class_weights.cache_dir={tmp_path / 'cache'}",
+           f"model.class_weights.cache_dir={tmp_path / 'cache'}",  # the weights read the training sequences
            "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", f"--output-dir={out}"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]

@@ -107,7 +107,7 @@ def test_flagship_training_writes_scan_pictures_and_confusion_matrix_to_tensorbo
            f"dataset.root={tmp_path / 'data'}", "dataset.synthetic_scans=2", "dataset.projection.width=256",
            "model.width=8", "model.depth=2", "train.max_iter=4", "train.eval_period=2", "train.log_period=2",
            "dataloader.train.dataset.sequences=['08']", "dataloader.test.dataset.sequences=['08']",
-           "dataloader.train.batch_size=2", "model.class_weights.sequences=['08']",
+           "dataloader.train.batch_size=2",
            f"model.class_weights.cache_dir={tmp_path / 'cache'}", "dataloader.train.num_workers=0",
            "dataloader.test.num_workers=0", f"--output-dir={out}"]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)

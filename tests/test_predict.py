@@ -139,3 +139,41 @@ def test_cli_predict_prints_the_folder_and_the_zip_command(kitti, tmp_path):
     check = [sys.executable, "-m", "lazytrain.lidar.predictions", str(out), str(root), "--split", "test"]
     r = subprocess.run(check, capture_output=True, text=True, env=cli_env())
     assert r.returncode == 1 and "sequences/13/' is missing" in r.stderr  # the full split: 11-21
+
+
+@pytest.mark.parametrize("knn", [None, "{knn: 5, search: 5, sigma: 1.0, cutoff: 1.0}"])
+def test_eval_scores_exactly_what_predict_writes(tmp_path, knn):
+    """A model whose "unlabeled" logit wins most pixels: eval and predict must still pick the same classes, so
+    the official formula over the written files gives eval's mIoU."""
+    import torch
+    from test_lidar_metrics import official_evaluation
+
+    from lazytrain.engine.run import evaluate_main
+    from lazytrain.lidar import LEARNING_MAP, map_labels, read_labels
+
+    root = tmp_path / "data"
+    write_synthetic_kitti(str(root), ["08"], scans=3, seed=4, columns=256)
+    overrides = (f"dataset.root={root}", f"train.output_dir={tmp_path / 'out'}", *SMALL[:-1],
+                 "dataloader.test.num_workers=0", f"evaluator.knn={knn}")  # fmt: skip
+    cfg = load_config(CONFIG, *overrides)
+    model = build_model(cfg, torch.device("cpu"))
+    with torch.no_grad():
+        model.head.bias[0] = 1e3  # class 0 ("unlabeled") is every pixel's best logit
+        model.head.bias[1:] = torch.linspace(0, 1, 19)
+    Checkpointer(model, str(tmp_path / "ckpt")).save("model_final", iteration=1)
+    weights = str(tmp_path / "ckpt" / "model_final.pth")
+    results = evaluate_main(load_config(CONFIG, *overrides), weights)
+    out = tmp_path / "valid"
+    predict_main(load_config(CONFIG, *overrides, "dataloader.predict.dataset.sequences=['08']"), weights,
+                 split="valid", out_dir=str(out))  # fmt: skip
+    to_train = np.zeros(260, dtype=np.int64)
+    to_train[list(LEARNING_MAP)] = list(LEARNING_MAP.values())
+    preds, labels = [], []
+    for name in sorted(os.listdir(root / "dataset" / "sequences" / "08" / "labels")):
+        labels.append(map_labels(read_labels(str(root / "dataset" / "sequences" / "08" / "labels" / name))))
+        raw = np.fromfile(out / "sequences" / "08" / "predictions" / name, dtype="<u4")
+        preds.append(to_train[raw & 0xFFFF])
+    official_miou, _, official_accuracy = official_evaluation(np.concatenate(preds), np.concatenate(labels), 20)
+    assert results["mIoU"] == pytest.approx(official_miou, rel=1e-9)
+    assert results["accuracy"] == pytest.approx(official_accuracy, rel=1e-9)
+    assert 0 not in np.concatenate(preds)

@@ -31,7 +31,8 @@ _scans = dict(
 
 dataloader = dict(
     train=L(build_train_loader)(
-        dataset=L(SemanticKittiDataset)(split="train", augment=True, **_scans),
+        # sequences=None: the official training split (the class weights read the same sequences)
+        dataset=L(SemanticKittiDataset)(split="train", sequences=None, augment=True, **_scans),
         batch_size=4,
         num_workers=2,
         collate_fn=collate_scans,

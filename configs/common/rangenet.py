@@ -17,6 +17,7 @@ model = L(RangeNet)(
         root="${dataset.root}",
         num_classes="${dataset.num_classes}",
         split="train",
+        sequences="${dataloader.train.dataset.sequences}",
     ),
 )
 

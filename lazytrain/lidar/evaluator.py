@@ -18,7 +18,14 @@ from ..errors import ConfigError, did_you_mean
 from .pictures import confusion_picture, iou_picture, scan_picture
 from .semantic_kitti import CLASS_NAMES
 
-__all__ = ["SemanticKittiEvaluator", "accuracy_from_confusion", "iou_from_confusion", "knn_postprocess"]
+__all__ = [
+    "SemanticKittiEvaluator",
+    "accuracy_from_confusion",
+    "iou_from_confusion",
+    "knn_postprocess",
+    "pixel_classes",
+    "point_classes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -148,15 +155,40 @@ def _knn_settings(knn: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
     return settings
 
 
+def pixel_classes(outputs: torch.Tensor, ignore_index: int = 0) -> torch.Tensor:
+    """``(B, H, W)`` class of each pixel from ``(B, C, H, W)`` logits: the best of every class but
+    ``ignore_index``. "Unlabeled" is a label of the data, never a prediction: the loss ignores it and the official
+    metric counts it as a miss of the point's class. The evaluator and the submission writer both use this, so
+    ``lazytrain eval`` scores exactly what ``lazytrain predict`` writes."""
+    if 0 <= ignore_index < outputs.shape[1]:
+        outputs = outputs.index_fill(1, torch.tensor([ignore_index], device=outputs.device), float("-inf"))
+    return outputs.argmax(dim=1)
+
+
+def point_classes(
+    batch: Mapping[str, Any], i: int, pred_image: torch.Tensor, num_classes: int, knn: Optional[Mapping[str, Any]]
+) -> torch.Tensor:
+    """The class of every point of scan ``i`` of ``batch`` (in the scan's order) from its ``(H, W)`` pixel
+    classes: with ``knn`` (settings as ``knn_postprocess`` takes them) RangeNet++'s KNN post-processing, else the
+    class of the point's pixel."""
+    device = pred_image.device
+    v, u = batch["proj_v"][i].to(device), batch["proj_u"][i].to(device)
+    if knn is None:
+        return pred_image[v, u]
+    range_image, point_range = batch["range_image"][i].to(device), batch["point_range"][i].to(device)
+    return knn_postprocess(range_image, pred_image, v, u, point_range, num_classes, **knn)
+
+
 class SemanticKittiEvaluator:
     """The official SemanticKITTI evaluation (semantic-kitti-api ``evaluate_semantics.py``) of the point-wise
     predictions.
 
     Reads ``outputs`` (B, C, H, W logits) and the batch's ``point_labels``, ``proj_v``, ``proj_u`` (and for
-    KNN ``range_image``, ``point_range``). ``evaluate()`` returns, identical on every rank, ``mIoU`` (the
-    mean of the per-class IoU over every class but ``ignore_index``), ``IoU/<class>`` for each of those classes
-    and ``accuracy`` (overall point accuracy), all as the official script computes them: by default a class
-    absent from the ground truth and never predicted has IoU 0 and counts in the mean. With
+    KNN ``range_image``, ``point_range``). A pixel's class is the best of every class but ``ignore_index``
+    (:func:`pixel_classes`, as ``lazytrain predict`` writes them). ``evaluate()`` returns, identical on every
+    rank, ``mIoU`` (the mean of the per-class IoU over every class but ``ignore_index``), ``IoU/<class>`` for
+    each of those classes and ``accuracy`` (overall point accuracy), all as the official script computes them:
+    by default a class absent from the ground truth and never predicted has IoU 0 and counts in the mean. With
     ``skip_absent_classes=True`` such a class is left out of the mean and of the results instead (not the
     official rule).
 
@@ -199,21 +231,9 @@ class SemanticKittiEvaluator:
         return dict(self._pictures)
 
     def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
-        pred_images = outputs.argmax(dim=1)
+        pred_images = pixel_classes(outputs, self.ignore_index)
         for i in range(pred_images.shape[0]):
-            v, u = batch["proj_v"][i].to(pred_images.device), batch["proj_u"][i].to(pred_images.device)
-            if self.knn is not None:
-                pred = knn_postprocess(
-                    batch["range_image"][i].to(pred_images.device),
-                    pred_images[i],
-                    v,
-                    u,
-                    batch["point_range"][i].to(pred_images.device),
-                    self.num_classes,
-                    **self.knn,
-                )
-            else:
-                pred = pred_images[i][v, u]
+            pred = point_classes(batch, i, pred_images[i], self.num_classes, self.knn)
             self.add(batch["point_labels"][i].cpu(), pred.cpu())
             if self.picture_scans > 0 and "index" in batch and int(batch["index"][i]) < self.picture_scans:
                 name = f"scans/{batch['sequence'][i]}_{batch['frame'][i]}"

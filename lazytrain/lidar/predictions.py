@@ -18,7 +18,7 @@ import torch
 
 from ..errors import DataError
 from ..images import write_png
-from .evaluator import _knn_settings, knn_postprocess
+from .evaluator import _knn_settings, pixel_classes, point_classes
 from .pictures import scan_picture
 from .semantic_kitti import LEARNING_MAP, OFFICIAL_SPLIT, to_raw_ids
 
@@ -54,22 +54,10 @@ class SemanticKittiSubmission:
         os.makedirs(os.path.join(out_dir, "sequences"), exist_ok=True)
 
     def write(self, batch: Mapping[str, Any], outputs: torch.Tensor) -> None:
-        pred_images = outputs[:, 1:].argmax(dim=1) + 1  # never class 0
+        pred_images = pixel_classes(outputs)  # never class 0, as the evaluator scores them
         for i in range(pred_images.shape[0]):
             sequence, frame = str(batch["sequence"][i]), str(batch["frame"][i])
-            v, u = batch["proj_v"][i].to(pred_images.device), batch["proj_u"][i].to(pred_images.device)
-            if self.knn is not None:
-                pred = knn_postprocess(
-                    batch["range_image"][i].to(pred_images.device),
-                    pred_images[i],
-                    v,
-                    u,
-                    batch["point_range"][i].to(pred_images.device),
-                    self.num_classes,
-                    **self.knn,
-                )
-            else:
-                pred = pred_images[i][v, u]
+            pred = point_classes(batch, i, pred_images[i], self.num_classes, self.knn)
             folder = os.path.join(self.out_dir, "sequences", sequence, "predictions")
             os.makedirs(folder, exist_ok=True)
             to_raw_ids(pred.cpu().numpy()).astype("<u4").tofile(os.path.join(folder, f"{frame}.label"))
