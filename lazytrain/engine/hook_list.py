@@ -30,8 +30,8 @@ __all__ = ["build_hooks", "default_hooks"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
-    """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, checkpoints,
-    evaluation, best checkpoint (``train.best``), writers (rank 0 alone gets writers), profiler
+    """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, evaluation,
+    best checkpoint (``train.best``), checkpoints, writers (rank 0 alone gets writers), profiler
     (``train.profile``)."""
     t = cfg.train
     writers = []
@@ -46,9 +46,11 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         IterationTimer(),
         EMAHook(t.ema.decay) if t.ema.enabled else None,
         LRScheduler(),
-        PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
+        # evaluation before the periodic checkpoint: a checkpoint taken at an evaluation's iteration holds the
+        # best value that evaluation set, so a resume from it never lets a worse score replace model_best.pth
         EvalHook(t.eval_period),
         BestCheckpointer(t.best.metric, t.best.mode) if t.best.metric else None,
+        PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
         PeriodicWriter(writers, period=t.log_period),
         ProfilerHook(t.profile.start_iter, t.profile.num_iters, t.output_dir) if t.profile.enabled else None,
     ]
