@@ -37,8 +37,10 @@ def test_bench_overhead_ddp_case_runs_both_loops_in_one_process_group():
 
 def test_bench_data_compares_loader_and_model_rates():
     out = tool("tools/bench_data.py", "--width", "128", "--batches", "2", "--workers", "0", "--steps", "1",
-               "--model-width", "8", "--model-depth", "2")  # fmt: skip
+               "--model-width", "8", "--model-depth", "2", "--stage-repeats", "1")  # fmt: skip
     assert "loader, 0 workers:" in out and "model train step" in out
+    for stage in ("read .bin", "augmentation", "projection (pixels", "label image", "collate", "scans/s per core"):
+        assert stage in out
 
 
 def test_bench_startup_times_the_cli():

@@ -73,28 +73,31 @@ class RangeProjection:
 
     def __call__(self, points: np.ndarray) -> Projection:
         points = np.asarray(points, dtype=np.float32)
-        finite = np.isfinite(points).all(axis=1)
-        if not finite.all():  # corrupt points: a pixel of their own is computed from zeros, none is written
+        n = len(points)
+        # one value per point that is NaN or infinite where any coordinate is (a matrix product: cheap)
+        finite = np.isfinite(points @ np.ones(points.shape[1], dtype=np.float32))
+        all_finite = bool(finite.all())
+        if not all_finite:  # corrupt points: a pixel of their own is computed from zeros, none is written
             points = np.where(finite[:, None], points, np.float32(0))
         v, u, r = self.pixels(points)
         pixel = v * self.width + u
         nearest = np.full(self.height * self.width, np.inf, dtype=np.float32)
-        np.minimum.at(nearest, pixel, np.where(finite, r, np.inf) if not finite.all() else r)
-        winners = np.flatnonzero((r == nearest[pixel]) & finite)
+        np.minimum.at(nearest, pixel, r if all_finite else np.where(finite, r, np.inf))
+        winners = np.flatnonzero(r == nearest[pixel])
+        if not all_finite:
+            winners = winners[finite[winners]]
         pixel_point = np.full(self.height * self.width, -1, dtype=np.int64)
         pixel_point[pixel[winners]] = winners  # equal ranges on one pixel: one of them
-        filled = np.flatnonzero(pixel_point >= 0)
-        shown = pixel_point[filled]
-        values = np.empty((5, len(shown)), dtype=np.float32)
-        values[0] = r[shown]
-        values[1:] = points[shown].T
-        range_image = np.zeros(self.height * self.width, dtype=np.float32)
-        range_image[filled] = values[0]
+        # each channel per point, plus a last column of zeros that the empty pixels (-1) pick
+        values = np.empty((5, n + 1), dtype=np.float32)
+        values[0, :n] = r
+        values[1:, :n] = points.T
+        values[:, n] = 0.0
+        range_image = values[0].take(pixel_point)
         if self.means is not None and self.stds is not None:
-            values -= self.means
-            values /= self.stds
-        image = np.zeros((5, self.height * self.width), dtype=np.float32)
-        image[:, filled] = values
+            values[:, :n] -= self.means
+            values[:, :n] /= self.stds
+        image = values.take(pixel_point, axis=1)
         shape = (self.height, self.width)
         return Projection(
             image.reshape(5, *shape), pixel_point.reshape(shape) >= 0, range_image.reshape(shape), v, u,
