@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from lazytrain.data import build_train_loader
 from lazytrain.lidar import RangeNet, SemanticKittiDataset, collate_scans
 from lazytrain.lidar.dataset import keep_freed_memory
+from lazytrain.lidar.projection import finite_rows
 from lazytrain.lidar.semantic_kitti import map_labels, read_labels, read_points
 from lazytrain.lidar.synthetic import REAL_DENSITY_COLUMNS, write_synthetic_kitti
 
@@ -60,7 +61,7 @@ def stage_times(dataset: SemanticKittiDataset, scans: int, repeats: int) -> dict
             clock.mark("read .bin")
             labels = map_labels(read_labels(str(scan.label_path)), "")
             clock.mark("read .label + label map")
-            np.isfinite(points @ np.ones(4, dtype=np.float32)).all()
+            finite_rows(points).all()
             clock.mark("finite check")
             points, labels = dataset._augment(points, labels)
             clock.mark("augmentation (drop-out, yaw, flip)")

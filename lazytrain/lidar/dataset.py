@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
-from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection
+from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
 
@@ -185,7 +185,7 @@ class SemanticKittiDataset(Dataset):
             labels = map_labels(read_labels(scan.label_path, len(points)), scan.label_path)
         else:
             labels = np.zeros(len(points), dtype=np.int64)
-        finite = np.isfinite(points @ np.ones(4, dtype=np.float32))  # NaN or inf where any value is
+        finite = finite_rows(points)
         if not finite.all():
             bad = int((~finite).sum())
             if self.return_points:  # every point keeps its place (predictions): it is only left out of the image
@@ -222,7 +222,7 @@ class SemanticKittiDataset(Dataset):
 
     def _augment(self, points: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A new array of points: a random fraction up to ``dropout`` of them dropped, the rest rotated by a
-        random yaw and mirrored in x half of the time (one 4 x 4 product, float32)."""
+        random yaw and mirrored in x half of the time (float32)."""
         angle = np.random.uniform(0, 2 * np.pi)
         c, s = np.cos(angle), np.sin(angle)
         flip = -1.0 if np.random.random() < 0.5 else 1.0
@@ -230,9 +230,16 @@ class SemanticKittiDataset(Dataset):
             threshold = int(np.random.uniform(0, self.dropout) * 65536)
             keep = np.flatnonzero(np.random.randint(0, 65536, len(points), dtype=np.uint16) >= threshold)
             points, labels = points.take(keep, axis=0), labels.take(keep)
-        # row vectors: x' = flip * (c x - s y), y' = s x + c y; z and remission unchanged
-        transform = np.array([[flip * c, s, 0, 0], [-flip * s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=np.float32)
-        return points @ transform, labels
+        else:
+            points = points.copy()
+        # x' = flip * (c x - s y), y' = s x + c y; z and remission unchanged (element-wise float32: a 4 x 4
+        # matrix product would call BLAS, whose threads fight the loader workers for the cores)
+        x, y = points[:, 0].copy(), points[:, 1].copy()
+        cf, sf = np.float32(flip * c), np.float32(flip * s)
+        c32, s32 = np.float32(c), np.float32(s)
+        np.subtract(cf * x, sf * y, out=points[:, 0])
+        np.add(s32 * x, c32 * y, out=points[:, 1])
+        return points, labels
 
 
 def collate_scans(samples: list[dict[str, Any]]) -> dict[str, Any]:
