@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 
 import numpy as np
+
+from .fileio import atomic_write
 
 __all__ = ["as_image", "encode_png", "write_png"]
 
@@ -47,7 +48,5 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
 
 
 def write_png(path: str, image: np.ndarray) -> None:
-    """Write ``image`` to ``path`` as PNG (its folder is created)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(encode_png(image))
+    """Write ``image`` to ``path`` as PNG (its folder is created; never half-written)."""
+    atomic_write(path, encode_png(image), durable=False)

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
+from ..fileio import atomic_write
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
@@ -288,10 +289,7 @@ def compute_class_weights(
     weights = class_weights_from_counts(counts)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.tmp"  # several ranks may write it at once: replace atomically
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(weights, f)
-        os.replace(tmp, cache)
+        atomic_write(cache, json.dumps(weights))  # several ranks may write it at once
     except OSError as e:
         logger.warning("Could not cache the class weights in %s (%s); they are computed again next time.", cache, e)
     return weights

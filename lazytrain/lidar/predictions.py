@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..fileio import atomic_write
 from ..images import write_png
 from .evaluator import _knn_settings, pixel_classes, point_classes
 from .pictures import scan_picture
@@ -60,7 +61,8 @@ class SemanticKittiSubmission:
             pred = point_classes(batch, i, pred_images[i], self.num_classes, self.knn)
             folder = os.path.join(self.out_dir, "sequences", sequence, "predictions")
             os.makedirs(folder, exist_ok=True)
-            to_raw_ids(pred.cpu().numpy()).astype("<u4").tofile(os.path.join(folder, f"{frame}.label"))
+            raw_ids = to_raw_ids(pred.cpu().numpy()).astype("<u4")
+            atomic_write(os.path.join(folder, f"{frame}.label"), raw_ids.tobytes(), durable=False)
             scans_points = self.counts.setdefault(sequence, [0, 0])
             scans_points[0] += 1
             scans_points[1] += len(pred)

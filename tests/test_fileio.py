@@ -1,0 +1,41 @@
+"""Atomic writes (lazytrain.fileio): never a half-written file, readable by teammates, the disk-full message."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lazytrain.fileio import atomic_write, describe_write_error
+from lazytrain.images import write_png
+
+
+def test_atomic_write_that_fails_midway_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "config.yaml"
+    atomic_write(str(path), "old: 1\n")
+
+    def fails(f):
+        f.write(b"new: ")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(str(path), fails)
+    assert path.read_text() == "old: 1\n" and os.listdir(tmp_path) == ["config.yaml"]
+
+
+def test_a_write_that_need_not_survive_a_power_loss_is_still_never_half_written(tmp_path, monkeypatch):
+    synced = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    atomic_write(str(tmp_path / "a.label"), b"\x01\x00\x00\x00", durable=False)
+    assert synced == [] and (tmp_path / "a.label").read_bytes() == b"\x01\x00\x00\x00"
+    atomic_write(str(tmp_path / "b.yaml"), "b: 1\n")
+    assert len(synced) == 2  # the file, then its folder
+    write_png(str(tmp_path / "pictures" / "p.png"), __import__("numpy").zeros((2, 3), dtype="uint8"))
+    assert sorted(os.listdir(tmp_path)) == ["a.label", "b.yaml", "pictures"]  # no temp file left behind
+    assert os.listdir(tmp_path / "pictures") == ["p.png"]
+
+
+def test_the_disk_full_message_names_the_error_code_first_and_the_free_space(tmp_path):
+    text = describe_write_error(OSError(28, "No space left on device"), str(tmp_path / "model.pth"), 3 << 20)
+    assert text.startswith(f"cannot write {tmp_path / 'model.pth'}: [Errno 28] No space left on device (ENOSPC)")
+    assert f"{tmp_path} has " in text and "free and this file needs about 3 MB" in text
