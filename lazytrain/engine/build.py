@@ -13,6 +13,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import comm
 from ..checkpoint import Checkpointer
@@ -179,11 +180,9 @@ def log_parameter_counts(model: torch.nn.Module) -> None:
     )
 
 
-def build_ema(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
     """torch's AveragedModel with an exponential moving average of the weights and buffers (``train.ema``),
     on the model's device and in its dtype (fp32: AMP keeps fp32 weights)."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
