@@ -10,6 +10,7 @@ the trainer's, so both see the same machine; on CUDA the runs go one after the o
     python tools/bench_overhead.py                      # tiny MLP and RangeNet on the CPU (and CUDA cases if any)
     python tools/bench_overhead.py --case tiny --repeats 7 --iters 600
     python tools/bench_overhead.py --case ddp               # 2 processes: hand-written DDP loop vs lazytrain
+    python tools/bench_overhead.py --case rangenet --compile  # torch.compile in both (train.compile in lazytrain)
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class HandLoop:
             ids = [device.index] if device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
             self.sampler = DistributedSampler(case["dataset"], shuffle=True)
-        self.model = model
+        self.model = torch.compile(model) if case.get("compile") else model
         self.opt = case["optimizer"](model.parameters())
         self.loader = DataLoader(case["dataset"], batch_size=case["batch_size"], shuffle=self.sampler is None,
                                  sampler=self.sampler, drop_last=True, pin_memory=device.type == "cuda")  # fmt: skip
@@ -201,7 +202,8 @@ def lazytrain_config(case: dict[str, Any], iters: int, device: torch.device, amp
     cfg.dataloader = dict(
         train=L(build_train_loader)(dataset=dataset, batch_size=case["batch_size"], seed_batches=seed_batches)
     )
-    cfg.train = dict(max_iter=iters, output_dir=out, device=str(device), amp=dict(enabled=amp, dtype="bf16"))
+    cfg.train = dict(max_iter=iters, output_dir=out, device=str(device), amp=dict(enabled=amp, dtype="bf16"),
+                     compile=dict(enabled=bool(case.get("compile"))))  # fmt: skip
     add_train_defaults(cfg)
     return cfg
 
@@ -274,7 +276,7 @@ def runners(case: dict[str, Any], iters: int, device: torch.device, amp: bool) -
     }
     if case.get("seeded_variant"):
         out["lazytrain*"] = lambda on_step, o: run_lazytrain(case, iters, device, amp, on_step, o, True)
-    if lightning_installed() and not case.get("ddp"):
+    if lightning_installed() and not case.get("ddp") and not case.get("compile"):
         out["lightning"] = lambda on_step, o: run_lightning(case, iters, device, amp, on_step, o)
     # the control: the hand-written loop against itself shows what the pairing alone does to a ratio
     out["A/A"] = lambda on_step, o: run_hand_written(case, iters, device, amp, on_step)
@@ -372,6 +374,8 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=0, help="iterations per run (default: per case)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true",
+                        help="rangenet: torch.compile in both loops (lazytrain: train.compile.enabled)")  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,9 +388,12 @@ def main() -> int:
     if args.case in ("tiny", "all"):
         plans.append((tiny_case(), args.iters or 400, torch.device("cpu"), False))
     if args.case in ("rangenet", "all"):
-        plans.append((rangenet_case(), args.iters or 40, torch.device("cpu"), False))
+        rangenet = dict(rangenet_case(), compile=args.compile)
+        if args.compile:
+            rangenet["name"] += ", torch.compile"
+        plans.append((rangenet, args.iters or 40, torch.device("cpu"), False))
         if torch.cuda.is_available():
-            plans.append((rangenet_case(), args.iters or 200, torch.device("cuda"), True))
+            plans.append((rangenet, args.iters or 200, torch.device("cuda"), True))
     if args.case in ("ddp", "all"):
         # two processes: NCCL on two GPUs when there are two, else gloo on the CPU
         plans.append((ddp_case(), args.iters or 400, _ddp_device(0), False))
