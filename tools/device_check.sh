@@ -23,13 +23,13 @@ step() {  # step NAME SECONDS COMMAND...: runs it with a time limit, its output 
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
 python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())" >> "$OUT/gpu.txt"
-step pytest 200 python3 -m pytest -q -x -p no:cacheprovider
-step overhead 120 python3 tools/bench_overhead.py --case rangenet --repeats 3
+step pytest 180 python3 -m pytest -q -x -p no:cacheprovider
+step overhead 100 python3 tools/bench_overhead.py --case rangenet --repeats 3
 step flagship 150 python3 -m lazytrain.cli train configs/kitti_seg.py dataset.projection.width=2048 \
     model.width=32 model.depth=4 train.max_iter=300 train.amp.enabled=True train.amp.dtype=bf16 \
     dataloader.train.num_workers=8 dataloader.test.num_workers=4 --output-dir /tmp/flagship2048
 cp /tmp/flagship2048/metrics.jsonl "$OUT/flagship_metrics.jsonl" 2>/dev/null
-step data 60 python3 tools/bench_data.py --width 2048 --density real --model-width 32 --model-depth 4 \
+step data 50 python3 tools/bench_data.py --width 2048 --density real --model-width 32 --model-depth 4 \
     --workers 0 4 8 --stage-repeats 1
-step inference 90 python3 tools/bench_inference.py --device cuda --runs 10
+step inference 70 python3 tools/bench_inference.py --device cuda --runs 10
 tail -n 3 "$OUT"/*.txt
