@@ -184,7 +184,8 @@ def _spawn(
 ) -> None:
     payload = cloudpickle.dumps((main_fn, args))
     error_dir = tempfile.mkdtemp(prefix="lazytrain-errors-")
-    previous = _sigterm_raises()
+    forwarded: list[int] = []  # the signal passed on to the workers, once one was
+    previous = _forward_signals(forwarded)
     try:
         context = mp.start_processes(
             _worker,
@@ -197,42 +198,56 @@ def _spawn(
         _WORKERS[:] = processes
         try:
             failed = _wait_for_failure(processes)
-        except BaseException:  # Ctrl-C or SIGTERM of the launcher: take the workers down with it
+        except BaseException:  # a second signal to the launcher: take the workers down at once
             _stop(processes)
             raise
         if not failed:
             return
         _stop(processes)
-        raise _failure(failed, machine_rank * num_procs, error_dir)
+        error = _failure(failed, machine_rank * num_procs, error_dir)
+        if forwarded and not error.speaks_for_the_job:  # stopped on the signal before GracefulStop could save
+            raise KeyboardInterrupt(signal.Signals(forwarded[0]).name) from error
+        raise error
     finally:
         _WORKERS.clear()
         shutil.rmtree(error_dir, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _sigterm_raises() -> Any:
-    """While workers run, the first SIGTERM to the launcher (scancel, kill, Kubernetes) is passed on to the
-    workers, which finish their step, save a checkpoint and exit (GracefulStop); the launcher waits for them
-    (a rank that hangs meanwhile is the watchdog's). A second SIGTERM raises KeyboardInterrupt, so the workers
-    are stopped at once instead of being orphaned. Returns the previous handler (None off the main thread)."""
-    forwarded: list[float] = []
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")  # Ctrl-C; scancel, kill, Kubernetes; SLURM's --signal
 
-    def on_sigterm(signum: int, frame: Any) -> None:
+
+def _forward_signals(forwarded: list[int]) -> dict[int, Any]:
+    """While workers run, the first SIGINT (Ctrl-C), SIGTERM (scancel, kill, Kubernetes) or SIGUSR1 (SLURM's
+    ``--signal`` warning) to the launcher is passed on to the workers as the same signal: they finish their
+    step, save a checkpoint and exit 75 (GracefulStop), and under SLURM SIGUSR1 requeues the job; the launcher
+    waits for them (a rank that hangs meanwhile is the watchdog's). Workers run in process groups of their
+    own, so a Ctrl-C in the terminal reaches them once, through here. A second signal raises
+    KeyboardInterrupt: the workers are stopped at once. Returns the previous handlers ({} off the main
+    thread)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
         if forwarded or not _WORKERS:
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-        forwarded.append(time.monotonic())
+        forwarded.append(signum)
         for p in _WORKERS:
             if p.is_alive():
                 os.kill(p.pid, signum)
 
-    try:
-        return signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        return None
+    previous: dict[int, Any] = {}
+    for name in FORWARDED_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:  # no SIGUSR1 on Windows
+            continue
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread
+            break
+    return previous
 
 
-_WORKERS: list = []  # the launcher's live workers, for its SIGTERM handler
+_WORKERS: list = []  # the launcher's live workers, for its signal handler
 
 
 def _wait_for_failure(processes: list) -> dict[int, int]:
@@ -293,6 +308,7 @@ def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> Lazytr
     record = min(records, key=lambda r: r["time"])
     if record.get("speaks_for_the_job"):  # e.g. "stopped by SIGTERM ...", "rank 1 is stuck at ..."
         error = RankFailedError(record["message"])
+        error.speaks_for_the_job = True
     else:
         error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
     error.exit_code = record["exit_code"]
@@ -312,8 +328,10 @@ def _worker(
     error_dir: str,
 ) -> None:
     rank = machine_rank * num_procs + local_rank
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # out of the terminal's foreground group: a Ctrl-C reaches this rank once, from the launcher
+    os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank records its error (the watchdog: a hang)
     try:
-        os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank's watchdog records a hang
         main_fn, args = cloudpickle.loads(payload)
         _set_device(local_rank)
         dist.init_process_group(
