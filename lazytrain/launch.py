@@ -199,11 +199,11 @@ def _spawn(
         try:
             failed = _wait_for_failure(processes)
         except BaseException:  # a second signal to the launcher: take the workers down at once
-            _stop(processes)
+            _stop(processes, error_dir)
             raise
         if not failed:
             return
-        _stop(processes)
+        _stop(processes, error_dir)
         error = _failure(failed, machine_rank * num_procs, error_dir)
         if forwarded and not error.speaks_for_the_job:  # stopped on the signal before GracefulStop could save
             raise KeyboardInterrupt(signal.Signals(forwarded[0]).name) from error
@@ -248,6 +248,7 @@ def _forward_signals(forwarded: list[int]) -> dict[int, Any]:
 
 
 _WORKERS: list = []  # the launcher's live workers, for its signal handler
+STOPPING = "stopping"  # in the error folder: the launcher is stopping the job (a rank failed, a second signal)
 
 
 def _wait_for_failure(processes: list) -> dict[int, int]:
@@ -266,9 +267,15 @@ def _wait_for_failure(processes: list) -> dict[int, int]:
                 p.join(timeout=0)
 
 
-def _stop(processes: list) -> None:
+def _stop(processes: list, error_dir: str) -> None:
     """SIGTERM every survivor, then SIGKILL whatever is still there after a short grace period (a rank blocked
-    inside a collective may not react to SIGTERM)."""
+    inside a collective may not react to SIGTERM). The workers learn first (a file in ``error_dir``) that this
+    SIGTERM stops the job: it is no preemption, and they exit without a word and without a checkpoint."""
+    try:
+        with open(os.path.join(error_dir, STOPPING), "w", encoding="utf-8"):
+            pass
+    except OSError:
+        pass
     for p in processes:
         if p.is_alive():
             p.terminate()
@@ -287,6 +294,8 @@ def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> Lazytr
     usually other ranks losing their peer)."""
     records = []
     for name in os.listdir(error_dir):
+        if not (name.startswith("rank") and name.endswith(".json")):
+            continue
         try:
             with open(os.path.join(error_dir, name), encoding="utf-8") as f:
                 records.append(json.load(f))
@@ -342,12 +351,28 @@ def _worker(
     except SystemExit as e:
         if e.code in (0, None):
             return
-        _record_error(error_dir, rank, e)
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        code = e.code if isinstance(e.code, int) else 1
+        if not job_stopping():
+            _record_error(error_dir, rank, e)
+        os._exit(code)
     except BaseException as e:  # record every other way out, KeyboardInterrupt included
-        _record_error(error_dir, rank, e)
+        if not job_stopping():  # else the launcher is stopping the job for another rank's error: nothing to add
+            _record_error(error_dir, rank, e)
         sys.stderr.flush()
         os._exit(e.exit_code if isinstance(e, LazytrainError) else 1)
+
+
+def job_stopping() -> bool:
+    """Whether lazytrain's launcher is stopping this job (another rank failed, or the launcher got a second
+    signal): the SIGTERM it sends then is no preemption, and this rank exits without a checkpoint."""
+    error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
+    return bool(error_dir) and os.path.exists(os.path.join(error_dir, STOPPING))  # type: ignore[arg-type]
+
+
+def under_lazytrain_launcher() -> bool:
+    """Whether this process is a worker spawned by lazytrain's launcher (``--num-procs``), which reports the
+    job's error once, instead of each rank."""
+    return "LAZYTRAIN_ERROR_DIR" in os.environ
 
 
 def _record_error(error_dir: str, rank: int, error: BaseException) -> None:

@@ -128,6 +128,8 @@ def test_rank_that_raises_stops_every_rank_and_is_named(tmp_path, configs):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: rank 1 failed: iteration 3: hook FailAt.after_step raised RuntimeError: ")
     assert "injected failure at iteration 3" in last
+    # rank 0 was stopped by the launcher's SIGTERM: no preemption, so no promise of a checkpoint
+    assert "with a checkpoint" not in r.stdout + r.stderr and "received SIGTERM" not in r.stdout + r.stderr
 
 
 def test_rank_that_is_sigkilled_stops_every_rank(tmp_path, configs):

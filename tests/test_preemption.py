@@ -219,3 +219,27 @@ def test_sigusr1_to_the_launcher_under_slurm_saves_and_requeues(tmp_path):
     assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGUSR1 after iteration ")
     assert record.read_text().splitlines() == ["requeue 4242"]  # once, by rank 0
     assert "requeued SLURM job 4242" in stdout and "received SIGINT" not in stdout
+
+
+def test_under_torchrun_the_first_signal_promises_a_checkpoint_only_if_every_rank_gets_there(monkeypatch):
+    """torchrun stops the surviving ranks of a failed job with SIGTERM too; a rank cannot tell that from a
+    preemption, so it does not promise the checkpoint (under lazytrain's launcher it can: see test_launch)."""
+    import logging
+
+    from lazytrain import comm
+    from lazytrain.engine import GracefulStop
+
+    monkeypatch.delenv("LAZYTRAIN_ERROR_DIR", raising=False)
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("lazytrain.engine.preemption")
+    log.addHandler(handler)
+    try:
+        GracefulStop()._on_signal(signal.SIGTERM, None)
+    finally:
+        log.removeHandler(handler)
+    assert messages == [
+        "received SIGTERM: stopping after this step; a checkpoint follows if every rank reaches the end of the step."
+    ]

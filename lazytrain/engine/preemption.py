@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..launch import job_stopping, under_lazytrain_launcher
 from .hooks import save_training_state
 from .train_loop import HookBase
 
@@ -43,6 +44,10 @@ class GracefulStop(HookBase):
     second Ctrl-C stops at once (the checkpoint being written, if any, is left out: writes are atomic); a
     second SIGTERM / SIGUSR1 is ignored. Under SLURM, SIGUSR1 also requeues the job after the save
     (``scontrol requeue``), for jobs submitted with ``sbatch --requeue``.
+
+    Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
+    one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
+    without a checkpoint and without a message.
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
@@ -64,9 +69,18 @@ class GracefulStop(HookBase):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if job_stopping():  # lazytrain's launcher stops the job for another rank's error: no checkpoint, no words
+            raise SystemExit(1)
         if self._received is None:
             self._received = signum
-            logger.warning("received %s: stopping after this step, with a checkpoint.", name)
+            if comm.get_world_size() == 1 or under_lazytrain_launcher():
+                logger.warning("received %s: stopping after this step, with a checkpoint.", name)
+            else:  # under torchrun / SLURM a peer may be gone already (its launcher stops the others this way)
+                logger.warning(
+                    "received %s: stopping after this step; a checkpoint follows if every rank reaches the end of "
+                    "the step.",
+                    name,
+                )
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt(f"second {name}")
         else:
