@@ -77,11 +77,15 @@ def test_a_signal_saves_a_checkpoint_and_resume_repeats_the_losses(tmp_path, sig
     cfg = config(tmp_path)
     full = train(cfg, tmp_path / "full")
     assert full.returncode == 0, full.stderr
-    code, _, stderr = interrupt(cfg, tmp_path / "parts", signum, after=6)
+    code, stdout, stderr = interrupt(cfg, tmp_path / "parts", signum, after=6)
     assert code == EXIT_PREEMPTED, stderr
     name = signal.Signals(signum).name
     assert f"error: stopped by {name} after iteration" in stderr and "--resume` continues" in stderr
     stopped = int(stderr.split("after iteration ")[1].split(" ")[0])  # the last iteration that ran
+    log = (tmp_path / "parts" / "log.txt").read_text()
+    assert f"]: stopped by {name} after iteration {stopped} " in log and "--resume` continues" in log
+    assert f"stopped by {name}" not in stdout  # on the terminal once: the closing error line
+    assert f"Trained {stopped + 1} iterations in " in stdout  # iterations 0..stopped
     assert stopped >= 6  # the step in progress finished (the signal may land one step later in the log)
     assert (tmp_path / "parts" / "checkpoints" / f"model_{stopped:07d}.pth").exists()
     assert (tmp_path / "parts" / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"

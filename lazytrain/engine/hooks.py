@@ -38,19 +38,22 @@ logger = logging.getLogger(__name__)
 
 
 class IterationTimer(HookBase):
-    """Puts the wall time of each step as ``time``; logs the total at the end."""
+    """Puts the wall time of each step as ``time``; logs the total at the end (the steps that finished: all of
+    them, or those before a stop)."""
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
+        self._done = 0
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        self._done += 1
 
     def after_train(self) -> None:
-        done = self.trainer.iter - self.trainer.start_iter
+        done = self._done
         total = time.perf_counter() - self._train_start
         if done > 0:
             logger.info(

@@ -11,9 +11,18 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["setup_logger"]
+__all__ = ["FILE_ONLY", "setup_logger"]
 
 _OURS = "_lazytrain_handler"
+
+# ``logger.info(..., extra=FILE_ONLY)``: a record for log.txt only, when the terminal shows it another way (the
+# closing ``error:`` line on stderr, a stack faulthandler dumped there)
+FILE_ONLY = {"lazytrain_file_only": True}
+
+
+class _NotFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "lazytrain_file_only", False)
 
 
 class _Formatter(logging.Formatter):
@@ -40,6 +49,7 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
     handlers: list[logging.Handler] = []
     stream = logging.StreamHandler(sys.stdout)
     stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    stream.addFilter(_NotFileOnly())
     handlers.append(stream)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)

@@ -19,6 +19,7 @@ from .. import comm
 from ..errors import LazytrainError
 from ..launch import job_stopping, under_lazytrain_launcher
 from .hooks import save_training_state
+from .logger import FILE_ONLY
 from .train_loop import HookBase
 
 __all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
@@ -100,11 +101,14 @@ class GracefulStop(HookBase):
         path = os.path.join(checkpointer.save_dir, checkpoint + ".pth")
         if signum == getattr(signal, "SIGUSR1", None) and "SLURM_JOB_ID" in os.environ and comm.is_main_process():
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
-        raise Preempted(
+        error = Preempted(
             f"stopped by {name} after iteration {trainer.iter} (of 0..{trainer.max_iter - 1}); checkpoint {path} "
             "written.",
             hint=f"`{_resume_command()}` continues.",
         )
+        if comm.is_main_process():  # the terminal shows it as the closing error line
+            logger.info("%s", error, extra=FILE_ONLY)
+        raise error
 
     def after_train(self) -> None:
         self._finish_vote()
