@@ -6,18 +6,37 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import BinaryIO, Optional, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in"]
+__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in", "writes_in_progress"]
 
 TMP_PREFIX = ".tmp-"  # temp files of unfinished writes start with this; a new run may remove them
+
+_writing = [0]  # atomic writes under way in this process (a worker whose launcher died lets them finish)
+_writing_lock = threading.Lock()
+
+
+def writes_in_progress() -> int:
+    """How many :func:`atomic_write` calls are under way in this process (any thread)."""
+    return _writing[0]
 
 
 def atomic_write(path: str, data: Union[bytes, str, Callable[[BinaryIO], None]]) -> None:
     """Write ``data`` (bytes, text as UTF-8, or a function that writes to a binary file) to a temp file in the
     same folder, fsync it, ``os.replace`` it onto ``path`` and fsync the folder. On any error (a full disk,
     Ctrl-C) the temp file is removed and ``path`` is left as it was."""
+    with _writing_lock:
+        _writing[0] += 1
+    try:
+        _atomic_write(path, data)
+    finally:
+        with _writing_lock:
+            _writing[0] -= 1
+
+
+def _atomic_write(path: str, data: Union[bytes, str, Callable[[BinaryIO], None]]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix="-" + os.path.basename(path))

@@ -7,6 +7,7 @@ creates its process group, sets its device, runs, and destroys the group.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import multiprocessing.connection
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .errors import ConfigError, LazytrainError, RankFailedError
+from .fileio import writes_in_progress
 
 __all__ = ["DEFAULT_TIMEOUT", "cluster_environment", "launch"]
 
@@ -340,6 +343,12 @@ def _worker(
     if hasattr(os, "setpgrp"):
         os.setpgrp()  # out of the terminal's foreground group: a Ctrl-C reaches this rank once, from the launcher
     os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank records its error (the watchdog: a hang)
+    parent = multiprocessing.parent_process()
+    launcher = parent.pid if parent is not None and parent.pid is not None else os.getppid()
+    os.environ["LAZYTRAIN_LAUNCHER_PID"] = str(launcher)
+    watch = threading.Thread(target=_watch_launcher, args=(launcher, rank, local_rank, error_dir),
+                             name="lazytrain-launcher-watch", daemon=True)  # fmt: skip
+    watch.start()
     try:
         main_fn, args = cloudpickle.loads(payload)
         _set_device(local_rank)
@@ -362,11 +371,49 @@ def _worker(
         os._exit(e.exit_code if isinstance(e, LazytrainError) else 1)
 
 
+def _watch_launcher(launcher: int, rank: int, local_rank: int, error_dir: str) -> None:
+    """A daemon thread in each worker: when the launcher dies (SIGKILL, the OOM killer), the rank exits too,
+    instead of running on (holding memory and GPUs) with nobody to stop it: a rank blocked in a collective or
+    stuck never reaches the end of its step, where GracefulStop would act on torch's parent-death signal. A
+    checkpoint being written gets up to ``_SAVE_GRACE_S`` to finish; the rank's stack goes to stderr (what it
+    was doing), then it exits. Its DataLoader workers follow (they check their parent every few seconds)."""
+    while os.getppid() == launcher:
+        time.sleep(_LAUNCHER_POLL_S)
+    # whatever happens below (a stderr nobody reads any more can block a write), the rank ends
+    deadline_timer = threading.Timer(_SAVE_GRACE_S + 15, os._exit, (1,))
+    deadline_timer.daemon = True
+    deadline_timer.start()
+    try:
+        saving = writes_in_progress()
+        logger.error("rank %d: the launcher (pid %d) is gone; this rank exits%s.", rank, launcher,
+                     " once the checkpoint being written is complete" if saving else "")  # fmt: skip
+        deadline = time.monotonic() + _SAVE_GRACE_S
+        while writes_in_progress() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sys.stderr.write(f"\n[rank {rank}] lazytrain: the launcher is gone; the Python stack of every thread:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        if local_rank == 0:
+            shutil.rmtree(error_dir, ignore_errors=True)  # the launcher's, left behind
+    finally:
+        os._exit(1)
+
+
+_LAUNCHER_POLL_S = 0.5
+_SAVE_GRACE_S = 30.0  # how long a rank whose launcher died waits for a checkpoint write to finish
+
+
 def job_stopping() -> bool:
     """Whether lazytrain's launcher is stopping this job (another rank failed, or the launcher got a second
     signal): the SIGTERM it sends then is no preemption, and this rank exits without a checkpoint."""
     error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
     return bool(error_dir) and os.path.exists(os.path.join(error_dir, STOPPING))  # type: ignore[arg-type]
+
+
+def launcher_gone() -> bool:
+    """Whether this worker's launcher has died (SIGKILL, the OOM killer): its parent is another process now."""
+    pid = os.environ.get("LAZYTRAIN_LAUNCHER_PID")
+    return bool(pid) and os.getppid() != int(pid)  # type: ignore[arg-type]
 
 
 def under_lazytrain_launcher() -> bool:

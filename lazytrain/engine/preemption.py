@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
-from ..launch import job_stopping, under_lazytrain_launcher
+from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from .hooks import save_training_state
 from .logger import FILE_ONLY
 from .train_loop import HookBase
@@ -48,7 +48,8 @@ class GracefulStop(HookBase):
 
     Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
     one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
-    without a checkpoint and without a message.
+    without a checkpoint and without a message. When the launcher itself dies, torch's parent-death signal
+    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch.py``).
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
@@ -70,6 +71,8 @@ class GracefulStop(HookBase):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if launcher_gone():  # torch's parent-death signal (SIGINT): the rank's watch of its launcher ends it
+            return
         if job_stopping():  # lazytrain's launcher stops the job for another rank's error: no checkpoint, no words
             raise SystemExit(1)
         if self._received is None:
