@@ -414,3 +414,45 @@ def test_resume_with_allowed_changes_warns_what_changed_and_what_it_means(toy_co
     assert "train.max_iter: 20 -> 24" in log and "train.log_period: 1 -> 2" in log and "optimizer.lr: 0.1 -> 0.5" in log
     assert "optimizer: the optimizer's state comes from the checkpoint" in log
     assert "train.max_iter: the LR schedule follows the fraction of training done" in log
+
+
+def test_resume_of_a_checkpoint_past_max_iter_is_one_paragraph(toy_config, tmp_path):
+    """A checkpoint of iteration 9 and train.max_iter=8: no step would run, and model_final.pth would carry
+    iteration 9's weights stamped 7."""
+    from lazytrain.config import ConfigError
+
+    crashed_run(toy_config)
+    with pytest.raises(ConfigError) as info:
+        train_main(toy_config("train.max_iter=8", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    path = tmp_path / "out" / "checkpoints" / "model_0000009.pth"
+    assert str(info.value) == (
+        f"--resume: the checkpoint {path} is at iteration 9, past train.max_iter=8 (iterations 0..7). Raise "
+        "train.max_iter to continue, or start a new run (another --output-dir, or without --resume)."
+    )
+    assert not (tmp_path / "out" / "checkpoints" / "model_final.pth").exists()
+
+
+def test_resume_with_another_number_of_processes_says_the_global_batch_size_changed(monkeypatch, toy_config):
+    import logging
+
+    from lazytrain import comm
+    from lazytrain.checkpoint import get_rng_state
+    from lazytrain.config import LazyConfig
+    from lazytrain.engine import resume
+
+    cfg = toy_config()
+    extra = {"rng_states": [get_rng_state()], "config": LazyConfig.to_yaml(cfg, resolve=True)}  # one process
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    resume.logger.addHandler(handler)
+    try:
+        resume._restore_rng(extra, cfg)
+    finally:
+        resume.logger.removeHandler(handler)
+    assert messages[0].startswith(
+        "the checkpoint was written by 1 process, this run has 2: the global batch size changes from 32 to 64 "
+        "samples per optimizer step (dataloader.train.batch_size=32 per process x train.grad_accum=1 x 2 processes)"
+    )
+    assert "RNG states are not restored" in messages[0]
