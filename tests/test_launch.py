@@ -107,7 +107,7 @@ def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
     assert results[1]["accuracy"] == results[2]["accuracy"]
 
 
-# Time-to-exit is measured by tools/bench_startup.py and recorded in docs/benchmarks.md; the bound here only
+# Time-to-exit is measured by tools/bench_exit.py and recorded in docs/benchmarks.md; the bound here only
 # catches a hang (the process-group timeout is 1800 s), generous enough for a loaded 2-core CI machine.
 EXIT_WITHOUT_HANG_S = 100
 
