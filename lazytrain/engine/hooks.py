@@ -41,6 +41,9 @@ class IterationTimer(HookBase):
     """Puts the wall time of each step as ``time``; logs the total at the end (the steps that finished: all of
     them, or those before a stop)."""
 
+    _train_start: Optional[float] = None  # None: training stopped before this hook's before_train ran
+    _done = 0
+
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
         self._done = 0
@@ -54,6 +57,8 @@ class IterationTimer(HookBase):
 
     def after_train(self) -> None:
         done = self._done
+        if self._train_start is None:
+            return
         total = time.perf_counter() - self._train_start
         if done > 0:
             logger.info(
