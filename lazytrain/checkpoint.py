@@ -79,10 +79,19 @@ class Checkpointer(_FvcoreCheckpointer):
             if cause is None:
                 raise
             raise TrainingError(
-                describe_write_error(cause, path, _tensor_bytes(data)) + ".",
-                hint="The previous checkpoint and last_checkpoint are intact. Free some space (or move "
-                "train.output_dir elsewhere) and continue with --resume.",
+                describe_write_error(cause, path, _tensor_bytes(data)) + ".", hint=self.write_error_hint()
             ) from e
+
+    def write_error_hint(self) -> str:
+        """What to do after a write of this run failed (a full disk): resume from the checkpoint
+        ``last_checkpoint`` names, when there is one."""
+        last = self.get_checkpoint_file() if self.save_dir and self.has_checkpoint() else ""
+        if last and os.path.isfile(last):
+            return (
+                f"The last checkpoint, {last}, and last_checkpoint are intact: free some space (or move "
+                "train.output_dir elsewhere) and continue with --resume."
+            )
+        return "No checkpoint was written yet: free some space (or choose another --output-dir) and start again."
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         atomic_write(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)

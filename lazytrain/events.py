@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import statistics
+import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -249,7 +250,10 @@ def _newest(history: deque, n: int) -> list:
 
 
 class EventWriter:
-    """Writes what the storage holds; called by the PeriodicWriter hook."""
+    """Writes what the storage holds; called by the PeriodicWriter hook. ``path``: the file it writes (for the
+    message when a write fails), None when it writes none of its own."""
+
+    path: Optional[str] = None
 
     def open(self, start_iter: int = 0) -> None:
         """Called before training starts (at ``start_iter``: > 0 when resumed): slow set-up goes here, so it
@@ -267,7 +271,7 @@ class JSONWriter(EventWriter):
     write (no smoothing: the file is a record). Appends, so a resumed run continues the same file."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
+        self.path = self._path = path
         self._file: Optional[Any] = None  # opened at the first write: building a writer creates no file
         self._written: dict[str, int] = {}  # name -> newest iteration written
 
@@ -275,16 +279,16 @@ class JSONWriter(EventWriter):
         """A resumed run replaces the iterations from ``start_iter`` on: the rows a crashed or preempted run
         wrote for them go (rewritten atomically), so the file holds one clean history. Rows of ``lazytrain
         eval`` (they name their ``weights``) stay."""
-        if start_iter <= 0 or not os.path.isfile(self.path):
+        if start_iter <= 0 or not os.path.isfile(self._path):
             return
-        with open(self.path, encoding="utf-8") as f:
+        with open(self._path, encoding="utf-8") as f:
             lines = f.read().splitlines()
         kept = [line for line in lines if not _replaced(line, start_iter)]
         if len(kept) < len(lines):
-            atomic_write(self.path, "".join(line + "\n" for line in kept))
+            atomic_write(self._path, "".join(line + "\n" for line in kept))
             logging.getLogger(__name__).info(
                 "%s: removed %d rows of iterations >= %d, which this resumed run replaces.",
-                self.path,
+                self._path,
                 len(lines) - len(kept),
                 start_iter,
             )
@@ -294,8 +298,8 @@ class JSONWriter(EventWriter):
         for name, (value, iteration) in storage.new_values(self._written).items():
             rows[iteration][name] = value
         if rows and self._file is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         for iteration in sorted(rows):
             line = json.dumps({"iteration": iteration, **rows[iteration]}, sort_keys=False)
             self._file.write(line + "\n")  # type: ignore[union-attr]
@@ -317,6 +321,7 @@ class TensorboardWriter(EventWriter):
 
     def __init__(self, log_dir: str, config_yaml: str = "", hparams: Optional[dict[str, Any]] = None) -> None:
         self.log_dir = log_dir
+        self.path = os.path.join(log_dir, "events.out.tfevents.*")  # the file's name once open() made it
         self.config_yaml = config_yaml
         self.hparams = dict(hparams or {})
         self._writer: Optional[Any] = None  # made by open(): building a writer creates no file
@@ -334,7 +339,9 @@ class TensorboardWriter(EventWriter):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         if self._writer is None:
+            _quiet_writer_thread_errors()
             self._writer = EventFileWriter(self.log_dir, flush_secs=30)
+            self.path = getattr(self._writer, "_file_name", self.path)
             self._step = start_iter
             if start_iter > 0:
                 start = SessionLog(status=SessionLog.START)
@@ -383,6 +390,23 @@ class TensorboardWriter(EventWriter):
             for summary in hparams(values, dict(self._final)):
                 self._add(summary, self._step)
         self._writer.close()
+
+
+def _quiet_writer_thread_errors() -> None:
+    """tensorboard's writer thread re-raises a failed write (a full disk), so Python prints its traceback; the
+    same exception reaches the training thread at the next write, where PeriodicWriter reports it as one
+    paragraph. Keep the thread's copy quiet (an OSError from that thread only)."""
+    previous = threading.excepthook
+    if getattr(previous, "_lazytrain", False):
+        return
+
+    def hook(args: Any) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook._lazytrain = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 class TerminalWriter(EventWriter):

@@ -6,12 +6,21 @@ import errno
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from typing import BinaryIO, Optional, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in"]
+__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in", "writes_in_progress"]
 
 TMP_PREFIX = ".tmp-"  # temp files of unfinished writes start with this; a new run may remove them
+
+_writing = [0]  # atomic writes under way in this process (a worker whose launcher died lets them finish)
+_writing_lock = threading.Lock()
+
+
+def writes_in_progress() -> int:
+    """How many :func:`atomic_write` calls are under way in this process (any thread)."""
+    return _writing[0]
 
 
 def atomic_write(path: str, data: Union[bytes, str, Callable[[BinaryIO], None]], *, durable: bool = True) -> None:
@@ -20,6 +29,16 @@ def atomic_write(path: str, data: Union[bytes, str, Callable[[BinaryIO], None]],
     Ctrl-C) the temp file is removed and ``path`` is left as it was. ``durable=False`` skips the two fsyncs:
     still never half-written if the process dies, but a power loss may lose the file; for the many small files
     of a prediction run (20k label files on slow shared storage)."""
+    with _writing_lock:
+        _writing[0] += 1
+    try:
+        _atomic_write(path, data, durable)
+    finally:
+        with _writing_lock:
+            _writing[0] -= 1
+
+
+def _atomic_write(path: str, data: Union[bytes, str, Callable[[BinaryIO], None]], durable: bool) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix="-" + os.path.basename(path))

@@ -7,6 +7,7 @@ creates its process group, sets its device, runs, and destroys the group.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import multiprocessing.connection
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +31,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .errors import ConfigError, LazytrainError, RankFailedError
+from .fileio import writes_in_progress
 
 __all__ = ["DEFAULT_TIMEOUT", "cluster_environment", "launch"]
 
@@ -184,7 +187,8 @@ def _spawn(
 ) -> None:
     payload = cloudpickle.dumps((main_fn, args))
     error_dir = tempfile.mkdtemp(prefix="lazytrain-errors-")
-    previous = _sigterm_raises()
+    forwarded: list[int] = []  # the signal passed on to the workers, once one was
+    previous = _forward_signals(forwarded)
     try:
         context = mp.start_processes(
             _worker,
@@ -197,42 +201,57 @@ def _spawn(
         _WORKERS[:] = processes
         try:
             failed = _wait_for_failure(processes)
-        except BaseException:  # Ctrl-C or SIGTERM of the launcher: take the workers down with it
-            _stop(processes)
+        except BaseException:  # a second signal to the launcher: take the workers down at once
+            _stop(processes, error_dir)
             raise
         if not failed:
             return
-        _stop(processes)
-        raise _failure(failed, machine_rank * num_procs, error_dir)
+        _stop(processes, error_dir)
+        error = _failure(failed, machine_rank * num_procs, error_dir)
+        if forwarded and not error.speaks_for_the_job:  # stopped on the signal before GracefulStop could save
+            raise KeyboardInterrupt(signal.Signals(forwarded[0]).name) from error
+        raise error
     finally:
         _WORKERS.clear()
         shutil.rmtree(error_dir, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _sigterm_raises() -> Any:
-    """While workers run, the first SIGTERM to the launcher (scancel, kill, Kubernetes) is passed on to the
-    workers, which finish their step, save a checkpoint and exit (GracefulStop); the launcher waits for them
-    (a rank that hangs meanwhile is the watchdog's). A second SIGTERM raises KeyboardInterrupt, so the workers
-    are stopped at once instead of being orphaned. Returns the previous handler (None off the main thread)."""
-    forwarded: list[float] = []
+FORWARDED_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")  # Ctrl-C; scancel, kill, Kubernetes; SLURM's --signal
 
-    def on_sigterm(signum: int, frame: Any) -> None:
+
+def _forward_signals(forwarded: list[int]) -> dict[int, Any]:
+    """While workers run, the first SIGINT (Ctrl-C), SIGTERM (scancel, kill, Kubernetes) or SIGUSR1 (SLURM's
+    ``--signal`` warning) to the launcher is passed on to the workers as the same signal: they finish their
+    step, save a checkpoint and exit 75 (GracefulStop), and under SLURM SIGUSR1 requeues the job; the launcher
+    waits for them (a rank that hangs meanwhile is the watchdog's). Workers run in process groups of their
+    own, so a Ctrl-C in the terminal reaches them once, through here. A second signal raises
+    KeyboardInterrupt: the workers are stopped at once. Returns the previous handlers ({} off the main
+    thread)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
         if forwarded or not _WORKERS:
             raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-        forwarded.append(time.monotonic())
+        forwarded.append(signum)
         for p in _WORKERS:
             if p.is_alive():
                 os.kill(p.pid, signum)
 
-    try:
-        return signal.signal(signal.SIGTERM, on_sigterm)
-    except ValueError:  # not the main thread
-        return None
+    previous: dict[int, Any] = {}
+    for name in FORWARDED_SIGNALS:
+        signum = getattr(signal, name, None)
+        if signum is None:  # no SIGUSR1 on Windows
+            continue
+        try:
+            previous[signum] = signal.signal(signum, on_signal)
+        except ValueError:  # not the main thread
+            break
+    return previous
 
 
-_WORKERS: list = []  # the launcher's live workers, for its SIGTERM handler
+_WORKERS: list = []  # the launcher's live workers, for its signal handler
+STOPPING = "stopping"  # in the error folder: the launcher is stopping the job (a rank failed, a second signal)
 
 
 def _wait_for_failure(processes: list) -> dict[int, int]:
@@ -251,9 +270,15 @@ def _wait_for_failure(processes: list) -> dict[int, int]:
                 p.join(timeout=0)
 
 
-def _stop(processes: list) -> None:
+def _stop(processes: list, error_dir: str) -> None:
     """SIGTERM every survivor, then SIGKILL whatever is still there after a short grace period (a rank blocked
-    inside a collective may not react to SIGTERM)."""
+    inside a collective may not react to SIGTERM). The workers learn first (a file in ``error_dir``) that this
+    SIGTERM stops the job: it is no preemption, and they exit without a word and without a checkpoint."""
+    try:
+        with open(os.path.join(error_dir, STOPPING), "w", encoding="utf-8"):
+            pass
+    except OSError:
+        pass
     for p in processes:
         if p.is_alive():
             p.terminate()
@@ -272,6 +297,8 @@ def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> Lazytr
     usually other ranks losing their peer)."""
     records = []
     for name in os.listdir(error_dir):
+        if not (name.startswith("rank") and name.endswith(".json")):
+            continue
         try:
             with open(os.path.join(error_dir, name), encoding="utf-8") as f:
                 records.append(json.load(f))
@@ -293,6 +320,7 @@ def _failure(failed: dict[int, int], rank_offset: int, error_dir: str) -> Lazytr
     record = min(records, key=lambda r: r["time"])
     if record.get("speaks_for_the_job"):  # e.g. "stopped by SIGTERM ...", "rank 1 is stuck at ..."
         error = RankFailedError(record["message"])
+        error.speaks_for_the_job = True
     else:
         error = RankFailedError(f"rank {record['rank']} failed: {record['message']} (the other ranks were stopped)")
     error.exit_code = record["exit_code"]
@@ -312,8 +340,16 @@ def _worker(
     error_dir: str,
 ) -> None:
     rank = machine_rank * num_procs + local_rank
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()  # out of the terminal's foreground group: a Ctrl-C reaches this rank once, from the launcher
+    os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank records its error (the watchdog: a hang)
+    parent = multiprocessing.parent_process()
+    launcher = parent.pid if parent is not None and parent.pid is not None else os.getppid()
+    os.environ["LAZYTRAIN_LAUNCHER_PID"] = str(launcher)
+    watch = threading.Thread(target=_watch_launcher, args=(launcher, rank, local_rank, error_dir),
+                             name="lazytrain-launcher-watch", daemon=True)  # fmt: skip
+    watch.start()
     try:
-        os.environ["LAZYTRAIN_ERROR_DIR"] = error_dir  # where a rank's watchdog records a hang
         main_fn, args = cloudpickle.loads(payload)
         _set_device(local_rank)
         dist.init_process_group(
@@ -324,12 +360,66 @@ def _worker(
     except SystemExit as e:
         if e.code in (0, None):
             return
-        _record_error(error_dir, rank, e)
-        os._exit(e.code if isinstance(e.code, int) else 1)
+        code = e.code if isinstance(e.code, int) else 1
+        if not job_stopping():
+            _record_error(error_dir, rank, e)
+        os._exit(code)
     except BaseException as e:  # record every other way out, KeyboardInterrupt included
-        _record_error(error_dir, rank, e)
+        if not job_stopping():  # else the launcher is stopping the job for another rank's error: nothing to add
+            _record_error(error_dir, rank, e)
         sys.stderr.flush()
         os._exit(e.exit_code if isinstance(e, LazytrainError) else 1)
+
+
+def _watch_launcher(launcher: int, rank: int, local_rank: int, error_dir: str) -> None:
+    """A daemon thread in each worker: when the launcher dies (SIGKILL, the OOM killer), the rank exits too,
+    instead of running on (holding memory and GPUs) with nobody to stop it: a rank blocked in a collective or
+    stuck never reaches the end of its step, where GracefulStop would act on torch's parent-death signal. A
+    checkpoint being written gets up to ``_SAVE_GRACE_S`` to finish; the rank's stack goes to stderr (what it
+    was doing), then it exits. Its DataLoader workers follow (they check their parent every few seconds)."""
+    while os.getppid() == launcher:
+        time.sleep(_LAUNCHER_POLL_S)
+    # whatever happens below (a stderr nobody reads any more can block a write), the rank ends
+    deadline_timer = threading.Timer(_SAVE_GRACE_S + 15, os._exit, (1,))
+    deadline_timer.daemon = True
+    deadline_timer.start()
+    try:
+        saving = writes_in_progress()
+        logger.error("rank %d: the launcher (pid %d) is gone; this rank exits%s.", rank, launcher,
+                     " once the checkpoint being written is complete" if saving else "")  # fmt: skip
+        deadline = time.monotonic() + _SAVE_GRACE_S
+        while writes_in_progress() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        sys.stderr.write(f"\n[rank {rank}] lazytrain: the launcher is gone; the Python stack of every thread:\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        sys.stderr.flush()
+        if local_rank == 0:
+            shutil.rmtree(error_dir, ignore_errors=True)  # the launcher's, left behind
+    finally:
+        os._exit(1)
+
+
+_LAUNCHER_POLL_S = 0.5
+_SAVE_GRACE_S = 30.0  # how long a rank whose launcher died waits for a checkpoint write to finish
+
+
+def job_stopping() -> bool:
+    """Whether lazytrain's launcher is stopping this job (another rank failed, or the launcher got a second
+    signal): the SIGTERM it sends then is no preemption, and this rank exits without a checkpoint."""
+    error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
+    return bool(error_dir) and os.path.exists(os.path.join(error_dir, STOPPING))  # type: ignore[arg-type]
+
+
+def launcher_gone() -> bool:
+    """Whether this worker's launcher has died (SIGKILL, the OOM killer): its parent is another process now."""
+    pid = os.environ.get("LAZYTRAIN_LAUNCHER_PID")
+    return bool(pid) and os.getppid() != int(pid)  # type: ignore[arg-type]
+
+
+def under_lazytrain_launcher() -> bool:
+    """Whether this process is a worker spawned by lazytrain's launcher (``--num-procs``), which reports the
+    job's error once, instead of each rank."""
+    return "LAZYTRAIN_ERROR_DIR" in os.environ
 
 
 def _record_error(error_dir: str, rank: int, error: BaseException) -> None:

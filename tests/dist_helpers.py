@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import Optional
 
 import torch
@@ -37,3 +38,17 @@ class RankLoss(torch.nn.Module):
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         return {"loss_rank": (self.w * 0).sum() + float(comm.get_rank()), "loss_one": (self.w * 0).sum() + 1.0}
+
+
+class HangAt(HookBase):
+    """At ``iteration``, on ``rank``: says so on stdout, then loops forever (a rank stuck in Python code; its
+    peers block in the next collective)."""
+
+    def __init__(self, iteration: int, rank: int) -> None:
+        self.iteration, self.rank = iteration, rank
+
+    def after_step(self) -> None:
+        if self.trainer.iter == self.iteration and comm.get_rank() == self.rank:
+            print(f"rank {self.rank} hangs at iteration {self.iteration}", flush=True)
+            while True:
+                time.sleep(0.05)

@@ -168,7 +168,8 @@ def test_a_checkpoint_write_on_a_full_disk_is_one_paragraph_and_keeps_the_previo
         f"cannot write {tmp_path / 'model_0000019.pth'}: [Errno 28] No space left on device (ENOSPC)"
     )
     assert re.search(r"; \S+ has \d+ (kB|MB) free and this file needs about 257 kB\.", message)
-    assert "unexpected pos" not in message and "previous checkpoint and last_checkpoint are intact" in message
+    assert "unexpected pos" not in message
+    assert f"The last checkpoint, {tmp_path / 'model_0000009.pth'}, and last_checkpoint are intact" in message
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temp file left
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
 
@@ -212,6 +213,124 @@ def test_a_real_full_disk_leaves_the_previous_checkpoint_intact(tiny_filesystem)
     assert (
         Checkpointer(torch.nn.Linear(256, 256), str(tiny_filesystem)).load(ckpt.get_checkpoint_file())["iteration"] == 9
     )
+
+
+class DiskFullAt(HookBase):
+    """From ``iteration`` on, the output folder's disk is full. ``how="open"``: opening a file there for
+    writing fails with ENOSPC (TensorBoard's writer thread reopens its event file for each record; checkpoints
+    are new files; metrics.jsonl and log.txt stay open). ``how="fill"``: a file fills the folder's file system
+    (a small tmpfs), so that every write there fails."""
+
+    def __init__(self, iteration: int, how: str = "open") -> None:
+        self.iteration, self.how = iteration, how
+
+    def after_step(self) -> None:
+        if self.trainer.iter != self.iteration:
+            return
+        import builtins
+        import errno
+        import io
+
+        folder = os.path.abspath(self.trainer.cfg.train.output_dir)
+        if self.how == "fill":
+            with open(os.path.join(folder, "filler"), "wb", buffering=0) as f:
+                for size in (1 << 16, 1 << 12, 1):
+                    try:
+                        while True:
+                            f.write(b"x" * size)
+                    except OSError:
+                        pass
+            return
+        real_open = io.open
+
+        def full(file, mode="r", *args, **kwargs):
+            name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else os.path.abspath(os.fsdecode(file))
+            if any(c in mode for c in "wax+") and name.startswith(folder):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), name)
+            return real_open(file, mode, *args, **kwargs)
+
+        builtins.open = io.open = full
+
+
+def train_until_the_disk_fills(tmp_path, out, *overrides: str) -> subprocess.CompletedProcess:
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    config = tmp_path / "full.py"
+    config.write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom lazytrain.config import L\nfrom test_checkpoint import DiskFullAt\n"
+        "hooks = [L(DiskFullAt)(iteration=2)]\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(config), "train.max_iter=30", "train.log_period=2",
+         "train.eval_period=0", f"--output-dir={out}", *overrides],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+
+
+def assert_one_paragraph(r: subprocess.CompletedProcess) -> str:
+    """The run ends in one error paragraph about the disk: no traceback (of the training thread, tensorboard's
+    writer thread or logging), not called an error of user code."""
+    assert r.returncode == 1, r.stderr
+    for noise in ("Traceback", "Exception in thread", "Logging error", "raised OSError"):
+        assert noise not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write ") and ": [Errno 28] No space left on device (ENOSPC); " in last
+    return last
+
+
+def test_a_disk_that_fills_during_the_run_ends_in_one_paragraph(tmp_path):
+    out = tmp_path / "out"
+    last = assert_one_paragraph(train_until_the_disk_fills(tmp_path, out, "train.checkpoint_period=100"))
+    assert last.startswith(f"error: cannot write {out / 'events.out.tfevents.'}")  # tensorboard's write failed
+    assert "No checkpoint was written yet: free some space" in last and "intact" not in last
+
+
+def test_a_checkpoint_on_a_disk_that_filled_names_the_last_one_that_is_intact(tmp_path):
+    out = tmp_path / "out"
+    last = assert_one_paragraph(train_until_the_disk_fills(tmp_path, out, "train.checkpoint_period=2"))
+    checkpoints = out / "checkpoints"
+    assert last.startswith(f"error: cannot write {checkpoints / 'model_0000003.pth'}: ")
+    assert f"The last checkpoint, {checkpoints / 'model_0000001.pth'}, and last_checkpoint are intact" in last
+    assert not list(checkpoints.glob(".tmp-*"))
+
+
+def test_a_real_disk_that_fills_during_the_run_ends_in_one_paragraph(tmp_path, tiny_filesystem):
+    # a row per iteration: metrics.jsonl, TensorBoard's file and log.txt soon need a page the disk has not
+    r = train_until_the_disk_fills(tmp_path, tiny_filesystem / "out", "hooks.0.how=fill", "train.max_iter=300",
+                                   "train.log_period=1")  # fmt: skip
+    last = assert_one_paragraph(r)
+    assert f"cannot write {tiny_filesystem / 'out'}" in last and " has 0 kB free" in last
+
+
+def test_log_txt_on_a_full_disk_is_one_line_once_not_a_traceback_per_record(tmp_path, capfd):
+    import errno
+
+    from lazytrain.engine.logger import setup_logger
+
+    class Full:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def flush(self):
+            pass
+
+    logger = setup_logger(str(tmp_path), name="lazytrain.test_full_log")
+    file_handler = next(h for h in logger.handlers if hasattr(h, "baseFilename"))
+    file_handler.stream = Full()
+    logger.info("one")
+    logger.info("two")
+    err = capfd.readouterr().err
+    assert err.count("lazytrain: cannot write") == 1 and "Traceback" not in err and "Logging error" not in err
+    assert f"cannot write {tmp_path / 'log.txt'}: [Errno 28] No space left on device (ENOSPC); " in err
+    assert err.rstrip().endswith("the log goes on in the terminal only.")
+    import logging
+
+    ours = list(logger.handlers)
+    for log in (logger, logging.getLogger("fvcore")):
+        for handler in ours:
+            log.removeHandler(handler)
 
 
 def crashed_run(toy_config, *overrides):
@@ -282,3 +401,45 @@ def test_resume_with_allowed_changes_warns_what_changed_and_what_it_means(toy_co
     assert "train.max_iter: 20 -> 24" in log and "train.log_period: 1 -> 2" in log and "optimizer.lr: 0.1 -> 0.5" in log
     assert "optimizer: the optimizer's state comes from the checkpoint" in log
     assert "train.max_iter: the LR schedule follows the fraction of training done" in log
+
+
+def test_resume_of_a_checkpoint_past_max_iter_is_one_paragraph(toy_config, tmp_path):
+    """A checkpoint of iteration 9 and train.max_iter=8: no step would run, and model_final.pth would carry
+    iteration 9's weights stamped 7."""
+    from lazytrain.config import ConfigError
+
+    crashed_run(toy_config)
+    with pytest.raises(ConfigError) as info:
+        train_main(toy_config("train.max_iter=8", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    path = tmp_path / "out" / "checkpoints" / "model_0000009.pth"
+    assert str(info.value) == (
+        f"--resume: the checkpoint {path} is at iteration 9, past train.max_iter=8 (iterations 0..7). Raise "
+        "train.max_iter to continue, or start a new run (another --output-dir, or without --resume)."
+    )
+    assert not (tmp_path / "out" / "checkpoints" / "model_final.pth").exists()
+
+
+def test_resume_with_another_number_of_processes_says_the_global_batch_size_changed(monkeypatch, toy_config):
+    import logging
+
+    from lazytrain import comm
+    from lazytrain.checkpoint import get_rng_state
+    from lazytrain.config import LazyConfig
+    from lazytrain.engine import resume
+
+    cfg = toy_config()
+    extra = {"rng_states": [get_rng_state()], "config": LazyConfig.to_yaml(cfg, resolve=True)}  # one process
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    resume.logger.addHandler(handler)
+    try:
+        resume._restore_rng(extra, cfg)
+    finally:
+        resume.logger.removeHandler(handler)
+    assert messages[0].startswith(
+        "the checkpoint was written by 1 process, this run has 2: the global batch size changes from 32 to 64 "
+        "samples per optimizer step (dataloader.train.batch_size=32 per process x train.grad_accum=1 x 2 processes)"
+    )
+    assert "RNG states are not restored" in messages[0]

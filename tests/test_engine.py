@@ -385,3 +385,44 @@ def test_version_and_help_show_defaults_and_an_example():
     assert run("--version").stdout.strip().startswith("lazytrain 0.")
     help_text = run("train", "--help").stdout
     assert "(default: 1)" in help_text and "example:\n  lazytrain train configs/kitti_seg.py" in help_text
+
+
+def test_an_error_in_before_train_is_the_one_raised_and_after_train_of_every_hook_still_runs():
+    """after_train runs for every hook even when training stopped before some hook's before_train ran; what
+    they raise then is logged and never replaces the error training stopped on."""
+    import logging
+
+    from lazytrain.engine import HookBase, IterationTimer, TrainerBase
+
+    class BreaksBeforeTrain(HookBase):
+        def before_train(self):
+            raise RuntimeError("could not open the writer")
+
+    class BreaksAfterTrain(HookBase):
+        def after_train(self):
+            raise OSError(28, "No space left on device")
+
+    class Closes(HookBase):
+        closed = False
+
+        def after_train(self):
+            Closes.closed = True
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    log = logging.getLogger("lazytrain.engine.train_loop")
+    log.addHandler(handler)
+    trainer = TrainerBase()
+    trainer.register_hooks([BreaksBeforeTrain(), IterationTimer(), BreaksAfterTrain(), Closes()])
+    try:
+        with pytest.raises(RuntimeError, match="could not open the writer"):
+            trainer.train(0, 5)
+    finally:
+        log.removeHandler(handler)
+    assert Closes.closed and isinstance(trainer.failure, RuntimeError)
+    warnings = [m for m in messages if "after_train raised" in m]
+    assert warnings == [
+        "BreaksAfterTrain.after_train raised OSError: [Errno 28] No space left on device (while training was "
+        "stopping on RuntimeError)"
+    ]

@@ -48,6 +48,11 @@ def test_bench_startup_times_the_cli():
     assert "lazytrain --help" in out and "lazytrain config configs/kitti_seg.py" in out
 
 
+def test_bench_exit_times_a_case():
+    out = tool("tools/bench_exit.py", "--runs", "1", "--case", "raise")
+    assert "time from the fault to the launcher's exit" in out and "a rank raises (FailAt), 2 processes" in out
+
+
 class Sleeper:
     """A stand-in for the hand-written loop whose step takes a known time."""
 

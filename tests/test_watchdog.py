@@ -53,8 +53,10 @@ def test_a_stuck_hook_is_named_with_its_iteration_frame_and_stack(tmp_path):
     assert last.startswith("error: rank 0 is stuck at iteration 3 in ") and "in after_step: no progress for" in last
     assert "test_watchdog.py:" in last and "(train.hang_timeout=2)" in last
     assert "Most recent call first" in r.stderr or "most recent call first" in r.stderr  # faulthandler's dump
+    assert r.stderr.count("error: ") == 1
     log = (tmp_path / "out" / "log.txt").read_text()
-    assert "made no progress" in log and "time.sleep(0.05)" in log  # the main thread's stack, in log.txt
+    assert "rank 0 made no progress for " in log and "time.sleep(0.05)" in log  # the main thread's stack, in log.txt
+    assert last[len("error: ") :] in log
 
 
 def test_hang_timeout_zero_disables_the_watchdog(toy_config):
@@ -71,3 +73,9 @@ def test_under_num_procs_the_stuck_rank_is_named_and_the_job_stops(tmp_path, stu
     last = r.stderr.strip().splitlines()[-1]
     assert f"rank {stuck_rank} is stuck at iteration 3 in " in last and "in after_step" in last, r.stderr[-3000:]
     assert "the other ranks waited for it in a collective" in last
+    assert r.stderr.count("error: ") == 1  # said once (by the launcher), not by every rank too
+    # log.txt (rank 0's) has what the paragraph promises: every rank's stack, the stuck one's frame in it
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "rank 0 made no progress for " in log and f"rank {stuck_rank} made no progress for " in log
+    assert "time.sleep(0.05)" in log.split(f"rank {stuck_rank} made no progress for ")[1]
+    assert last[len("error: ") :] in log

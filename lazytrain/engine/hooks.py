@@ -17,10 +17,10 @@ from typing import Any, Optional
 
 from .. import __version__, comm
 from ..checkpoint import get_rng_state
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, TrainingError, did_you_mean
 from ..evaluation import flatten_results
 from ..events import EventWriter
-from ..fileio import atomic_write
+from ..fileio import atomic_write, describe_write_error
 from .train_loop import HookBase
 from .trainer import unwrap_model
 
@@ -38,19 +38,27 @@ logger = logging.getLogger(__name__)
 
 
 class IterationTimer(HookBase):
-    """Puts the wall time of each step as ``time``; logs the total at the end."""
+    """Puts the wall time of each step as ``time``; logs the total at the end (the steps that finished: all of
+    them, or those before a stop)."""
+
+    _train_start: Optional[float] = None  # None: training stopped before this hook's before_train ran
+    _done = 0
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
+        self._done = 0
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        self._done += 1
 
     def after_train(self) -> None:
-        done = self.trainer.iter - self.trainer.start_iter
+        done = self._done
+        if self._train_start is None:
+            return
         total = time.perf_counter() - self._train_start
         if done > 0:
             logger.info(
@@ -202,7 +210,8 @@ class BestCheckpointer(HookBase):
 
 class PeriodicWriter(HookBase):
     """Calls each writer every ``period`` iterations and at the end (other ranks than 0 get no writers, but
-    still check their losses at each period)."""
+    still check their losses at each period). A write that fails (a full disk) stops training with one
+    paragraph naming the file, the free space and the checkpoint to resume from."""
 
     def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
         self.writers = list(writers)
@@ -210,7 +219,7 @@ class PeriodicWriter(HookBase):
 
     def before_train(self) -> None:
         for writer in self.writers:
-            writer.open(self.trainer.start_iter)
+            self._call(writer, writer.open, self.trainer.start_iter)
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
@@ -220,15 +229,31 @@ class PeriodicWriter(HookBase):
             self._write()
 
     def after_train(self) -> None:
-        try:
-            self._write()
-        finally:
+        # when training stops on an error already (perhaps this same full disk), that error is the one shown:
+        # each writer still gets its last write and its close, and what they raise is dropped
+        stopping = getattr(self.trainer, "failure", None) is not None
+        errors: list[TrainingError] = []
+        for method in ("write", "close"):
             for writer in self.writers:
-                writer.close()
+                try:
+                    self._call(writer, getattr(writer, method), *([self.trainer.storage] if method == "write" else []))
+                except TrainingError as e:
+                    errors.append(e)
+        if errors and not stopping:
+            raise errors[0]
 
     def _write(self) -> None:
         for writer in self.writers:
-            writer.write(self.trainer.storage)
+            self._call(writer, writer.write, self.trainer.storage)
+
+    def _call(self, writer: EventWriter, method: Any, *args: Any) -> None:
+        try:
+            method(*args)
+        except OSError as e:
+            path = e.filename if isinstance(e.filename, str) else writer.path or os.getcwd()
+            checkpointer = getattr(self.trainer, "checkpointer", None)
+            hint = checkpointer.write_error_hint() if checkpointer is not None else "Free some space."
+            raise TrainingError(describe_write_error(e, path) + ".", hint=hint) from e
 
     def __repr__(self) -> str:
         names = ", ".join(type(w).__name__ for w in self.writers)

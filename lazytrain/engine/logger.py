@@ -11,9 +11,20 @@ import os
 import sys
 from typing import Optional
 
-__all__ = ["setup_logger"]
+from ..fileio import describe_write_error
+
+__all__ = ["FILE_ONLY", "setup_logger"]
 
 _OURS = "_lazytrain_handler"
+
+# ``logger.info(..., extra=FILE_ONLY)``: a record for log.txt only, when the terminal shows it another way (the
+# closing ``error:`` line on stderr, a stack faulthandler dumped there)
+FILE_ONLY = {"lazytrain_file_only": True}
+
+
+class _NotFileOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "lazytrain_file_only", False)
 
 
 class _Formatter(logging.Formatter):
@@ -33,6 +44,23 @@ class _Formatter(logging.Formatter):
         return text
 
 
+class _LogFile(logging.FileHandler):
+    """log.txt. When a write fails (a full disk), it says so once on stderr, in one line, instead of logging's
+    traceback for every record; the terminal keeps the log."""
+
+    _failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if self._failed or not isinstance(error, OSError):
+            if not self._failed:
+                super().handleError(record)
+            return
+        self._failed = True
+        sys.stderr.write(f"lazytrain: {describe_write_error(error, self.baseFilename)}; the log goes on in the "
+                         "terminal only.\n")  # fmt: skip
+
+
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "lazytrain") -> logging.Logger:
     """Configure ``name`` (and fvcore's checkpoint messages) once per run; calling it again replaces the
     handlers it added before, so several runs in one process do not print twice."""
@@ -40,10 +68,11 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
     handlers: list[logging.Handler] = []
     stream = logging.StreamHandler(sys.stdout)
     stream.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    stream.addFilter(_NotFileOnly())
     handlers.append(stream)
     if output_dir is not None:
         os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"), encoding="utf-8")
+        file_handler = _LogFile(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file_handler.setLevel(logging.DEBUG)
         handlers.append(file_handler)
     for logger_name in (name, "fvcore"):

@@ -17,7 +17,9 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from .hooks import save_training_state
+from .logger import FILE_ONLY
 from .train_loop import HookBase
 
 __all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
@@ -43,6 +45,11 @@ class GracefulStop(HookBase):
     second Ctrl-C stops at once (the checkpoint being written, if any, is left out: writes are atomic); a
     second SIGTERM / SIGUSR1 is ignored. Under SLURM, SIGUSR1 also requeues the job after the save
     (``scontrol requeue``), for jobs submitted with ``sbatch --requeue``.
+
+    Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
+    one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
+    without a checkpoint and without a message. When the launcher itself dies, torch's parent-death signal
+    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch.py``).
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
@@ -64,9 +71,20 @@ class GracefulStop(HookBase):
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
+        if launcher_gone():  # torch's parent-death signal (SIGINT): the rank's watch of its launcher ends it
+            return
+        if job_stopping():  # lazytrain's launcher stops the job for another rank's error: no checkpoint, no words
+            raise SystemExit(1)
         if self._received is None:
             self._received = signum
-            logger.warning("received %s: stopping after this step, with a checkpoint.", name)
+            if comm.get_world_size() == 1 or under_lazytrain_launcher():
+                logger.warning("received %s: stopping after this step, with a checkpoint.", name)
+            else:  # under torchrun / SLURM a peer may be gone already (its launcher stops the others this way)
+                logger.warning(
+                    "received %s: stopping after this step; a checkpoint follows if every rank reaches the end of "
+                    "the step.",
+                    name,
+                )
         elif signum == signal.SIGINT:
             raise KeyboardInterrupt(f"second {name}")
         else:
@@ -86,11 +104,14 @@ class GracefulStop(HookBase):
         path = os.path.join(checkpointer.save_dir, checkpoint + ".pth")
         if signum == getattr(signal, "SIGUSR1", None) and "SLURM_JOB_ID" in os.environ and comm.is_main_process():
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
-        raise Preempted(
+        error = Preempted(
             f"stopped by {name} after iteration {trainer.iter} (of 0..{trainer.max_iter - 1}); checkpoint {path} "
             "written.",
             hint=f"`{_resume_command()}` continues.",
         )
+        if comm.is_main_process():  # the terminal shows it as the closing error line
+            logger.info("%s", error, extra=FILE_ONLY)
+        raise error
 
     def after_train(self) -> None:
         self._finish_vote()

@@ -30,7 +30,14 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
         loaded = _load_for_resume(checkpointer, trainer)
         if loaded is not None:
             path, extra = loaded
-            _restore_rng(extra)
+            if int(extra["iteration"]) >= cfg.train.max_iter:
+                raise ConfigError(
+                    f"--resume: the checkpoint {path} is at iteration {extra['iteration']}, past train.max_iter="
+                    f"{cfg.train.max_iter} (iterations 0..{cfg.train.max_iter - 1}).",
+                    hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or without "
+                    "--resume).",
+                )
+            _restore_rng(extra, cfg)
             _restore_hook_states(trainer, extra.get("hooks") or {})
             report_config_changes(extra.get("config"), trainer.config_yaml)
             logger.info("Resumed from %s at iteration %d", path, extra["iteration"] + 1)
@@ -92,16 +99,18 @@ def _restore_hook_states(trainer: Trainer, states: dict[str, Any]) -> None:
             hook.load_state_dict(state)
 
 
-def _restore_rng(extra: dict[str, Any]) -> None:
+def _restore_rng(extra: dict[str, Any], cfg: DictConfig) -> None:
     rng_states = extra.get("rng_states") or []
     if len(rng_states) == comm.get_world_size():
         set_rng_state(rng_states[comm.get_rank()])
     else:
         logger.warning(
-            "the checkpoint holds RNG states of %d processes, this run has %d: RNG not restored, so random "
-            "draws (dropout, augmentations) differ from an uninterrupted run.",
-            len(rng_states),
+            "the checkpoint was written by %s, this run has %d: %s. RNG states are not restored and each "
+            "process reads other samples, so random draws (dropout, augmentations) and the batches differ from an "
+            "uninterrupted run.",
+            _processes(len(rng_states)),
             comm.get_world_size(),
+            _global_batch_change(extra.get("config"), cfg, len(rng_states), comm.get_world_size()),
         )
     if extra.get("num_threads") not in (None, torch.get_num_threads()):
         logger.warning(
@@ -110,6 +119,32 @@ def _restore_rng(extra: dict[str, Any]) -> None:
             extra["num_threads"],
             torch.get_num_threads(),
         )
+
+
+def _processes(n: int) -> str:
+    return f"{n} process" if n == 1 else f"{n} processes"
+
+
+def _global_batch_change(saved_yaml: Optional[str], cfg: DictConfig, saved_procs: int, procs: int) -> str:
+    """How the samples per optimizer step change with the number of processes (the batch size is per
+    process): ``the global batch size changes from 32 to 64 samples per step (...)``."""
+    from omegaconf import OmegaConf
+
+    batch = OmegaConf.select(cfg, "dataloader.train.batch_size", default=None)
+    accum = int(cfg.train.grad_accum)
+    saved = _flat(_parse(saved_yaml)) if saved_yaml else {}
+    saved_batch = saved.get("dataloader.train.batch_size", batch)
+    saved_accum = saved.get("train.grad_accum", accum)
+    if not all(isinstance(v, int) for v in (batch, saved_batch, saved_accum)):  # a batch size the config computes
+        return (
+            f"the global batch size (samples per optimizer step) changes by a factor of {procs}/{saved_procs}, "
+            "since dataloader.train.batch_size is per process"
+        )
+    return (
+        f"the global batch size changes from {saved_batch * saved_accum * saved_procs} to {batch * accum * procs} "
+        f"samples per optimizer step (dataloader.train.batch_size={batch} per process x train.grad_accum={accum} x "
+        f"{_processes(procs)}), while optimizer.lr and the schedule stay as they were"
+    )
 
 
 def config_changes(saved_yaml: Optional[str], current_yaml: str) -> dict[str, tuple[Any, Any]]:

@@ -47,8 +47,14 @@ class HookBase:
 class TrainerBase:
     """``before_train``; per iteration ``before_step`` / :meth:`run_step` / ``after_step``; ``after_train``.
 
-    ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished.
-    Subclasses implement :meth:`run_step`.
+    ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished,
+    :attr:`failure` what stopped it. An exception a hook's ``after_train`` raises while training is already
+    stopping on another one is logged, and the first stays the error shown. Subclasses implement
+    :meth:`run_step`.
+
+    An exception a hook raises in ``before_step`` / ``after_step`` is the user's (a :class:`UserCodeError`
+    naming the hook and iteration, with the user's traceback), unless the hook is one of lazytrain's own: those
+    raise one-paragraph errors themselves, or a bug of lazytrain's as it is.
     """
 
     def __init__(self) -> None:
@@ -57,6 +63,7 @@ class TrainerBase:
         self.start_iter = 0
         self.max_iter = 0
         self.completed = False
+        self.failure: Optional[BaseException] = None  # what stopped training, for hooks' after_train
         self.storage: Optional[EventStorage] = None
 
     @property
@@ -76,6 +83,7 @@ class TrainerBase:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
         self.completed = False
+        self.failure = None
         logger.info("Starting training from iteration %d to %d", start_iter, max_iter)
         distributed = comm.get_world_size() > 1
         gather = comm.all_gather if distributed else None
@@ -90,6 +98,9 @@ class TrainerBase:
                 self.iter = max_iter
                 self.average_over_ranks_and_check_finite()
                 self.completed = True
+            except BaseException as e:
+                self.failure = e
+                raise
             finally:
                 self.after_train()
 
@@ -128,6 +139,8 @@ class TrainerBase:
             except LazytrainError:
                 raise
             except Exception as e:
+                if _is_lazytrains(h):
+                    raise
                 raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.before_step", e) from e
 
     def after_step(self) -> None:
@@ -137,6 +150,8 @@ class TrainerBase:
             except LazytrainError:
                 raise
             except Exception as e:
+                if _is_lazytrains(h):
+                    raise
                 raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.after_step", e) from e
 
     def after_train(self) -> None:
@@ -144,7 +159,19 @@ class TrainerBase:
         # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran
         self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter)
         for h in self._hooks:
-            h.after_train()
+            if self.failure is None:
+                h.after_train()
+                continue
+            try:
+                h.after_train()
+            except Exception as e:  # training stops on self.failure already: that stays the error shown
+                logger.warning("%s.after_train raised %s: %s (while training was stopping on %s)",
+                               type(h).__name__, type(e).__name__, e, type(self.failure).__name__)  # fmt: skip
+
+
+def _is_lazytrains(hook: HookBase) -> bool:
+    """Whether ``hook`` is one of lazytrain's own hooks (not user code, nor a user's subclass of one)."""
+    return type(hook).__module__.split(".")[0] == "lazytrain"
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:

@@ -3,6 +3,7 @@ is named, with its stack, instead of hanging the job until the process group tim
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import json
 import logging
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from .logger import FILE_ONLY
 from .train_loop import HookBase
 
 __all__ = ["HangError", "HangWatchdog"]
@@ -35,11 +37,13 @@ class HangError(LazytrainError):
 class HangWatchdog(HookBase):
     """A thread per rank that wakes every few seconds. When this rank has made no progress (a finished step,
     or an evaluation batch) for ``timeout`` seconds (three times that before the first step: start-up,
-    compilation, a first pass over the labels), it dumps every thread's Python stack (faulthandler) to stderr
-    and the log, publishes where its main thread is through the process group's store, reads what the other
-    ranks published, and ends the process with one paragraph naming the stuck rank, its iteration and frame.
-    The launcher (or torchrun / SLURM) then stops the job. A rank blocked in a collective is waiting for the
-    stuck one; the stuck one is the rank that is not (or the one that did not answer)."""
+    compilation, a first pass over the labels), it dumps every thread's Python stack (faulthandler) to stderr,
+    publishes where its main thread is (frame and stack) through the process group's store, reads what the
+    other ranks published, and ends the process with one paragraph naming the stuck rank, its iteration and
+    frame. Rank 0 writes every rank's stack and the paragraph to log.txt; the paragraph is printed once (by
+    lazytrain's launcher, else by the lowest rank that answered). The launcher (or torchrun / SLURM) then stops
+    the job. A rank blocked in a collective is waiting for the stuck one; the stuck one is the rank that is not
+    (or the one that did not answer)."""
 
     def __init__(self, timeout: float, poll_s: Optional[float] = None) -> None:
         self.timeout = float(timeout)
@@ -88,15 +92,23 @@ class HangWatchdog(HookBase):
         )
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
         sys.stderr.flush()
-        logger.error("rank %d made no progress for %.0f s; its main thread:\n%s", rank, idle, mine["stack"])
         infos = self._exchange(mine)
         error = HangError(_describe(infos, comm.get_world_size(), self.timeout))
+        if rank == 0:  # log.txt gets every rank's main thread and the paragraph (the terminal has both already)
+            for info in infos:
+                logger.error("rank %d made no progress for %.0f s (iteration %d); its main thread:\n%s", info["rank"],
+                             info["idle"], info["iteration"], info["stack"], extra=FILE_ONLY)  # fmt: skip
+            logger.error("%s", error, extra=FILE_ONLY)
+            self._publish("lazytrain/hang/logged", "1")
+        elif any(info["rank"] == 0 for info in infos):
+            self._wait_for("lazytrain/hang/logged")  # rank 0 logs what this rank sent before the job is stopped
         error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
-        if error_dir:  # spawned by lazytrain's launcher: it reports the first error recorded
+        if error_dir:  # spawned by lazytrain's launcher: it reports the first error recorded, once
             from ..launch import _record_error
 
             _record_error(error_dir, rank, error)
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        elif rank == min(info["rank"] for info in infos):  # torchrun / SLURM / one process: the lowest rank says it
+            print(f"error: {error}", file=sys.stderr, flush=True)
         logging.shutdown()
         os._exit(error.exit_code)
 
@@ -115,25 +127,49 @@ class HangWatchdog(HookBase):
         }
 
     def _exchange(self, mine: dict[str, Any]) -> list[dict[str, Any]]:
-        """Publish this rank's facts in the process group's store and read the others' (those that answer
-        within a few seconds: a rank holding the GIL in C code cannot)."""
-        if comm.get_world_size() == 1:
+        """Publish this rank's facts (its main thread's stack included) in the process group's store and read the
+        others' (those that answer within a few seconds: a rank holding the GIL in C code cannot)."""
+        store = self._store()
+        if store is None:
             return [mine]
-        try:
-            store = dist.distributed_c10d._get_default_store()
-        except (RuntimeError, AttributeError, ValueError):
-            return [mine]
-        public = {k: v for k, v in mine.items() if k != "stack"}
-        store.set(f"lazytrain/hang/{mine['rank']}", json.dumps(public))
-        infos = {mine["rank"]: public}
+        self._publish(f"lazytrain/hang/{mine['rank']}", json.dumps(mine))
+        infos = {mine["rank"]: mine}
         deadline = time.monotonic() + min(15.0, max(3.0, self.timeout))
         while time.monotonic() < deadline and len(infos) < comm.get_world_size():
             for rank in range(comm.get_world_size()):
                 key = f"lazytrain/hang/{rank}"
-                if rank not in infos and store.check([key]):
-                    infos[rank] = json.loads(store.get(key))
+                try:
+                    if rank not in infos and store.check([key]):
+                        infos[rank] = json.loads(store.get(key))
+                except (RuntimeError, ValueError):  # the store's host (rank 0) is gone
+                    return [infos[r] for r in sorted(infos)]
             time.sleep(0.2)
         return [infos[r] for r in sorted(infos)]
+
+    def _store(self) -> Any:
+        if comm.get_world_size() == 1:
+            return None
+        try:
+            return dist.distributed_c10d._get_default_store()
+        except (RuntimeError, AttributeError, ValueError):
+            return None
+
+    def _publish(self, key: str, value: str) -> None:
+        store = self._store()
+        if store is not None:
+            with contextlib.suppress(RuntimeError):  # the store's host (rank 0) is gone
+                store.set(key, value)
+
+    def _wait_for(self, key: str, seconds: float = 10.0) -> None:
+        store = self._store()
+        deadline = time.monotonic() + seconds
+        while store is not None and time.monotonic() < deadline:
+            try:
+                if store.check([key]):
+                    return
+            except RuntimeError:  # the store's host (rank 0) is gone: it is done
+                return
+            time.sleep(0.1)
 
 
 def _describe(infos: list[dict[str, Any]], world_size: int, timeout: float) -> str:
