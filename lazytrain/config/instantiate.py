@@ -6,15 +6,17 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from ..errors import ConfigError, LazytrainError
 from .lazy import (
     ARGS_KEY,
+    SEQUENCE_CONFIGS,
     TARGET_KEY,
     check_arguments,
     is_structured_class,
+    is_tuple_config,
     locate,
     positional_call_arguments,
     target_name,
@@ -26,12 +28,16 @@ __all__ = ["instantiate"]
 def instantiate(cfg: Any, key: str = "") -> Any:
     """Build ``cfg``: every ``_target_`` node is called with its instantiated arguments.
 
-    Dicts and lists without a target come back as plain ``dict`` / ``list`` of instantiated values; a
+    Dicts, lists and tuples without a target come back as a new plain ``dict`` / ``list`` / ``tuple`` of
+    instantiated values (a tuple in a config stays a tuple, on omegaconf 2.4; 2.3 stores it as a list); a
     dataclass (or attrs) value comes back as an instance of its class; anything else is returned as it is.
     ``key`` is the path of ``cfg`` in its config, used in errors.
     """
-    if isinstance(cfg, ListConfig):
-        return [instantiate(_child(cfg, i, key), _join(key, i)) for i in range(len(cfg))]
+    if isinstance(cfg, SEQUENCE_CONFIGS):
+        if cfg._is_none():
+            return None
+        items = [instantiate(_child(cfg, i, key), _join(key, i)) for i in range(len(cfg))]
+        return tuple(items) if is_tuple_config(cfg) else items
     if isinstance(cfg, (list, tuple)) and not _is_namedtuple(cfg):
         return type(cfg)(instantiate(v, _join(key, i)) for i, v in enumerate(cfg))
     if isinstance(cfg, DictConfig):
@@ -98,7 +104,7 @@ def _structured(cfg: DictConfig, key: str) -> Any:
     return obj
 
 
-def _child(cfg: DictConfig | ListConfig, k: Any, key: str) -> Any:
+def _child(cfg: Any, k: Any, key: str) -> Any:
     """``cfg[k]`` with interpolation and missing-value errors turned into ConfigErrors naming the key."""
     try:
         return cfg[k]

@@ -9,15 +9,26 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
-from omegaconf import DictConfig
+import omegaconf
+from omegaconf import DictConfig, ListConfig
 from omegaconf.nodes import AnyNode
 
 from ..errors import ConfigError, did_you_mean
 
-__all__ = ["LazyCall", "check_arguments", "locate", "target_name", "target_signature"]
+__all__ = ["SEQUENCE_CONFIGS", "LazyCall", "check_arguments", "locate", "target_name", "target_signature"]
 
 TARGET_KEY = "_target_"
 ARGS_KEY = "_args_"  # positional arguments a signature cannot name (builtins, *args)
+
+# omegaconf 2.4 keeps a tuple as a TupleConfig (immutable, not a ListConfig); 2.3 turns it into a ListConfig
+TUPLE_CONFIG: Optional[type] = getattr(omegaconf, "TupleConfig", None)
+# the config nodes that hold a sequence: test with isinstance(node, SEQUENCE_CONFIGS), never ListConfig alone
+SEQUENCE_CONFIGS: tuple[Any, ...] = (ListConfig,) if TUPLE_CONFIG is None else (ListConfig, TUPLE_CONFIG)
+
+
+def is_tuple_config(node: Any) -> bool:
+    """Whether ``node`` is omegaconf 2.4's config of a tuple (always False on omegaconf 2.3)."""
+    return TUPLE_CONFIG is not None and isinstance(node, TUPLE_CONFIG)
 
 
 class LazyCall:

@@ -14,12 +14,12 @@ from typing import Any, Optional, Union, overload
 
 import cloudpickle
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError, did_you_mean
 from ..fileio import atomic_write
-from .lazy import TARGET_KEY, accepts_argument, check_arguments
+from .lazy import SEQUENCE_CONFIGS, TARGET_KEY, accepts_argument, check_arguments, is_tuple_config
 from .loader import _rel, load_python_config, load_within_config
 from .provenance import remember_overrides
 from .yaml_io import load_yaml as _load_yaml
@@ -123,6 +123,7 @@ class LazyConfig:
             if not add:
                 for set_key in set_keys:
                     _check_override_key(cfg, set_key)
+            _check_not_in_tuple(cfg, key, value)
             try:
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             except Exception as e:
@@ -136,7 +137,9 @@ class LazyConfig:
 
         detectron2's ``to_py`` writes readable code that need not run; this one runs. ``prefix`` is written
         before each top-level name (detectron2 uses ``"cfg."``); only the empty default gives a loadable file.
-        A value Python source cannot spell (a lambda, a tensor) is a ConfigError naming its key.
+        A value Python source cannot spell (a lambda, a tensor) is a ConfigError naming its key. A tuple is
+        written as a tuple; omegaconf 2.3 stores tuples as lists, so there it is written (and comes back) as
+        a list.
         """
         from .python_writer import config_to_python
 
@@ -251,7 +254,7 @@ def flat_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
             path = f"{prefix}.{k!s}" if prefix else str(k)
             yield path
             yield from flat_keys(cfg._get_node(k), path)
-    elif isinstance(cfg, ListConfig):
+    elif isinstance(cfg, SEQUENCE_CONFIGS):
         for i in range(len(cfg)):
             path = f"{prefix}.{i}"
             yield path
@@ -282,10 +285,25 @@ _MISSING = object()
 def _raw_value(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
-        node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
+        node = node._get_node(int(part) if isinstance(node, SEQUENCE_CONFIGS) else part)
         if node is None:
             return None
     return node._value()
+
+
+def _check_not_in_tuple(cfg: DictConfig, key: str, value: Any) -> None:
+    """An item of a tuple (immutable in omegaconf 2.4) cannot be set: say how to set the whole tuple."""
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None, throw_on_resolution_failure=False)
+    if not is_tuple_config(parent) or not last.isdigit() or int(last) >= len(parent):
+        return
+    items = list(OmegaConf.to_container(parent, resolve=False))  # type: ignore[arg-type]
+    items[int(last)] = value
+    raise ConfigError(
+        f"'{parent_key}' is a tuple, whose items cannot be set one by one.",
+        key=key,
+        hint=f"Set the whole tuple: {parent_key}={items!r}",
+    )
 
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:

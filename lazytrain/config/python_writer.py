@@ -75,7 +75,10 @@ class _Writer:
             items = ", ".join(f"{k!r}: {self.value(v, f'{key}.{k}')}" for k, v in value.items())
             return "{" + items + "}"
         if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(self.value(v, f"{key}.{i}") for i, v in enumerate(value)) + "]"
+            items = ", ".join(self.value(v, f"{key}.{i}") for i, v in enumerate(value))
+            if isinstance(value, list):
+                return f"[{items}]"
+            return f"({items},)" if len(value) == 1 else f"({items})"
         if isinstance(value, float) and not math.isfinite(value):
             return f"float('{value}')"
         if isinstance(value, (str, int, float, bool, type(None))):

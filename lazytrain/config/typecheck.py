@@ -14,10 +14,10 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from .lazy import ARGS_KEY, TARGET_KEY, is_structured_class, locate, target_name
+from .lazy import ARGS_KEY, SEQUENCE_CONFIGS, TARGET_KEY, is_structured_class, is_tuple_config, locate, target_name
 from .provenance import key_line, set_on_command_line
 
 __all__ = ["check_settings", "check_types", "matches_type", "type_name"]
@@ -91,9 +91,8 @@ def matches_type(value: Any, expected: Any) -> bool:
         expected = origin
     if not isinstance(expected, type):
         return True
-    if isinstance(value, (DictConfig, ListConfig)):
-        plain = dict if isinstance(value, DictConfig) else list
-        return issubclass(plain, expected) or _is_abstract_container(expected, value)
+    if isinstance(value, (DictConfig, *SEQUENCE_CONFIGS)):
+        return issubclass(_plain_type(value), expected) or _is_abstract_container(expected, value)
     try:
         return isinstance(value, expected)
     except TypeError:  # a Protocol that is not runtime-checkable, and the like
@@ -101,9 +100,9 @@ def matches_type(value: Any, expected: Any) -> bool:
 
 
 def _matches_sequence(value: Any, kind: Any, args: tuple[Any, ...]) -> bool:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, ListConfig)):
+    if not isinstance(value, (list, tuple, *SEQUENCE_CONFIGS)):
         return False
-    items = list(value)
+    items = list(typing.cast(abc.Sequence, value))
     if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         return len(items) == len(args) and all(matches_type(v, a) for v, a in zip(items, args))
     return not args or all(matches_type(v, args[0]) for v in items)
@@ -241,7 +240,7 @@ def _check_tree(root: DictConfig, node: Any, key: str) -> None:
         for k in node:
             if k != TARGET_KEY:
                 _check_tree(root, node._get_node(k), _join(key, k))
-    elif isinstance(node, ListConfig):
+    elif isinstance(node, SEQUENCE_CONFIGS):
         if node._is_none() or node._is_missing():
             return
         for i in range(len(node)):
@@ -294,10 +293,17 @@ def _hint(expected: Any) -> Optional[str]:
 def _show(value: Any) -> str:
     if _is_call(value):
         return f"a call of {_short_name(value._get_node(TARGET_KEY)._value())}(...)"
-    if isinstance(value, (DictConfig, ListConfig)):
+    if isinstance(value, (DictConfig, *SEQUENCE_CONFIGS)):
         plain = OmegaConf.to_container(value, resolve=True)
-        return f"{plain!r} ({'dict' if isinstance(value, DictConfig) else 'list'})"
+        return f"{plain!r} ({_plain_type(value).__name__})"
     return f"{value!r} ({type(value).__name__})"
+
+
+def _plain_type(node: Any) -> type:
+    """What a config node stands for: ``dict``, ``list`` or ``tuple`` (omegaconf 2.4's TupleConfig)."""
+    if isinstance(node, DictConfig):
+        return dict
+    return tuple if is_tuple_config(node) else list
 
 
 def _is_call(value: Any) -> bool:
