@@ -247,3 +247,38 @@ def test_matches_type_is_usable_on_its_own():
     assert matches_type(3, float) and not matches_type(True, int)
     assert matches_type([1, 2], list[int]) and not matches_type([1, "a"], list[int])
     assert matches_type(None, Optional[str]) and matches_type({"a": 1}, dict[str, int])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float = 0.0) -> list:
+    return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+
+
+def test_none_for_the_optimizer_params_lazytrain_fills_passes_the_check(tmp_path, monkeypatch):
+    from lazytrain.engine.build import build_optimizer
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    path = write(
+        tmp_path,
+        "exp.py",
+        """
+        import torch
+        from lazytrain.config import L
+        from test_config_typecheck import param_groups
+        model = L(torch.nn.Linear)(in_features=2, out_features=3)
+        optimizer = L(torch.optim.SGD)(params=None, lr=0.1)
+        """,
+    )
+    cfg = LazyConfig.load(path)  # params=None: the model's parameters, filled when the optimizer is built
+    model = torch.nn.Linear(2, 3)
+    assert len(build_optimizer(cfg, model).param_groups[0]["params"]) == 2
+    # model=None in a parameter-groups call: the model, filled the same way
+    text = path.read_text().replace("params=None", "params=L(param_groups)(model=None, weight_decay=0.1)")
+    cfg = LazyConfig.load(write(tmp_path, "groups.py", text))
+    assert build_optimizer(cfg, model).param_groups[0]["weight_decay"] == 0.1
+
+
+def test_none_for_another_argument_without_a_default_is_still_refused():
+    assert "'in_features' expects int, got None (NoneType)" in error(
+        {"model": L(torch.nn.Linear)(in_features=None, out_features=2)}
+    )
+    assert "grouped.params: " in error({"grouped": L(torch.optim.SGD)(params=None, lr=0.1)})

@@ -25,13 +25,17 @@ __all__ = ["check_settings", "check_types", "matches_type", "type_name"]
 _NOT_CHECKED = inspect.Parameter.empty
 _SEQUENCES = (list, tuple, abc.Sequence, abc.MutableSequence, abc.Collection, abc.Iterable)
 _MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
+# arguments that lazytrain fills when a config leaves them None (engine/build.py, build_optimizer): the
+# model's parameters, and the model given to a parameter-groups call such as params=L(groups)(model=None)
+FILLED_WHEN_NONE = frozenset({"optimizer.params", "optimizer.params.model"})
 
 
 def check_types(cfg: DictConfig) -> None:
     """Raise a ConfigError for the first argument of an ``L(...)`` call whose value does not have the type
     the target's annotation names. Values are checked after interpolation; a nested call config is checked
     by its target's return type (a class: the class itself) and accepted when that is not annotated.
-    Unannotated parameters, ``Any`` and annotations that do not resolve are not checked."""
+    Unannotated parameters, ``Any`` and annotations that do not resolve are not checked; None is accepted
+    where lazytrain fills the value (``optimizer.params``: the model's parameters)."""
     _check_tree(cfg, cfg, "")
 
 
@@ -263,8 +267,10 @@ def _check_call(root: DictConfig, node: DictConfig, key: str) -> None:
         if child is None or child._is_missing():  # type: ignore[union-attr]
             continue
         value = node[name]
+        path = _join(key, name)
+        if value is None and path in FILLED_WHEN_NONE:
+            continue
         if not matches_type(value, expected):
-            path = _join(key, name)
             _fail(root, path, value, expected, raw=child._value(), target=target)  # type: ignore[union-attr]
 
 
