@@ -199,12 +199,6 @@ def _merged_keys(cfg: DictConfig, key: str, value: Any) -> list[str]:
     return keys
 
 
-def source_line(cfg: DictConfig, name: str) -> tuple[Optional[str], Optional[int]]:
-    """The first ``file, line`` of the config files ``cfg`` was loaded from where ``name`` is written as a
-    word (to point at a misspelled key), or ``(None, None)``."""
-    return _first_line(_source_files(cfg), re.compile(rf"\b{re.escape(name)}\b"))
-
-
 def _source_files(cfg: DictConfig) -> list[str]:
     """The config files ``cfg`` was loaded from (empty for a config built in code or changed since)."""
     ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
