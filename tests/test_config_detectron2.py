@@ -232,7 +232,7 @@ def test_to_py_names_the_key_of_a_value_python_cannot_spell():
 
 def test_to_py_with_a_prefix_writes_it_before_each_name(tmp_path):
     cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
-    assert "cfg.train = dict(max_iter=10)" in LazyConfig.to_py(cfg, prefix="cfg.")
+    assert "cfg.train = {'max_iter': 10}" in LazyConfig.to_py(cfg, prefix="cfg.")
 
 
 # ---------------------------------------------------------------- call configs as targets
@@ -252,3 +252,28 @@ def test_call_config_target_arguments_are_checked_when_built():
 def test_a_plain_dict_as_target_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"got a dict as its target"):
         L({"a": 1})
+
+
+def varf(a, *args, k=0):
+    return (a, args, k)
+
+
+def test_to_py_writes_parameters_before_varargs_positionally(tmp_path):
+    def only(a, /, b=0):
+        return (a, b)
+
+    cfg = OmegaConf.create({"v": L(varf)(1, 2, 3, k=4), "w": L(varf)(1)}, flags={"allow_objects": True})
+    text = LazyConfig.to_py(cfg)
+    assert "v = L(test_config_detectron2.varf)(1, 2, 3, k=4)" in text
+    back = LazyConfig.load(write(tmp_path, "back.py", text))
+    assert back == cfg
+    assert instantiate(back.v) == (1, (2, 3), 4) and instantiate(back.w) == (1, (), 0)
+
+
+def test_to_py_of_keys_named_like_builtins_and_modules(tmp_path):
+    cfg = OmegaConf.create(
+        {"dict": 3, "float": 2, "math": 1, "nested": dict(a=dict(b=1)), "limits": [float("inf"), -float("inf")]},
+        flags={"allow_objects": True},
+    )
+    back = LazyConfig.load(write(tmp_path, "back.py", LazyConfig.to_py(cfg)))
+    assert back == cfg
