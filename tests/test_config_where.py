@@ -55,3 +55,11 @@ def test_where_an_unknown_key_suggests(tmp_path):
     assert (
         r.returncode == 2 and r.stderr.strip() == "error: model.hiden: no such config key. Did you mean 'model.hidden'?"
     )
+
+
+def test_where_followed_by_an_override_takes_it_as_an_override_and_lists_what_it_changed(tmp_path):
+    write_configs(tmp_path)
+    r = where(tmp_path, "--where", "model.hidden=128")
+    assert (r.returncode, r.stdout.strip()) == (0, "model.hidden = 128: command line"), r.stderr
+    r = where(tmp_path, "model.hidden=1", "--where", "model.hidden=2", "train.seed=3")
+    assert r.stdout.strip().splitlines() == ["model.hidden = 2: command line", "train.seed = 3: command line"]
