@@ -88,7 +88,7 @@ def _construct_structured(loader: yaml.SafeLoader, path: str, node: yaml.Node) -
 
 
 _Loader.add_constructor("!import", _construct_import)
-_Loader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))  # type: ignore[arg-type]
+_Loader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 _Loader.add_multi_constructor(_STRUCTURED_TAG, _construct_structured)
 
 
