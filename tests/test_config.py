@@ -326,3 +326,13 @@ def test_config_of_an_outside_project_with_its_own_package(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "TinyNet 2"
+
+
+def test_omegaconf_errors_are_one_paragraph_without_omegaconf_details():
+    cfg = as_config({"r": "${bad:1}"})
+    with pytest.raises(ConfigError) as info:
+        instantiate(cfg)
+    assert str(info.value) == "r: cannot resolve '${bad:1}': Unsupported interpolation type bad."
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.check(cfg)
+    assert str(info.value) == "r: bad interpolation '${bad:1}': Unsupported interpolation type bad."

@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import textwrap
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -80,6 +81,24 @@ def test_dataclass_target_and_values_survive_yaml(tmp_path, recwarn):
     assert OmegaConf.get_type(loaded.call.p) is Point
     assert instantiate(loaded.point) == Point(x=7)
     assert instantiate(loaded.call) == ("Point", 7, 1.0)
+
+
+@dataclasses.dataclass
+class Mode:
+    n: int = 0
+    kind: Literal["a", "b"] = "a"
+
+
+def test_a_bad_override_of_a_dataclass_field_is_one_paragraph():
+    cfg = OmegaConf.create({"h": L(describe)(p=Mode())}, flags={"allow_objects": True})
+    for override, expected in [
+        ("h.p.n=abc", "h.p.n: cannot set this key to 'abc': Value 'abc' of type 'str' could not be converted"),
+        ("h.p.kind=c", "h.p.kind: cannot set this key to 'c': Invalid value 'c', expected one of ['a', 'b']"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            LazyConfig.apply_overrides(cfg, [override])
+        assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+        assert "full_key" not in str(info.value) and "object_type" not in str(info.value)
 
 
 def test_local_dataclass_target_round_trips_through_the_side_file(tmp_path):

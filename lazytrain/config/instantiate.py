@@ -21,6 +21,7 @@ from .lazy import (
     positional_call_arguments,
     target_name,
 )
+from .lazy_config import omegaconf_reason
 
 __all__ = ["instantiate"]
 
@@ -115,7 +116,7 @@ def _child(cfg: Any, k: Any, key: str) -> Any:
         ) from None
     except InterpolationResolutionError as e:
         raw = OmegaConf.to_container(cfg, resolve=False)[k]  # type: ignore[index]
-        raise ConfigError(f"cannot resolve {raw!r}: {e.msg}", key=_join(key, k)) from None
+        raise ConfigError(f"cannot resolve {raw!r}: {omegaconf_reason(e)}.", key=_join(key, k)) from None
 
 
 def _join(key: str, k: Any) -> str:

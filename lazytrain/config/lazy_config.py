@@ -127,7 +127,8 @@ class LazyConfig:
             try:
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             except Exception as e:
-                raise ConfigError(f"cannot set this key to {value!r}: {e}", key=key) from None
+                reason = omegaconf_reason(e)
+                raise ConfigError(f"cannot set this key to {value!r}: {reason}.", key=key) from None
             remember_overrides(cfg, set_keys)
         return cfg
 
@@ -269,7 +270,7 @@ def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
             what = f"'{missing[0]}' is not a key of this config"
             hint = did_you_mean(missing[0], flat_keys(cfg))
         else:
-            what, hint = e.msg or str(e), ""
+            what, hint = omegaconf_reason(e), ""
         raise ConfigError(f"bad interpolation {raw!r}: {what}.", file=file, line=line, key=key, hint=hint) from None
 
 
@@ -283,6 +284,13 @@ def _raw_value(cfg: DictConfig, key: str) -> Any:
         if node is None:
             return None
     return node._value()
+
+
+def omegaconf_reason(error: Exception) -> str:
+    """The first line of an omegaconf error, without its ``full_key:`` / ``object_type=`` lines and final
+    period (``Value 'abc' of type 'str' could not be converted to Integer``)."""
+    text = str(getattr(error, "msg", None) or error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
 
 
 def _check_not_in_tuple(cfg: DictConfig, key: str, value: Any) -> None:
