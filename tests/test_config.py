@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lazytrain.config import ConfigError, L, LazyConfig, instantiate
+from lazytrain.config.lazy import TUPLE_CONFIG
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -336,3 +337,34 @@ def test_omegaconf_errors_are_one_paragraph_without_omegaconf_details():
     with pytest.raises(ConfigError) as info:
         LazyConfig.check(cfg)
     assert str(info.value) == "r: bad interpolation '${bad:1}': Unsupported interpolation type bad."
+
+
+def test_an_interpolation_of_a_required_value_not_set_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    body = 'import torch\nfrom lazytrain.config import L\ndim = "???"\n'
+    body += 'model = L(torch.nn.Linear)(in_features="${dim}", out_features=2)\n'
+    path = write(tmp_path, "exp.py", body)
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(path)
+    assert str(info.value) == (
+        "exp.py:4: model.in_features: '${dim}' needs 'dim', which is required but not set ('???'). "
+        "Set it in the config or on the command line (dim=...)."
+    )
+    cfg = LazyConfig.load(path, check=False)
+    LazyConfig.apply_overrides(cfg, ["dim=3"])
+    LazyConfig.check(cfg)
+    chained = write(
+        tmp_path, "chain.py", body.replace('"${dim}"', '"${width}"') + "width = '${dims.in}'\ndims = dict(out=1)\n"
+    )
+    cfg = LazyConfig.load(chained, check=False)
+    LazyConfig.apply_overrides(cfg, ["+dims.in=???"])
+    with pytest.raises(ConfigError, match=r"needs 'dims.in', which is required but not set .*\(dims.in=...\)"):
+        LazyConfig.check(cfg)
+
+
+@pytest.mark.skipif(TUPLE_CONFIG is None, reason="omegaconf 2.3 stores the tuple as a list, which may hold '???'")
+def test_a_missing_value_inside_a_call_is_a_one_paragraph_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(write(tmp_path, "exp.py", "import torch\nfrom lazytrain.config import L\n"
+                              "m = L(torch.nn.Conv2d)(1, 2, kernel_size=(1, '???'))\n"))  # fmt: skip
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / "exp.py:3: m: "))

@@ -282,3 +282,26 @@ def test_none_for_another_argument_without_a_default_is_still_refused():
         {"model": L(torch.nn.Linear)(in_features=None, out_features=2)}
     )
     assert "grouped.params: " in error({"grouped": L(torch.optim.SGD)(params=None, lr=0.1)})
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (
+            {"dim": "???", "m": L(torch.nn.Linear)("${dim}", 2)},
+            "m.in_features: '${dim}' needs 'dim', which is required",
+        ),
+        ({"m": L(torch.nn.Linear)("${nope}", 2)}, "m.in_features: bad interpolation '${nope}': 'nope' is not a key"),
+        ({"m": L(torch.nn.Linear)("${bad:1}", 2)}, "m.in_features: bad interpolation '${bad:1}': Unsupported"),
+        ({"m": L(torch.nn.Sequential)(L(torch.nn.Linear)("${nope}", 2))}, "bad interpolation '${nope}'"),
+        ({"s": "???", "m": L(torch.nn.Conv2d)(1, 2, kernel_size=[1, "${s}"])}, "'${s}' needs 's'"),
+    ],
+)
+def test_check_types_reports_interpolations_as_config_errors(cfg, expected):
+    assert expected in error(cfg)
+
+
+def test_a_value_not_set_yet_inside_a_list_or_dict_is_not_a_type_error():
+    check_types(as_config({"m": L(torch.nn.Conv2d)(1, 2, kernel_size=[1, "???"])}))
+    check_types(as_config({"m": L(Net)(width=1, table={"a": "???"}, pair=[1, "???"])}))
+    assert "'sizes' expects Sequence[int]" in error({"m": L(Net)(width=1, sizes=["???", "x"])})

@@ -149,3 +149,8 @@ def test_a_dict_setting_may_come_from_an_interpolation_that_gives_a_dict(tmp_pat
         load_config(tmp_path / "exp.py")
     assert str(info.value).endswith("exp.py:5: train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool) "
                                     "(from '${flag}').")  # fmt: skip
+
+
+def test_the_required_max_iter_can_be_set_by_an_override(tmp_path):
+    (tmp_path / "exp.py").write_text("x = 1\n")  # no train.max_iter: its default is '???'
+    assert load_config(tmp_path / "exp.py", "train.max_iter=5").train.max_iter == 5

@@ -65,7 +65,11 @@ class LazyCall:
         if args:
             content[ARGS_KEY] = list(args)
         content.update(kwargs)
-        return DictConfig(content=content, flags={"allow_objects": True})
+        try:
+            return DictConfig(content=content, flags={"allow_objects": True})
+        except omegaconf.errors.OmegaConfBaseException as e:  # e.g. '???' inside a tuple (omegaconf 2.4)
+            text = str(getattr(e, "msg", None) or e).strip().splitlines()[0].rstrip(".")
+            raise ConfigError(f"cannot record the call of {target_name(target)}(...): {text}.") from None
 
 
 def target_node(target: Any) -> Any:

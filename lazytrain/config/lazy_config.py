@@ -15,7 +15,7 @@ from typing import Any, Optional, Union, overload
 import cloudpickle
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError
 
 from ..errors import ConfigError, did_you_mean
 from ..fileio import atomic_write
@@ -261,10 +261,19 @@ def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as e:
-        key = str(e.full_key) if e.full_key else None
+        key = re.sub(r"\[(\d+)\]", r".\1", str(e.full_key)) if e.full_key else None  # layers[0].w: layers.0.w
         raw = _raw_value(cfg, key) if key else None
         file, line = _first_line(files, re.compile(re.escape(raw))) if isinstance(raw, str) else (None, None)
         refs = re.findall(r"\$\{([^}:]+)\}", raw) if isinstance(raw, str) else []
+        unset = _unset_reference(e)
+        if unset is not None:
+            raise ConfigError(
+                f"{raw!r} needs '{unset}', which is required but not set ('???').",
+                file=file,
+                line=line,
+                key=key,
+                hint=f"Set it in the config or on the command line ({unset}=...).",
+            ) from None
         missing = [r for r in refs if OmegaConf.select(cfg, r, default=_MISSING) is _MISSING]
         if missing:
             what = f"'{missing[0]}' is not a key of this config"
@@ -274,7 +283,23 @@ def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
         raise ConfigError(f"bad interpolation {raw!r}: {what}.", file=file, line=line, key=key, hint=hint) from None
 
 
+def _unset_reference(error: InterpolationResolutionError) -> Optional[str]:
+    """The key holding '???' that an interpolation needs (itself or through other interpolations), or None."""
+    if not isinstance(error, InterpolationToMissingValueError):
+        return None
+    match = re.search(r"Missing mandatory value: (\S+)", str(getattr(error, "msg", None) or error))
+    return match.group(1) if match else None
+
+
 _MISSING = object()
+
+
+def _is_unset(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` exists and holds '???' (a required value not set yet)."""
+    try:
+        return _raw_value(cfg, key) == "???"
+    except Exception:  # a part of the key is not a config node
+        return False
 
 
 def _raw_value(cfg: DictConfig, key: str) -> Any:
@@ -310,6 +335,8 @@ def _check_not_in_tuple(cfg: DictConfig, key: str, value: Any) -> None:
 
 def _check_override_key(cfg: DictConfig, key: str) -> None:
     if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
+        return
+    if _is_unset(cfg, key):  # select gives the default for '???' too: a required value is a key to set
         return
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg

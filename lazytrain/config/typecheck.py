@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError
 from .lazy import ARGS_KEY, SEQUENCE_CONFIGS, TARGET_KEY, is_structured_class, is_tuple_config, locate, target_name
@@ -35,8 +36,17 @@ def check_types(cfg: DictConfig) -> None:
     the target's annotation names. Values are checked after interpolation; a nested call config is checked
     by its target's return type (a class: the class itself) and accepted when that is not annotated.
     Unannotated parameters, ``Any`` and annotations that do not resolve are not checked; None is accepted
-    where lazytrain fills the value (``optimizer.params``: the model's parameters)."""
-    _check_tree(cfg, cfg, "")
+    where lazytrain fills the value (``optimizer.params``: the model's parameters), and a value not set yet
+    (``'???'``) anywhere. An interpolation that does not resolve is a ConfigError too (as
+    :meth:`LazyConfig.check` names it), never omegaconf's own exception."""
+    try:
+        _check_tree(cfg, cfg, "")
+    except InterpolationResolutionError as e:
+        from .lazy_config import _source_files, check_interpolations, omegaconf_reason
+
+        check_interpolations(cfg, _source_files(cfg))  # raises the ConfigError naming key, file and line
+        key = str(e.full_key) if getattr(e, "full_key", None) else None
+        raise ConfigError(f"bad interpolation: {omegaconf_reason(e)}.", key=key) from None
 
 
 def check_settings(cfg: DictConfig, key: str, schema: Mapping[str, Any]) -> None:
@@ -66,6 +76,8 @@ def matches_type(value: Any, expected: Any) -> bool:
     """Whether a config value fits the annotation ``expected``; a call config fits when its target's return
     type does (or is unknown). Annotations this cannot decide are taken to fit."""
     if expected is _NOT_CHECKED or expected is Any or isinstance(expected, (str, typing.TypeVar)):
+        return True
+    if value is _NOT_SET:
         return True
     if _is_call(value):
         returned = return_type(value._get_node(TARGET_KEY)._value())  # type: ignore[union-attr]
@@ -106,7 +118,7 @@ def matches_type(value: Any, expected: Any) -> bool:
 def _matches_sequence(value: Any, kind: Any, args: tuple[Any, ...]) -> bool:
     if not isinstance(value, (list, tuple, *SEQUENCE_CONFIGS)):
         return False
-    items = list(typing.cast(abc.Sequence, value))
+    items = [_item(value, i) for i in range(len(typing.cast(abc.Sized, value)))]
     if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         return len(items) == len(args) and all(matches_type(v, a) for v, a in zip(items, args))
     return not args or all(matches_type(v, args[0]) for v in items)
@@ -119,7 +131,19 @@ def _matches_mapping(value: Any, args: tuple[Any, ...]) -> bool:
         return False
     if len(args) != 2:
         return True
-    return all(matches_type(k, args[0]) and matches_type(value[k], args[1]) for k in value)
+    return all(matches_type(k, args[0]) and matches_type(_item(value, k), args[1]) for k in value)
+
+
+_NOT_SET = object()  # an item whose value is '???': not known yet, so it fits any type
+
+
+def _item(container: Any, k: Any) -> Any:
+    """``container[k]``, or ``_NOT_SET`` when a config holds '???' there."""
+    if OmegaConf.is_config(container):
+        node = container._get_node(k)
+        if node is not None and node._is_missing():
+            return _NOT_SET
+    return container[k]
 
 
 def _is_abstract_container(expected: type, value: Any) -> bool:
