@@ -297,3 +297,28 @@ def test_to_py_of_keys_named_like_builtins_and_modules(tmp_path):
     )
     back = LazyConfig.load(write(tmp_path, "back.py", LazyConfig.to_py(cfg)))
     assert back == cfg
+
+
+class Scaler:
+    def __init__(self, factor: int = 1) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+
+def test_errors_about_the_object_a_call_config_builds_name_it_by_its_target():
+    assert instantiate(L(L(Scaler)(factor=3))(x=2)) == 6
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Scaler)(factor=3))(b=2))
+    text = str(info.value)
+    assert "the object built by _target_ (test_config_detectron2.Scaler(...)) got an unexpected argument 'b'" in text
+    assert " object at 0x" not in text
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Point)(x=1))())
+    assert "the object built by _target_ (test_config_detectron2.Point(...)) cannot be called" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Scaler)(factor=3))(x=None))
+    assert str(info.value).startswith(
+        "<config>: building the object built by _target_ (test_config_detectron2.Scaler(...)) failed: TypeError"
+    )

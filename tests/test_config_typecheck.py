@@ -305,3 +305,26 @@ def test_a_value_not_set_yet_inside_a_list_or_dict_is_not_a_type_error():
     check_types(as_config({"m": L(torch.nn.Conv2d)(1, 2, kernel_size=[1, "???"])}))
     check_types(as_config({"m": L(Net)(width=1, table={"a": "???"}, pair=[1, "???"])}))
     assert "'sizes' expects Sequence[int]" in error({"m": L(Net)(width=1, sizes=["???", "x"])})
+
+
+def test_type_names_read_as_annotations():
+    from collections.abc import Callable
+
+    from lazytrain.config.typecheck import type_name
+
+    assert type_name(Callable[[int], int]) == "Callable[[int], int]"
+    assert type_name(Optional[Callable[[int, str], None]]) == "Optional[Callable[[int, str], None]]"
+    assert type_name(Callable[..., torch.nn.Module]) == "Callable[..., torch.nn.Module]"
+
+
+def test_numpy_numbers_fit_int_and_float():
+    import numpy as np
+
+    def f(n: int, x: float, flag: bool = False) -> None:
+        pass
+
+    check_types(as_config({"f": L(f)(n=np.int64(3), x=np.float32(0.5))}))
+    check_types(as_config({"f": L(f)(n=3, x=np.int32(2))}))
+    assert "'n' expects int, got True (bool)" in error({"f": L(f)(n=True, x=1.0)})
+    assert "'n' expects int, got 1.5 (numpy.float64)" in error({"f": L(f)(n=np.float64(1.5), x=1.0)})
+    assert "'x' expects float, got True (numpy." in error({"f": L(f)(n=1, x=np.bool_(True))})

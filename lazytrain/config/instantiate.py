@@ -60,9 +60,12 @@ def instantiate(cfg: Any, key: str = "") -> Any:
 def _call(values: dict[Any, Any], key: str) -> Any:
     target = values.pop(TARGET_KEY)
     where = key or "<config>"
+    built_by = None  # for a call config as the target: the name of what builds the object that is called
     if isinstance(target, DictConfig) and is_structured_class(OmegaConf.get_type(target)) and TARGET_KEY not in target:
         target = OmegaConf.get_type(target)  # a dataclass assigned to _target_ after L(), stored as its fields
     elif isinstance(target, Mapping):
+        inner = target.get(TARGET_KEY)
+        built_by = f"the object built by _target_ ({target_name(inner) if callable(inner) else inner}(...))"
         target = instantiate(target, _join(key, TARGET_KEY))  # a call config: call what it builds
     if isinstance(target, str):
         try:
@@ -70,11 +73,12 @@ def _call(values: dict[Any, Any], key: str) -> Any:
         except ConfigError as e:
             raise e.with_key(_join(key, TARGET_KEY)) from None
     if not callable(target):
-        raise ConfigError(f"_target_ is {target!r}, which cannot be called.", key=where)
+        what = built_by or f"_target_ is {target!r}, which"
+        raise ConfigError(f"{what} cannot be called.", key=where)
     args = [instantiate(v, _join(key, f"{ARGS_KEY}.{i}")) for i, v in enumerate(values.pop(ARGS_KEY, []))]
     kwargs = {k: instantiate(v, _join(key, k)) for k, v in values.items()}
     try:
-        check_arguments(target, kwargs)
+        check_arguments(target, kwargs, who=built_by)
     except ConfigError as e:
         raise e.with_key(where) from None
     args, kwargs = positional_call_arguments(target, args, kwargs)
@@ -84,7 +88,7 @@ def _call(values: dict[Any, Any], key: str) -> Any:
         raise e.with_key(where) from e
     except Exception as e:
         raise ConfigError(
-            f"building {target_name(target)}(...) failed: {type(e).__name__}: {e}",
+            f"building {built_by or target_name(target) + '(...)'} failed: {type(e).__name__}: {e}",
             key=where,
             hint="Check the arguments under this key (run with --traceback for the full stack).",
         ) from e

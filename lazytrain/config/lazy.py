@@ -139,10 +139,11 @@ def positional_call_arguments(
     return [*leading, *args], kwargs
 
 
-def check_arguments(target: Callable[..., Any], names: Iterable[str]) -> None:
+def check_arguments(target: Callable[..., Any], names: Iterable[str], who: Optional[str] = None) -> None:
     """Raise a ConfigError naming any argument the target does not accept, with close matches.
 
-    Targets that take ``**kwargs`` accept anything and are not checked.
+    Targets that take ``**kwargs`` accept anything and are not checked. ``who`` names the target in the
+    message (default: ``torch.optim.SGD()``).
     """
     sig = target_signature(target)
     if sig is None:
@@ -155,7 +156,7 @@ def check_arguments(target: Callable[..., Any], names: Iterable[str]) -> None:
         if name in (TARGET_KEY, ARGS_KEY) or name in accepted:
             continue
         hint = did_you_mean(name, accepted) or f"It accepts: {', '.join(accepted) or 'no arguments'}."
-        raise ConfigError(f"{target_name(target)}() got an unexpected argument '{name}'.", hint=hint)
+        raise ConfigError(f"{who or target_name(target) + '()'} got an unexpected argument '{name}'.", hint=hint)
 
 
 def accepts_argument(target: Any, name: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections.abc as abc
 import enum
 import inspect
+import numbers
 import sys
 import types
 import typing
@@ -89,10 +90,10 @@ def matches_type(value: Any, expected: Any) -> bool:
         return any(matches_type(value, arg) for arg in args)
     if origin is Literal:
         return any(type(value) is type(arg) and value == arg for arg in args)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is float:  # an int is a float; numpy's numbers are numbers too (numpy's bool is not)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if origin in _SEQUENCES or expected in _SEQUENCES:
         return _matches_sequence(value, origin or expected, args)
     if origin in _MAPPINGS or expected in _MAPPINGS:
@@ -246,10 +247,17 @@ def type_name(expected: Any) -> str:
     if origin is Literal:
         return "Literal[" + ", ".join(repr(a) for a in args) + "]"
     if origin is not None and args:
-        return f"{_short_name(origin)}[{', '.join(type_name(a) for a in args)}]"
+        return f"{_short_name(origin)}[{', '.join(_arg_name(a) for a in args)}]"
     if isinstance(expected, type):
         return _short_name(expected)
     return repr(expected).replace("typing.", "")
+
+
+def _arg_name(arg: Any) -> str:
+    """An argument of a generic: a type, or the parameter list of a Callable (``[int, str]``)."""
+    if isinstance(arg, (list, tuple)):
+        return "[" + ", ".join(type_name(a) for a in arg) + "]"
+    return type_name(arg)
 
 
 def _short_name(obj: Any) -> str:
@@ -326,6 +334,8 @@ def _show(value: Any) -> str:
     if isinstance(value, (DictConfig, *SEQUENCE_CONFIGS)):
         plain = OmegaConf.to_container(value, resolve=True)
         return f"{plain!r} ({_plain_type(value).__name__})"
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return f"{value.item()!r} (numpy.{type(value).__name__})"  # 1.5 (numpy.float64), not np.float64(1.5)
     return f"{value!r} ({type(value).__name__})"
 
 
