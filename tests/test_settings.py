@@ -154,3 +154,17 @@ def test_a_dict_setting_may_come_from_an_interpolation_that_gives_a_dict(tmp_pat
 def test_the_required_max_iter_can_be_set_by_an_override(tmp_path):
     (tmp_path / "exp.py").write_text("x = 1\n")  # no train.max_iter: its default is '???'
     assert load_config(tmp_path / "exp.py", "train.max_iter=5").train.max_iter == 5
+
+
+def test_detectron2_train_settings_that_lazytrain_names_otherwise_say_what_to_use(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.checkpointer = dict(period=100, max_to_keep=2)\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith(
+        "exp.py:3: train.checkpointer: unknown train setting. detectron2's checkpointer.period and "
+        "checkpointer.max_to_keep are train.checkpoint_period and train.keep_last here."
+    )
+    (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.ddp = dict(fp16_compression=False)\n")
+    with pytest.raises(ConfigError, match=r"exp.py:3: train.ddp.fp16_compression: unknown train setting. lazytrain"):
+        load_config(tmp_path / "exp.py")

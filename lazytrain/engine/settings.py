@@ -86,16 +86,28 @@ def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> Di
     return cfg
 
 
+# settings of detectron2's configs/common/train.py that lazytrain spells otherwise or does not have
+_DETECTRON2_SETTINGS = {
+    "train.checkpointer": "detectron2's checkpointer.period and checkpointer.max_to_keep are "
+    "train.checkpoint_period and train.keep_last here.",
+    "train.ddp.fp16_compression": "lazytrain does not compress DDP gradients: remove it "
+    "(train.amp.dtype='fp16' is mixed precision).",
+}
+
+
 def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: DictConfig) -> None:
     for key in user:
         if key not in defaults:
-            file, line = _where(root, f"{prefix}.{key!s}")
+            path = f"{prefix}.{key!s}"
+            file, line = _where(root, path)
             raise ConfigError(
                 "unknown train setting.",
                 file=file,
                 line=line,
-                key=f"{prefix}.{key!s}",
-                hint=did_you_mean(str(key), defaults) or f"Known settings: {', '.join(defaults)}.",
+                key=path,
+                hint=_DETECTRON2_SETTINGS.get(path)
+                or did_you_mean(str(key), defaults)
+                or f"Known settings: {', '.join(defaults)}.",
             )
         if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
             _check_known(user[key], defaults[key], f"{prefix}.{key}", root)
