@@ -368,3 +368,10 @@ def test_a_missing_value_inside_a_call_is_a_one_paragraph_error(tmp_path):
         LazyConfig.load(write(tmp_path, "exp.py", "import torch\nfrom lazytrain.config import L\n"
                               "m = L(torch.nn.Conv2d)(1, 2, kernel_size=(1, '???'))\n"))  # fmt: skip
     assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / "exp.py:3: m: "))
+
+
+def test_an_omegaconf_error_while_a_config_file_runs_is_one_paragraph(tmp_path):
+    path = write(tmp_path, "exp.py", "from lazytrain.config import L\nmodel = L(dict)(a=1)\nmodel.head.width = 3\n")
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(path)
+    assert str(info.value).endswith("exp.py:3: ConfigAttributeError: Missing key head")

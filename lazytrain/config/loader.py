@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, LazytrainError, did_you_mean
 from .lazy import SEQUENCE_CONFIGS, TUPLE_CONFIG
@@ -202,7 +203,10 @@ class _ConfigFileLoader:
             )
         if isinstance(e, ImportError):
             return ConfigError(f"{e}.", file=_rel(location), line=line, hint=_import_name_hint(e))
-        return ConfigError(f"{type(e).__name__}: {e}", file=_rel(location), line=line)
+        text = str(e)
+        if isinstance(e, OmegaConfBaseException):  # its first line; the others repeat full_key and object_type
+            text = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+        return ConfigError(f"{type(e).__name__}: {text}", file=_rel(location), line=line)
 
 
 def _as_config(value: Any) -> Any:
