@@ -280,6 +280,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # --traceback is accepted anywhere on the line, not only before the command
     show_traceback = "--traceback" in argv
     argv = [a for a in argv if a != "--traceback"]
+    # `--where KEY=VALUE`: an override after a --where without a key (a key has no '=')
+    argv = ["--where=" if a == "--where" and "=" in b else a for a, b in zip(argv, [*argv[1:], ""])]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # overrides may stand before or after options: collect the KEY=VALUE words argparse left over

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from lazytrain.config import ConfigError, L, LazyConfig, instantiate
+from lazytrain.config.lazy import TUPLE_CONFIG
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -326,3 +327,51 @@ def test_config_of_an_outside_project_with_its_own_package(tmp_path):
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "TinyNet 2"
+
+
+def test_omegaconf_errors_are_one_paragraph_without_omegaconf_details():
+    cfg = as_config({"r": "${bad:1}"})
+    with pytest.raises(ConfigError) as info:
+        instantiate(cfg)
+    assert str(info.value) == "r: cannot resolve '${bad:1}': Unsupported interpolation type bad."
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.check(cfg)
+    assert str(info.value) == "r: bad interpolation '${bad:1}': Unsupported interpolation type bad."
+
+
+def test_an_interpolation_of_a_required_value_not_set_says_so(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    body = 'import torch\nfrom lazytrain.config import L\ndim = "???"\n'
+    body += 'model = L(torch.nn.Linear)(in_features="${dim}", out_features=2)\n'
+    path = write(tmp_path, "exp.py", body)
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(path)
+    assert str(info.value) == (
+        "exp.py:4: model.in_features: '${dim}' needs 'dim', which is required but not set ('???'). "
+        "Set it in the config or on the command line (dim=...)."
+    )
+    cfg = LazyConfig.load(path, check=False)
+    LazyConfig.apply_overrides(cfg, ["dim=3"])
+    LazyConfig.check(cfg)
+    chained = write(
+        tmp_path, "chain.py", body.replace('"${dim}"', '"${width}"') + "width = '${dims.in}'\ndims = dict(out=1)\n"
+    )
+    cfg = LazyConfig.load(chained, check=False)
+    LazyConfig.apply_overrides(cfg, ["+dims.in=???"])
+    with pytest.raises(ConfigError, match=r"needs 'dims.in', which is required but not set .*\(dims.in=...\)"):
+        LazyConfig.check(cfg)
+
+
+@pytest.mark.skipif(TUPLE_CONFIG is None, reason="omegaconf 2.3 stores the tuple as a list, which may hold '???'")
+def test_a_missing_value_inside_a_call_is_a_one_paragraph_error(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(write(tmp_path, "exp.py", "import torch\nfrom lazytrain.config import L\n"
+                              "m = L(torch.nn.Conv2d)(1, 2, kernel_size=(1, '???'))\n"))  # fmt: skip
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / "exp.py:3: m: "))
+
+
+def test_an_omegaconf_error_while_a_config_file_runs_is_one_paragraph(tmp_path):
+    path = write(tmp_path, "exp.py", "from lazytrain.config import L\nmodel = L(dict)(a=1)\nmodel.head.width = 3\n")
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(path)
+    assert str(info.value).endswith("exp.py:3: ConfigAttributeError: Missing key head")

@@ -7,7 +7,9 @@ import dataclasses
 import functools
 import textwrap
 from pathlib import Path
+from typing import Literal
 
+import omegaconf
 import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -80,6 +82,24 @@ def test_dataclass_target_and_values_survive_yaml(tmp_path, recwarn):
     assert OmegaConf.get_type(loaded.call.p) is Point
     assert instantiate(loaded.point) == Point(x=7)
     assert instantiate(loaded.call) == ("Point", 7, 1.0)
+
+
+@dataclasses.dataclass
+class Mode:
+    n: int = 0
+    kind: Literal["a", "b"] = "a"
+
+
+def test_a_bad_override_of_a_dataclass_field_is_one_paragraph():
+    cfg = OmegaConf.create({"h": L(describe)(p=Mode())}, flags={"allow_objects": True})
+    cases = [("h.p.n=abc", "h.p.n: cannot set this key to 'abc': Value 'abc' of type 'str' could not be converted")]
+    if not omegaconf.__version__.startswith("2.3"):  # omegaconf 2.3 does not check Literal fields
+        cases.append(("h.p.kind=c", "h.p.kind: cannot set this key to 'c': Invalid value 'c', expected one of"))
+    for override, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            LazyConfig.apply_overrides(cfg, [override])
+        assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+        assert "full_key" not in str(info.value) and "object_type" not in str(info.value)
 
 
 def test_local_dataclass_target_round_trips_through_the_side_file(tmp_path):
@@ -232,7 +252,7 @@ def test_to_py_names_the_key_of_a_value_python_cannot_spell():
 
 def test_to_py_with_a_prefix_writes_it_before_each_name(tmp_path):
     cfg = LazyConfig.load(write(tmp_path, "exp.py", BASE))
-    assert "cfg.train = dict(max_iter=10)" in LazyConfig.to_py(cfg, prefix="cfg.")
+    assert "cfg.train = {'max_iter': 10}" in LazyConfig.to_py(cfg, prefix="cfg.")
 
 
 # ---------------------------------------------------------------- call configs as targets
@@ -252,3 +272,53 @@ def test_call_config_target_arguments_are_checked_when_built():
 def test_a_plain_dict_as_target_is_a_clear_error():
     with pytest.raises(ConfigError, match=r"got a dict as its target"):
         L({"a": 1})
+
+
+def varf(a, *args, k=0):
+    return (a, args, k)
+
+
+def test_to_py_writes_parameters_before_varargs_positionally(tmp_path):
+    def only(a, /, b=0):
+        return (a, b)
+
+    cfg = OmegaConf.create({"v": L(varf)(1, 2, 3, k=4), "w": L(varf)(1)}, flags={"allow_objects": True})
+    text = LazyConfig.to_py(cfg)
+    assert "v = L(test_config_detectron2.varf)(1, 2, 3, k=4)" in text
+    back = LazyConfig.load(write(tmp_path, "back.py", text))
+    assert back == cfg
+    assert instantiate(back.v) == (1, (2, 3), 4) and instantiate(back.w) == (1, (), 0)
+
+
+def test_to_py_of_keys_named_like_builtins_and_modules(tmp_path):
+    cfg = OmegaConf.create(
+        {"dict": 3, "float": 2, "math": 1, "nested": dict(a=dict(b=1)), "limits": [float("inf"), -float("inf")]},
+        flags={"allow_objects": True},
+    )
+    back = LazyConfig.load(write(tmp_path, "back.py", LazyConfig.to_py(cfg)))
+    assert back == cfg
+
+
+class Scaler:
+    def __init__(self, factor: int = 1) -> None:
+        self.factor = factor
+
+    def __call__(self, x: int) -> int:
+        return x * self.factor
+
+
+def test_errors_about_the_object_a_call_config_builds_name_it_by_its_target():
+    assert instantiate(L(L(Scaler)(factor=3))(x=2)) == 6
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Scaler)(factor=3))(b=2))
+    text = str(info.value)
+    assert "the object built by _target_ (test_config_detectron2.Scaler(...)) got an unexpected argument 'b'" in text
+    assert " object at 0x" not in text
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Point)(x=1))())
+    assert "the object built by _target_ (test_config_detectron2.Point(...)) cannot be called" in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        instantiate(L(L(Scaler)(factor=3))(x=None))
+    assert str(info.value).startswith(
+        "<config>: building the object built by _target_ (test_config_detectron2.Scaler(...)) failed: TypeError"
+    )

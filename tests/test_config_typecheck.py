@@ -247,3 +247,84 @@ def test_matches_type_is_usable_on_its_own():
     assert matches_type(3, float) and not matches_type(True, int)
     assert matches_type([1, 2], list[int]) and not matches_type([1, "a"], list[int])
     assert matches_type(None, Optional[str]) and matches_type({"a": 1}, dict[str, int])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float = 0.0) -> list:
+    return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+
+
+def test_none_for_the_optimizer_params_lazytrain_fills_passes_the_check(tmp_path, monkeypatch):
+    from lazytrain.engine.build import build_optimizer
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    path = write(
+        tmp_path,
+        "exp.py",
+        """
+        import torch
+        from lazytrain.config import L
+        from test_config_typecheck import param_groups
+        model = L(torch.nn.Linear)(in_features=2, out_features=3)
+        optimizer = L(torch.optim.SGD)(params=None, lr=0.1)
+        """,
+    )
+    cfg = LazyConfig.load(path)  # params=None: the model's parameters, filled when the optimizer is built
+    model = torch.nn.Linear(2, 3)
+    assert len(build_optimizer(cfg, model).param_groups[0]["params"]) == 2
+    # model=None in a parameter-groups call: the model, filled the same way
+    text = path.read_text().replace("params=None", "params=L(param_groups)(model=None, weight_decay=0.1)")
+    cfg = LazyConfig.load(write(tmp_path, "groups.py", text))
+    assert build_optimizer(cfg, model).param_groups[0]["weight_decay"] == 0.1
+
+
+def test_none_for_another_argument_without_a_default_is_still_refused():
+    assert "'in_features' expects int, got None (NoneType)" in error(
+        {"model": L(torch.nn.Linear)(in_features=None, out_features=2)}
+    )
+    assert "grouped.params: " in error({"grouped": L(torch.optim.SGD)(params=None, lr=0.1)})
+
+
+@pytest.mark.parametrize(
+    ("cfg", "expected"),
+    [
+        (
+            {"dim": "???", "m": L(torch.nn.Linear)("${dim}", 2)},
+            "m.in_features: '${dim}' needs 'dim', which is required",
+        ),
+        ({"m": L(torch.nn.Linear)("${nope}", 2)}, "m.in_features: bad interpolation '${nope}': 'nope' is not a key"),
+        ({"m": L(torch.nn.Linear)("${bad:1}", 2)}, "m.in_features: bad interpolation '${bad:1}': Unsupported"),
+        ({"m": L(torch.nn.Sequential)(L(torch.nn.Linear)("${nope}", 2))}, "bad interpolation '${nope}'"),
+        ({"s": "???", "m": L(torch.nn.Conv2d)(1, 2, kernel_size=[1, "${s}"])}, "'${s}' needs 's'"),
+    ],
+)
+def test_check_types_reports_interpolations_as_config_errors(cfg, expected):
+    assert expected in error(cfg)
+
+
+def test_a_value_not_set_yet_inside_a_list_or_dict_is_not_a_type_error():
+    check_types(as_config({"m": L(torch.nn.Conv2d)(1, 2, kernel_size=[1, "???"])}))
+    check_types(as_config({"m": L(Net)(width=1, table={"a": "???"}, pair=[1, "???"])}))
+    assert "'sizes' expects Sequence[int]" in error({"m": L(Net)(width=1, sizes=["???", "x"])})
+
+
+def test_type_names_read_as_annotations():
+    from collections.abc import Callable
+
+    from lazytrain.config.typecheck import type_name
+
+    assert type_name(Callable[[int], int]) == "Callable[[int], int]"
+    assert type_name(Optional[Callable[[int, str], None]]) == "Optional[Callable[[int, str], None]]"
+    assert type_name(Callable[..., torch.nn.Module]) == "Callable[..., torch.nn.Module]"
+
+
+def test_numpy_numbers_fit_int_and_float():
+    import numpy as np
+
+    def f(n: int, x: float, flag: bool = False) -> None:
+        pass
+
+    check_types(as_config({"f": L(f)(n=np.int64(3), x=np.float32(0.5))}))
+    check_types(as_config({"f": L(f)(n=3, x=np.int32(2))}))
+    assert "'n' expects int, got True (bool)" in error({"f": L(f)(n=True, x=1.0)})
+    assert "'n' expects int, got 1.5 (numpy.float64)" in error({"f": L(f)(n=np.float64(1.5), x=1.0)})
+    assert "'x' expects float, got True (numpy." in error({"f": L(f)(n=1, x=np.bool_(True))})

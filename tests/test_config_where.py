@@ -55,3 +55,81 @@ def test_where_an_unknown_key_suggests(tmp_path):
     assert (
         r.returncode == 2 and r.stderr.strip() == "error: model.hiden: no such config key. Did you mean 'model.hidden'?"
     )
+
+
+def test_where_followed_by_an_override_takes_it_as_an_override_and_lists_what_it_changed(tmp_path):
+    write_configs(tmp_path)
+    r = where(tmp_path, "--where", "model.hidden=128")
+    assert (r.returncode, r.stdout.strip()) == (0, "model.hidden = 128: command line"), r.stderr
+    r = where(tmp_path, "model.hidden=1", "--where", "model.hidden=2", "train.seed=3")
+    assert r.stdout.strip().splitlines() == ["model.hidden = 2: command line", "train.seed = 3: command line"]
+
+
+def line_of(tmp_path, monkeypatch, key: str, body: str, files: dict[str, str] | None = None) -> tuple:
+    """Where key_line (what --where and type errors print) says ``key`` was set, in exp.py = ``body``."""
+    from lazytrain.config import LazyConfig
+    from lazytrain.config.provenance import key_line
+
+    monkeypatch.chdir(tmp_path)
+    for name, text in (files or {}).items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "exp.py").write_text(body)
+    return key_line(LazyConfig.load(tmp_path / "exp.py", check=False), key)
+
+
+def test_where_a_subscript_assignment_sets_a_key(tmp_path, monkeypatch):
+    body = "train = dict(max_iter=10)\ntrain['seed'] = 7\nlayers = [dict(w=1)]\nlayers[0]['w'] = 2\n"
+    assert line_of(tmp_path, monkeypatch, "train.seed", body) == ("exp.py", 2)
+    assert line_of(tmp_path, monkeypatch, "train.max_iter", body) == ("exp.py", 1)
+    assert line_of(tmp_path, monkeypatch, "layers.0.w", body) == ("exp.py", 4)
+
+
+def test_where_update_sets_the_keys_it_names(tmp_path, monkeypatch):
+    body = "optimizer = dict(lr=0.1, momentum=0.9, eps=1.0)\noptimizer.update(lr=0.2)\n"
+    body += "optimizer.update(\n    {'eps': 2.0},\n)\n"
+    assert line_of(tmp_path, monkeypatch, "optimizer.lr", body) == ("exp.py", 2)
+    assert line_of(tmp_path, monkeypatch, "optimizer.momentum", body) == ("exp.py", 1)
+    assert line_of(tmp_path, monkeypatch, "optimizer.eps", body) == ("exp.py", 4)
+
+
+def test_where_assignments_inside_if_for_with_and_try(tmp_path, monkeypatch):
+    body = (
+        "import contextlib\n"
+        "from lazytrain.config import L; model = L(dict)(width=1, depth=2, act='relu', bias=True)\n"
+        "if model.width > 5:\n"
+        "    model.width = 8\n"
+        "else:\n"
+        "    model.width = 4\n"
+        "for _ in range(1):\n"
+        "    model.depth = 3\n"
+        "with contextlib.suppress(KeyError):\n"
+        "    model.act = 'gelu'\n"
+        "try:\n"
+        "    pass\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "finally:\n"
+        "    model.bias = False\n"
+        "def helper():\n"
+        "    model.depth = 99\n"
+    )
+    assert line_of(tmp_path, monkeypatch, "model.width", body) == ("exp.py", 6)
+    assert line_of(tmp_path, monkeypatch, "model.depth", body) == ("exp.py", 8)  # not inside a function
+    assert line_of(tmp_path, monkeypatch, "model.act", body) == ("exp.py", 10)
+    assert line_of(tmp_path, monkeypatch, "model.bias", body) == ("exp.py", 16)
+
+
+def test_where_follows_load_rel_into_the_file_it_loads(tmp_path, monkeypatch):
+    base = "from lazytrain.config import L\nmodel = L(dict)(\n    width=2,\n    depth=3,\n)\ntrain = dict(max_iter=5)\n"
+    body = (
+        "from lazytrain.config import LazyConfig\n"
+        "head = LazyConfig.load_rel('base-exp.py', 'model')\n"
+        "net, train = LazyConfig.load_rel('base-exp.py', keys=('model', 'train'))\n"
+        "common = LazyConfig.load_rel('base-exp.py')\n"
+        "head.width = 4\n"
+    )
+    assert line_of(tmp_path, monkeypatch, "head.depth", body, {"base-exp.py": base}) == ("base-exp.py", 4)
+    assert line_of(tmp_path, monkeypatch, "head.width", body, {"base-exp.py": base}) == ("exp.py", 5)
+    assert line_of(tmp_path, monkeypatch, "net.depth", body, {"base-exp.py": base}) == ("base-exp.py", 4)
+    assert line_of(tmp_path, monkeypatch, "train.max_iter", body, {"base-exp.py": base}) == ("base-exp.py", 6)
+    assert line_of(tmp_path, monkeypatch, "common.model.width", body, {"base-exp.py": base}) == ("base-exp.py", 3)

@@ -56,3 +56,115 @@ def test_the_cli_exits_2_with_one_paragraph_before_building_anything(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == "error: command line: train.max_iter: must be an integer >= 1, got 'abc' (str)."
     assert not (tmp_path / "out").exists()
+
+
+def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lazytrain.cli", *args], capture_output=True, text=True,
+                          env=cli_env(), cwd=cwd, timeout=300)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.amp=true", "train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool)."),
+        ("train.ema=5", "train.ema: must be a dict (ema.enabled, ema.decay), got 5 (int)."),
+        ("train.clip_grad=1.0", "train.clip_grad: must be a dict (clip_grad.max_norm, clip_grad.norm_type), got 1.0"),
+        ("train.best=null", "train.best: must be a dict (best.metric, best.mode), got None (NoneType)."),
+    ],
+)
+def test_a_dict_setting_replaced_by_a_scalar_is_named(override, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(TOY / "configs" / "toy.py", override)
+    assert str(info.value).startswith("command line: " + expected)
+
+
+def test_a_dict_setting_replaced_in_a_file_and_train_itself_not_a_dict_exit_2_in_one_line(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.amp = True\n")
+    for command in (["config"], ["train", "--dry-run"]):
+        r = cli(*command, str(tmp_path / "exp.py"), cwd=tmp_path)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr == "error: exp.py:3: train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool).\n"
+    (tmp_path / "plain.py").write_text("train = dict(max_iter=3)\n")
+    r = cli("config", str(tmp_path / "plain.py"), "train=5", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "error: command line: train: must be a dict of run settings, got 5 (int).\n")
+    r = cli("config", str(TOY / "configs" / "toy.py"), "train=5", cwd=tmp_path)  # before ${train.seed} is resolved
+    assert (r.returncode, r.stderr) == (2, "error: command line: train: must be a dict of run settings, got 5 (int).\n")
+    (tmp_path / "scalar.py").write_text("x = 1\ntrain = 5\n")
+    r = cli("config", str(tmp_path / "scalar.py"), cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (2, "error: scalar.py:2: train: must be a dict of run settings, got 5 (int).\n")
+
+
+def test_a_bad_setting_is_located_by_its_statement_not_by_the_first_line_with_its_name(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text(
+        "from .toy import *\n\n# log_period: how often to log\ntrain.update(eval_period=10)\ntrain.log_period = 0\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith("exp.py:5: train.log_period: must be an integer >= 1, got 0 (int).")
+
+
+def test_a_dict_override_of_train_is_the_command_line_and_interpolations_are_shown(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(TOY / "configs" / "toy.py", 'train={"max_iter": "abc"}')
+    assert str(info.value) == "command line: train.max_iter: must be an integer >= 1, got 'abc' (str)."
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text("from .toy import *\n\niters = 'many'\ntrain.max_iter = '${iters}'\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith(
+        "exp.py:4: train.max_iter: must be an integer >= 1, got 'many' (str) (from '${iters}')."
+    )
+
+
+def test_an_added_unknown_setting_is_refused_by_config_as_by_train(tmp_path):
+    r = cli("config", str(TOY / "configs" / "toy.py"), "+train.max_iters=3", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (
+        2,
+        "error: command line: train.max_iters: unknown train setting. Did you mean 'max_iter'?\n",
+    )
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text("from .toy import *\n\n# max_iters\ntrain.max_iters = 3\n")
+    r = cli("config", str(tmp_path / "exp.py"), cwd=tmp_path)
+    assert r.stderr == "error: exp.py:4: train.max_iters: unknown train setting. Did you mean 'max_iter'?\n"
+
+
+def test_tuples_fit_list_settings(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text(
+        "from .toy import *\n\ntrain.init_rename = [('^a', 'b')]\ntrain.freeze = ('x*',)\n"
+    )
+    cfg = load_config(tmp_path / "exp.py")
+    assert list(cfg.train.freeze) == ["x*"]
+
+
+def test_a_dict_setting_may_come_from_an_interpolation_that_gives_a_dict(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    body = "from .toy import *\n\namp = dict(enabled=False, dtype='fp16')\nflag = True\ntrain.amp = '${amp}'\n"
+    (tmp_path / "exp.py").write_text(body)
+    assert load_config(tmp_path / "exp.py").train.amp.dtype == "fp16"
+    (tmp_path / "exp.py").write_text(body.replace("'${amp}'", "'${flag}'"))
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith("exp.py:5: train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool) "
+                                    "(from '${flag}').")  # fmt: skip
+
+
+def test_the_required_max_iter_can_be_set_by_an_override(tmp_path):
+    (tmp_path / "exp.py").write_text("x = 1\n")  # no train.max_iter: its default is '???'
+    assert load_config(tmp_path / "exp.py", "train.max_iter=5").train.max_iter == 5
+
+
+def test_detectron2_train_settings_that_lazytrain_names_otherwise_say_what_to_use(tmp_path):
+    (tmp_path / "toy.py").write_text((TOY / "configs" / "toy.py").read_text())
+    (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.checkpointer = dict(period=100, max_to_keep=2)\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith(
+        "exp.py:3: train.checkpointer: unknown train setting. detectron2's checkpointer.period and "
+        "checkpointer.max_to_keep are train.checkpoint_period and train.keep_last here."
+    )
+    (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.ddp = dict(fp16_compression=False)\n")
+    with pytest.raises(ConfigError, match=r"exp.py:3: train.ddp.fp16_compression: unknown train setting. lazytrain"):
+        load_config(tmp_path / "exp.py")

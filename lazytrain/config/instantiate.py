@@ -6,19 +6,22 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from ..errors import ConfigError, LazytrainError
 from .lazy import (
     ARGS_KEY,
+    SEQUENCE_CONFIGS,
     TARGET_KEY,
     check_arguments,
     is_structured_class,
+    is_tuple_config,
     locate,
     positional_call_arguments,
     target_name,
 )
+from .lazy_config import omegaconf_reason
 
 __all__ = ["instantiate"]
 
@@ -26,12 +29,16 @@ __all__ = ["instantiate"]
 def instantiate(cfg: Any, key: str = "") -> Any:
     """Build ``cfg``: every ``_target_`` node is called with its instantiated arguments.
 
-    Dicts and lists without a target come back as plain ``dict`` / ``list`` of instantiated values; a
+    Dicts, lists and tuples without a target come back as a new plain ``dict`` / ``list`` / ``tuple`` of
+    instantiated values (a tuple in a config stays a tuple, on omegaconf 2.4; 2.3 stores it as a list); a
     dataclass (or attrs) value comes back as an instance of its class; anything else is returned as it is.
     ``key`` is the path of ``cfg`` in its config, used in errors.
     """
-    if isinstance(cfg, ListConfig):
-        return [instantiate(_child(cfg, i, key), _join(key, i)) for i in range(len(cfg))]
+    if isinstance(cfg, SEQUENCE_CONFIGS):
+        if cfg._is_none():
+            return None
+        items = [instantiate(_child(cfg, i, key), _join(key, i)) for i in range(len(cfg))]
+        return tuple(items) if is_tuple_config(cfg) else items
     if isinstance(cfg, (list, tuple)) and not _is_namedtuple(cfg):
         return type(cfg)(instantiate(v, _join(key, i)) for i, v in enumerate(cfg))
     if isinstance(cfg, DictConfig):
@@ -53,9 +60,12 @@ def instantiate(cfg: Any, key: str = "") -> Any:
 def _call(values: dict[Any, Any], key: str) -> Any:
     target = values.pop(TARGET_KEY)
     where = key or "<config>"
+    built_by = None  # for a call config as the target: the name of what builds the object that is called
     if isinstance(target, DictConfig) and is_structured_class(OmegaConf.get_type(target)) and TARGET_KEY not in target:
         target = OmegaConf.get_type(target)  # a dataclass assigned to _target_ after L(), stored as its fields
     elif isinstance(target, Mapping):
+        inner = target.get(TARGET_KEY)
+        built_by = f"the object built by _target_ ({target_name(inner) if callable(inner) else inner}(...))"
         target = instantiate(target, _join(key, TARGET_KEY))  # a call config: call what it builds
     if isinstance(target, str):
         try:
@@ -63,11 +73,12 @@ def _call(values: dict[Any, Any], key: str) -> Any:
         except ConfigError as e:
             raise e.with_key(_join(key, TARGET_KEY)) from None
     if not callable(target):
-        raise ConfigError(f"_target_ is {target!r}, which cannot be called.", key=where)
+        what = built_by or f"_target_ is {target!r}, which"
+        raise ConfigError(f"{what} cannot be called.", key=where)
     args = [instantiate(v, _join(key, f"{ARGS_KEY}.{i}")) for i, v in enumerate(values.pop(ARGS_KEY, []))]
     kwargs = {k: instantiate(v, _join(key, k)) for k, v in values.items()}
     try:
-        check_arguments(target, kwargs)
+        check_arguments(target, kwargs, who=built_by)
     except ConfigError as e:
         raise e.with_key(where) from None
     args, kwargs = positional_call_arguments(target, args, kwargs)
@@ -77,7 +88,7 @@ def _call(values: dict[Any, Any], key: str) -> Any:
         raise e.with_key(where) from e
     except Exception as e:
         raise ConfigError(
-            f"building {target_name(target)}(...) failed: {type(e).__name__}: {e}",
+            f"building {built_by or target_name(target) + '(...)'} failed: {type(e).__name__}: {e}",
             key=where,
             hint="Check the arguments under this key (run with --traceback for the full stack).",
         ) from e
@@ -98,7 +109,7 @@ def _structured(cfg: DictConfig, key: str) -> Any:
     return obj
 
 
-def _child(cfg: DictConfig | ListConfig, k: Any, key: str) -> Any:
+def _child(cfg: Any, k: Any, key: str) -> Any:
     """``cfg[k]`` with interpolation and missing-value errors turned into ConfigErrors naming the key."""
     try:
         return cfg[k]
@@ -109,7 +120,7 @@ def _child(cfg: DictConfig | ListConfig, k: Any, key: str) -> Any:
         ) from None
     except InterpolationResolutionError as e:
         raw = OmegaConf.to_container(cfg, resolve=False)[k]  # type: ignore[index]
-        raise ConfigError(f"cannot resolve {raw!r}: {e.msg}", key=_join(key, k)) from None
+        raise ConfigError(f"cannot resolve {raw!r}: {omegaconf_reason(e)}.", key=_join(key, k)) from None
 
 
 def _join(key: str, k: Any) -> str:

@@ -9,15 +9,26 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Optional, Union
 
-from omegaconf import DictConfig
+import omegaconf
+from omegaconf import DictConfig, ListConfig
 from omegaconf.nodes import AnyNode
 
 from ..errors import ConfigError, did_you_mean
 
-__all__ = ["LazyCall", "check_arguments", "locate", "target_name", "target_signature"]
+__all__ = ["SEQUENCE_CONFIGS", "LazyCall", "check_arguments", "locate", "target_name", "target_signature"]
 
 TARGET_KEY = "_target_"
 ARGS_KEY = "_args_"  # positional arguments a signature cannot name (builtins, *args)
+
+# omegaconf 2.4 keeps a tuple as a TupleConfig (immutable, not a ListConfig); 2.3 turns it into a ListConfig
+TUPLE_CONFIG: Optional[type] = getattr(omegaconf, "TupleConfig", None)
+# the config nodes that hold a sequence: test with isinstance(node, SEQUENCE_CONFIGS), never ListConfig alone
+SEQUENCE_CONFIGS: tuple[Any, ...] = (ListConfig,) if TUPLE_CONFIG is None else (ListConfig, TUPLE_CONFIG)
+
+
+def is_tuple_config(node: Any) -> bool:
+    """Whether ``node`` is omegaconf 2.4's config of a tuple (always False on omegaconf 2.3)."""
+    return TUPLE_CONFIG is not None and isinstance(node, TUPLE_CONFIG)
 
 
 class LazyCall:
@@ -54,7 +65,11 @@ class LazyCall:
         if args:
             content[ARGS_KEY] = list(args)
         content.update(kwargs)
-        return DictConfig(content=content, flags={"allow_objects": True})
+        try:
+            return DictConfig(content=content, flags={"allow_objects": True})
+        except omegaconf.errors.OmegaConfBaseException as e:  # e.g. '???' inside a tuple (omegaconf 2.4)
+            text = str(getattr(e, "msg", None) or e).strip().splitlines()[0].rstrip(".")
+            raise ConfigError(f"cannot record the call of {target_name(target)}(...): {text}.") from None
 
 
 def target_node(target: Any) -> Any:
@@ -124,10 +139,11 @@ def positional_call_arguments(
     return [*leading, *args], kwargs
 
 
-def check_arguments(target: Callable[..., Any], names: Iterable[str]) -> None:
+def check_arguments(target: Callable[..., Any], names: Iterable[str], who: Optional[str] = None) -> None:
     """Raise a ConfigError naming any argument the target does not accept, with close matches.
 
-    Targets that take ``**kwargs`` accept anything and are not checked.
+    Targets that take ``**kwargs`` accept anything and are not checked. ``who`` names the target in the
+    message (default: ``torch.optim.SGD()``).
     """
     sig = target_signature(target)
     if sig is None:
@@ -140,7 +156,7 @@ def check_arguments(target: Callable[..., Any], names: Iterable[str]) -> None:
         if name in (TARGET_KEY, ARGS_KEY) or name in accepted:
             continue
         hint = did_you_mean(name, accepted) or f"It accepts: {', '.join(accepted) or 'no arguments'}."
-        raise ConfigError(f"{target_name(target)}() got an unexpected argument '{name}'.", hint=hint)
+        raise ConfigError(f"{who or target_name(target) + '()'} got an unexpected argument '{name}'.", hint=hint)
 
 
 def accepts_argument(target: Any, name: str) -> bool:

@@ -14,12 +14,12 @@ from typing import Any, Optional, Union, overload
 
 import cloudpickle
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError
 
 from ..errors import ConfigError, did_you_mean
 from ..fileio import atomic_write
-from .lazy import TARGET_KEY, accepts_argument, check_arguments
+from .lazy import SEQUENCE_CONFIGS, TARGET_KEY, accepts_argument, check_arguments, is_tuple_config
 from .loader import _rel, load_python_config, load_within_config
 from .provenance import remember_overrides
 from .yaml_io import load_yaml as _load_yaml
@@ -123,10 +123,12 @@ class LazyConfig:
             if not add:
                 for set_key in set_keys:
                     _check_override_key(cfg, set_key)
+            _check_not_in_tuple(cfg, key, value)
             try:
                 OmegaConf.update(cfg, key, value, merge=True, force_add=True)
             except Exception as e:
-                raise ConfigError(f"cannot set this key to {value!r}: {e}", key=key) from None
+                reason = omegaconf_reason(e)
+                raise ConfigError(f"cannot set this key to {value!r}: {reason}.", key=key) from None
             remember_overrides(cfg, set_keys)
         return cfg
 
@@ -136,7 +138,9 @@ class LazyConfig:
 
         detectron2's ``to_py`` writes readable code that need not run; this one runs. ``prefix`` is written
         before each top-level name (detectron2 uses ``"cfg."``); only the empty default gives a loadable file.
-        A value Python source cannot spell (a lambda, a tensor) is a ConfigError naming its key.
+        A value Python source cannot spell (a lambda, a tensor) is a ConfigError naming its key. A tuple is
+        written as a tuple; omegaconf 2.3 stores tuples as lists, so there it is written (and comes back) as
+        a list.
         """
         from .python_writer import config_to_python
 
@@ -196,12 +200,6 @@ def _merged_keys(cfg: DictConfig, key: str, value: Any) -> list[str]:
     return keys
 
 
-def source_line(cfg: DictConfig, name: str) -> tuple[Optional[str], Optional[int]]:
-    """The first ``file, line`` of the config files ``cfg`` was loaded from where ``name`` is written as a
-    word (to point at a misspelled key), or ``(None, None)``."""
-    return _first_line(_source_files(cfg), re.compile(rf"\b{re.escape(name)}\b"))
-
-
 def _source_files(cfg: DictConfig) -> list[str]:
     """The config files ``cfg`` was loaded from (empty for a config built in code or changed since)."""
     ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
@@ -251,7 +249,7 @@ def flat_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
             path = f"{prefix}.{k!s}" if prefix else str(k)
             yield path
             yield from flat_keys(cfg._get_node(k), path)
-    elif isinstance(cfg, ListConfig):
+    elif isinstance(cfg, SEQUENCE_CONFIGS):
         for i in range(len(cfg)):
             path = f"{prefix}.{i}"
             yield path
@@ -263,33 +261,82 @@ def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except InterpolationResolutionError as e:
-        key = str(e.full_key) if e.full_key else None
+        key = re.sub(r"\[(\d+)\]", r".\1", str(e.full_key)) if e.full_key else None  # layers[0].w: layers.0.w
         raw = _raw_value(cfg, key) if key else None
         file, line = _first_line(files, re.compile(re.escape(raw))) if isinstance(raw, str) else (None, None)
         refs = re.findall(r"\$\{([^}:]+)\}", raw) if isinstance(raw, str) else []
+        unset = _unset_reference(e)
+        if unset is not None:
+            raise ConfigError(
+                f"{raw!r} needs '{unset}', which is required but not set ('???').",
+                file=file,
+                line=line,
+                key=key,
+                hint=f"Set it in the config or on the command line ({unset}=...).",
+            ) from None
         missing = [r for r in refs if OmegaConf.select(cfg, r, default=_MISSING) is _MISSING]
         if missing:
             what = f"'{missing[0]}' is not a key of this config"
             hint = did_you_mean(missing[0], flat_keys(cfg))
         else:
-            what, hint = e.msg or str(e), ""
+            what, hint = omegaconf_reason(e), ""
         raise ConfigError(f"bad interpolation {raw!r}: {what}.", file=file, line=line, key=key, hint=hint) from None
+
+
+def _unset_reference(error: InterpolationResolutionError) -> Optional[str]:
+    """The key holding '???' that an interpolation needs (itself or through other interpolations), or None."""
+    if not isinstance(error, InterpolationToMissingValueError):
+        return None
+    match = re.search(r"Missing mandatory value: (\S+)", str(getattr(error, "msg", None) or error))
+    return match.group(1) if match else None
 
 
 _MISSING = object()
 
 
+def _is_unset(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` exists and holds '???' (a required value not set yet)."""
+    try:
+        return _raw_value(cfg, key) == "???"
+    except Exception:  # a part of the key is not a config node
+        return False
+
+
 def _raw_value(cfg: DictConfig, key: str) -> Any:
     node: Any = cfg
     for part in key.split("."):
-        node = node._get_node(int(part) if isinstance(node, ListConfig) else part)
+        node = node._get_node(int(part) if isinstance(node, SEQUENCE_CONFIGS) else part)
         if node is None:
             return None
     return node._value()
 
 
+def omegaconf_reason(error: Exception) -> str:
+    """The first line of an omegaconf error, without its ``full_key:`` / ``object_type=`` lines and final
+    period (``Value 'abc' of type 'str' could not be converted to Integer``)."""
+    text = str(getattr(error, "msg", None) or error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
+
+
+def _check_not_in_tuple(cfg: DictConfig, key: str, value: Any) -> None:
+    """An item of a tuple (immutable in omegaconf 2.4) cannot be set: say how to set the whole tuple."""
+    parent_key, _, last = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None, throw_on_resolution_failure=False)
+    if not is_tuple_config(parent) or not last.isdigit() or int(last) >= len(parent):
+        return
+    items = list(OmegaConf.to_container(parent, resolve=False))  # type: ignore[arg-type]
+    items[int(last)] = value
+    raise ConfigError(
+        f"'{parent_key}' is a tuple, whose items cannot be set one by one.",
+        key=key,
+        hint=f"Set the whole tuple: {parent_key}={items!r}",
+    )
+
+
 def _check_override_key(cfg: DictConfig, key: str) -> None:
     if OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is not _MISSING:
+        return
+    if _is_unset(cfg, key):  # select gives the default for '???' too: a required value is a key to set
         return
     parent_key, _, leaf = key.rpartition(".")
     parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg

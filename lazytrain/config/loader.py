@@ -15,14 +15,16 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError, LazytrainError, did_you_mean
+from .lazy import SEQUENCE_CONFIGS, TUPLE_CONFIG
 
 __all__ = ["load_python_config", "load_within_config"]
 
 _LITERALS = (int, float, str, bool, type(None), bytes)
-_CONFIG_TYPES = (DictConfig, ListConfig, dict, list, tuple, *_LITERALS)
+_CONFIG_TYPES = (DictConfig, *SEQUENCE_CONFIGS, dict, list, tuple, *_LITERALS)
 
 
 def load_python_config(path: str) -> tuple[DictConfig, list[str]]:
@@ -164,7 +166,7 @@ class _ConfigFileLoader:
         module = types.ModuleType(_module_name(path))
         module.__file__ = path
         for k in values:
-            setattr(module, k, root[k] if isinstance(root._get_node(k), (DictConfig, ListConfig)) else values[k])
+            setattr(module, k, root[k] if isinstance(root._get_node(k), (DictConfig, *SEQUENCE_CONFIGS)) else values[k])
         for item in fromlist:
             if item != "*" and not hasattr(module, item):
                 raise ConfigError(
@@ -201,12 +203,17 @@ class _ConfigFileLoader:
             )
         if isinstance(e, ImportError):
             return ConfigError(f"{e}.", file=_rel(location), line=line, hint=_import_name_hint(e))
-        return ConfigError(f"{type(e).__name__}: {e}", file=_rel(location), line=line)
+        text = str(e)
+        if isinstance(e, OmegaConfBaseException):  # its first line; the others repeat full_key and object_type
+            text = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
+        return ConfigError(f"{type(e).__name__}: {text}", file=_rel(location), line=line)
 
 
 def _as_config(value: Any) -> Any:
-    if isinstance(value, (dict, list, tuple)) and not isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.create(list(value) if isinstance(value, tuple) else value, flags={"allow_objects": True})
+    if isinstance(value, (dict, list, tuple)):
+        if isinstance(value, tuple) and TUPLE_CONFIG is None:
+            value = list(value)  # omegaconf 2.3 has no config of a tuple
+        return OmegaConf.create(value, flags={"allow_objects": True})
     return value
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import ast
 import itertools
+import os
 import re
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -47,53 +48,173 @@ def key_line(cfg: DictConfig, key: str) -> tuple[Optional[str], Optional[int]]:
     """``(file, line)`` where the config files ``cfg`` was loaded from set ``key`` (``model.head.width``),
     or ``(None, None)``.
 
-    A Python file's top-level statements are read in order, the last that sets the key winning (later
-    lines override earlier ones); the importing file comes before the files it imports, since its
-    statements run after them. Inside a statement the key's parts are found one after another
-    (``head=`` then ``width=``); a part it does not spell (a positional argument) leaves the line of the
-    part before.
+    A Python file's statements are read in order, the last that sets the key winning (later lines override
+    earlier ones), those inside ``if`` / ``for`` / ``with`` / ``try`` too (not inside functions); the
+    importing file comes before the files it imports, since its statements run after them. A statement sets
+    a key by assigning it (``model.head = ...``, ``train["seed"] = 7``), by ``update`` (``optimizer.update(
+    lr=0.2)`` sets ``optimizer.lr``) or by ``LazyConfig.load_rel`` (followed into the file it loads). Inside
+    a statement the key's parts are found one after another (``head=`` then ``width=``, or ``"width":``); a
+    part it does not spell (a positional argument) leaves the line of the part before.
     """
-    parts = [p for p in key.split(".") if not p.isdigit() and p != TARGET_KEY]
+    parts = _parts(key)
     from .lazy_config import _source_files  # the files each loaded root came from
 
     for path in _source_files(cfg):
-        try:
-            with open(path, encoding="utf-8") as f:
-                source = f.read()
-        except OSError:
-            continue
-        line = _yaml_key_line(source, parts) if path.endswith((".yaml", ".yml")) else _py_key_line(source, parts)
-        if line is not None:
-            return _rel(path), line
+        found = _file_key_line(path, parts)
+        if found is not None:
+            return _rel(found[0]), found[1]
     return None, None
 
 
-def _py_key_line(source: str, parts: list[str]) -> Optional[int]:
+def _parts(key: str) -> list[str]:
+    return [p for p in key.split(".") if not p.isdigit() and p != TARGET_KEY]
+
+
+def _file_key_line(path: str, parts: list[str], depth: int = 0) -> Optional[tuple[str, int]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError:
+        return None
+    if path.endswith((".yaml", ".yml")):
+        line = _yaml_key_line(source, parts)
+        return (path, line) if line is not None else None
+    return _py_key_line(path, source, parts, depth)
+
+
+def _py_key_line(path: str, source: str, parts: list[str], depth: int = 0) -> Optional[tuple[str, int]]:
     try:
         tree = ast.parse(source)
     except SyntaxError:
         return None
     lines = source.splitlines(keepends=True)
     found = None
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else getattr(node, "target", None)
-        if targets is None or not isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
-            continue
-        for target in targets if isinstance(targets, list) else [targets]:
-            name = ast.unparse(target).split(".")
+    for node in _statements(tree.body):
+        for name, value, keys in _what_it_sets(node):
             if name != parts[: len(name)]:
                 continue
-            start = node.value.lineno if node.value is not None else node.lineno
-            end = node.end_lineno or start
+            rest = parts[len(name) :]
+            if keys is not None and (not rest or rest[0] not in keys):
+                continue  # update(...) sets only the keys it names
+            loaded = _load_rel(path, value, depth)
+            if loaded is not None:
+                inner = _file_key_line(loaded[0], loaded[1] + rest, depth + 1)
+                if inner is not None:
+                    found = inner
+                    continue
+            start = value.lineno if value is not None else node.lineno
+            end = (value.end_lineno if value is not None else node.end_lineno) or start
             text = "".join(lines[start - 1 : end])
-            found = start + _parts_offset_lines(text, parts[len(name) :])
+            found = (path, start + _parts_offset_lines(text, rest))
     return found
+
+
+def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The statements of ``body`` in source order, those inside if / for / while / with / try / match too
+    (they run when the file runs), not those inside functions and classes."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.stmt):
+                yield from _statements([child])
+            elif isinstance(child, (ast.ExceptHandler, ast.match_case)):
+                yield from _statements(child.body)
+
+
+def _what_it_sets(node: ast.stmt) -> Iterator[tuple[list[str], Optional[ast.expr], Optional[set[str]]]]:
+    """``(key parts, value expression, keys)`` for each key a statement sets; ``keys``: the only keys under
+    it that it sets (``update``), or None (all of them)."""
+    if isinstance(node, ast.Assign):
+        for target in node.targets:
+            if isinstance(target, ast.Tuple) and _is_load_rel(node.value):
+                for i, element in enumerate(target.elts):  # a, b = LazyConfig.load_rel(path, ("a", "b"))
+                    name = _target_parts(element)
+                    if name is not None:
+                        yield name, _nth_key_call(node.value, i), None  # type: ignore[arg-type]
+                continue
+            name = _target_parts(target)
+            if name is not None:
+                yield name, node.value, None
+    elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+        name = _target_parts(node.target)
+        if name is not None:
+            yield name, node.value, None
+    elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+        call = node.value
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "update":
+            name = _target_parts(call.func.value)
+            keys = {k.arg for k in call.keywords if k.arg}
+            for arg in call.args:
+                if isinstance(arg, ast.Dict):
+                    keys.update(str(k.value) for k in arg.keys if isinstance(k, ast.Constant))
+            if name is not None:
+                yield name, call, keys
+
+
+def _target_parts(node: ast.expr) -> Optional[list[str]]:
+    """``["train", "seed"]`` for ``train.seed`` or ``train["seed"]`` (list indexes are left out, as in keys)."""
+    if isinstance(node, ast.Name):
+        return [node.id]
+    if isinstance(node, ast.Attribute):
+        base = _target_parts(node.value)
+        return None if base is None else [*base, node.attr]
+    if isinstance(node, ast.Subscript):
+        base = _target_parts(node.value)
+        index = node.slice
+        if base is None or not isinstance(index, ast.Constant):
+            return None
+        if isinstance(index.value, int) and not isinstance(index.value, bool):
+            return base
+        return [*base, str(index.value)] if isinstance(index.value, str) else None
+    return None
+
+
+def _is_load_rel(value: Optional[ast.expr]) -> bool:
+    return (
+        isinstance(value, ast.Call)
+        and isinstance(value.func, (ast.Attribute, ast.Name))
+        and (value.func.attr if isinstance(value.func, ast.Attribute) else value.func.id) == "load_rel"
+        and bool(value.args)
+        and isinstance(value.args[0], ast.Constant)
+        and isinstance(value.args[0].value, str)
+    )
+
+
+def _load_rel_keys(call: ast.Call) -> Optional[ast.expr]:
+    if len(call.args) > 1:
+        return call.args[1]
+    return next((k.value for k in call.keywords if k.arg == "keys"), None)
+
+
+def _nth_key_call(call: ast.Call, i: int) -> ast.Call:
+    """``load_rel(path, ("a", "b"))`` as if it were ``load_rel(path, "a")`` for its ``i``-th target."""
+    keys = _load_rel_keys(call)
+    one = keys.elts[i] if isinstance(keys, (ast.Tuple, ast.List)) and i < len(keys.elts) else None
+    copy = ast.Call(func=call.func, args=[call.args[0], *([one] if one is not None else [])], keywords=[])
+    return ast.copy_location(copy, call)
+
+
+def _load_rel(path: str, value: Optional[ast.expr], depth: int) -> Optional[tuple[str, list[str]]]:
+    """For ``LazyConfig.load_rel("base.py", "model")``: the file it loads and the key parts in it."""
+    if depth > 10 or not _is_load_rel(value):
+        return None
+    assert isinstance(value, ast.Call)
+    target = os.path.join(os.path.dirname(path), value.args[0].value)  # type: ignore[attr-defined]
+    keys = _load_rel_keys(value)
+    if keys is None or (isinstance(keys, ast.Constant) and keys.value is None):
+        return target, []
+    if isinstance(keys, ast.Constant) and isinstance(keys.value, str):
+        return target, _parts(keys.value)
+    return None  # a tuple of keys not unpacked into names
 
 
 def _parts_offset_lines(text: str, parts: list[str]) -> int:
     position = 0
     for part in parts:
-        match = re.compile(rf"\b{re.escape(part)}\s*=(?!=)").search(text, position)
+        name = re.escape(part)
+        match = re.compile(rf"\b{name}\s*=(?!=)|['\"]{name}['\"]\s*:").search(text, position)
         if match is None:
             break
         position = match.start()

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, SCMode
 
 from ..errors import ConfigError
-from .lazy import ARGS_KEY, TARGET_KEY, is_importable, target_name
+from .lazy import ARGS_KEY, TARGET_KEY, is_importable, positional_call_arguments, target_name
 from .yaml_io import structured_fields
 
 __all__ = ["config_to_python"]
@@ -70,14 +70,16 @@ class _Writer:
         if isinstance(value, Mapping) and TARGET_KEY in value:
             return self.call(dict(value), key)
         if isinstance(value, Mapping):
-            if all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in value):
-                return f"dict({self.arguments([], value, key)})"
+            # a literal, not dict(...): a top-level key may be named `dict`
             items = ", ".join(f"{k!r}: {self.value(v, f'{key}.{k}')}" for k, v in value.items())
             return "{" + items + "}"
         if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(self.value(v, f"{key}.{i}") for i, v in enumerate(value)) + "]"
+            items = ", ".join(self.value(v, f"{key}.{i}") for i, v in enumerate(value))
+            if isinstance(value, list):
+                return f"[{items}]"
+            return f"({items},)" if len(value) == 1 else f"({items})"
         if isinstance(value, float) and not math.isfinite(value):
-            return f"float('{value}')"
+            return f"-{self.module('math')}.inf" if value < 0 else f"{self.module('math')}.{value}"
         if isinstance(value, (str, int, float, bool, type(None))):
             return repr(value)
         if callable(value):
@@ -86,7 +88,10 @@ class _Writer:
 
     def call(self, content: dict[str, Any], key: str) -> str:
         target = content.pop(TARGET_KEY)
-        args = content.pop(ARGS_KEY, [])
+        args = list(content.pop(ARGS_KEY, []))
+        if args and callable(target) and not isinstance(target, Mapping):
+            # parameters before *args were bound to names by L(): they go back in front, positionally
+            args, content = positional_call_arguments(target, args, content)
         if isinstance(target, str):
             written = repr(target)
         elif isinstance(target, Mapping):
@@ -113,10 +118,14 @@ class _Writer:
         name = target_name(obj)
         qualname = getattr(obj, "__qualname__", "")
         module = name[: -len(qualname) - 1] if qualname and name.endswith("." + qualname) else obj.__module__
+        return f"{self.module(module)}.{qualname or name.rsplit('.', 1)[-1]}"
+
+    def module(self, module: str) -> str:
+        """The name the file refers to ``module`` by (imported; renamed when a top-level key takes its name)."""
         if module not in self.modules:
             root = module.split(".")[0]
             self.modules[module] = module if root not in self.taken else "_" + module.replace(".", "_")
-        return f"{self.modules[module]}.{qualname or name.rsplit('.', 1)[-1]}"
+        return self.modules[module]
 
 
 def _unwritable(key: str, value: Any) -> ConfigError:

@@ -8,16 +8,18 @@ from __future__ import annotations
 import collections.abc as abc
 import enum
 import inspect
+import numbers
 import sys
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Optional, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError
-from .lazy import ARGS_KEY, TARGET_KEY, is_structured_class, locate, target_name
+from .lazy import ARGS_KEY, SEQUENCE_CONFIGS, TARGET_KEY, is_structured_class, is_tuple_config, locate, target_name
 from .provenance import key_line, set_on_command_line
 
 __all__ = ["check_settings", "check_types", "matches_type", "type_name"]
@@ -25,14 +27,27 @@ __all__ = ["check_settings", "check_types", "matches_type", "type_name"]
 _NOT_CHECKED = inspect.Parameter.empty
 _SEQUENCES = (list, tuple, abc.Sequence, abc.MutableSequence, abc.Collection, abc.Iterable)
 _MAPPINGS = (dict, abc.Mapping, abc.MutableMapping)
+# arguments that lazytrain fills when a config leaves them None (engine/build.py, build_optimizer): the
+# model's parameters, and the model given to a parameter-groups call such as params=L(groups)(model=None)
+FILLED_WHEN_NONE = frozenset({"optimizer.params", "optimizer.params.model"})
 
 
 def check_types(cfg: DictConfig) -> None:
     """Raise a ConfigError for the first argument of an ``L(...)`` call whose value does not have the type
     the target's annotation names. Values are checked after interpolation; a nested call config is checked
     by its target's return type (a class: the class itself) and accepted when that is not annotated.
-    Unannotated parameters, ``Any`` and annotations that do not resolve are not checked."""
-    _check_tree(cfg, cfg, "")
+    Unannotated parameters, ``Any`` and annotations that do not resolve are not checked; None is accepted
+    where lazytrain fills the value (``optimizer.params``: the model's parameters), and a value not set yet
+    (``'???'``) anywhere. An interpolation that does not resolve is a ConfigError too (as
+    :meth:`LazyConfig.check` names it), never omegaconf's own exception."""
+    try:
+        _check_tree(cfg, cfg, "")
+    except InterpolationResolutionError as e:
+        from .lazy_config import _source_files, check_interpolations, omegaconf_reason
+
+        check_interpolations(cfg, _source_files(cfg))  # raises the ConfigError naming key, file and line
+        key = str(e.full_key) if getattr(e, "full_key", None) else None
+        raise ConfigError(f"bad interpolation: {omegaconf_reason(e)}.", key=key) from None
 
 
 def check_settings(cfg: DictConfig, key: str, schema: Mapping[str, Any]) -> None:
@@ -63,6 +78,8 @@ def matches_type(value: Any, expected: Any) -> bool:
     type does (or is unknown). Annotations this cannot decide are taken to fit."""
     if expected is _NOT_CHECKED or expected is Any or isinstance(expected, (str, typing.TypeVar)):
         return True
+    if value is _NOT_SET:
+        return True
     if _is_call(value):
         returned = return_type(value._get_node(TARGET_KEY)._value())  # type: ignore[union-attr]
         return returned is _NOT_CHECKED or _type_fits(returned, expected)
@@ -73,10 +90,10 @@ def matches_type(value: Any, expected: Any) -> bool:
         return any(matches_type(value, arg) for arg in args)
     if origin is Literal:
         return any(type(value) is type(arg) and value == arg for arg in args)
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is float:  # an int is a float; numpy's numbers are numbers too (numpy's bool is not)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if origin in _SEQUENCES or expected in _SEQUENCES:
         return _matches_sequence(value, origin or expected, args)
     if origin in _MAPPINGS or expected in _MAPPINGS:
@@ -91,9 +108,8 @@ def matches_type(value: Any, expected: Any) -> bool:
         expected = origin
     if not isinstance(expected, type):
         return True
-    if isinstance(value, (DictConfig, ListConfig)):
-        plain = dict if isinstance(value, DictConfig) else list
-        return issubclass(plain, expected) or _is_abstract_container(expected, value)
+    if isinstance(value, (DictConfig, *SEQUENCE_CONFIGS)):
+        return issubclass(_plain_type(value), expected) or _is_abstract_container(expected, value)
     try:
         return isinstance(value, expected)
     except TypeError:  # a Protocol that is not runtime-checkable, and the like
@@ -101,9 +117,9 @@ def matches_type(value: Any, expected: Any) -> bool:
 
 
 def _matches_sequence(value: Any, kind: Any, args: tuple[Any, ...]) -> bool:
-    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, ListConfig)):
+    if not isinstance(value, (list, tuple, *SEQUENCE_CONFIGS)):
         return False
-    items = list(value)
+    items = [_item(value, i) for i in range(len(typing.cast(abc.Sized, value)))]
     if kind is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
         return len(items) == len(args) and all(matches_type(v, a) for v, a in zip(items, args))
     return not args or all(matches_type(v, args[0]) for v in items)
@@ -116,7 +132,19 @@ def _matches_mapping(value: Any, args: tuple[Any, ...]) -> bool:
         return False
     if len(args) != 2:
         return True
-    return all(matches_type(k, args[0]) and matches_type(value[k], args[1]) for k in value)
+    return all(matches_type(k, args[0]) and matches_type(_item(value, k), args[1]) for k in value)
+
+
+_NOT_SET = object()  # an item whose value is '???': not known yet, so it fits any type
+
+
+def _item(container: Any, k: Any) -> Any:
+    """``container[k]``, or ``_NOT_SET`` when a config holds '???' there."""
+    if OmegaConf.is_config(container):
+        node = container._get_node(k)
+        if node is not None and node._is_missing():
+            return _NOT_SET
+    return container[k]
 
 
 def _is_abstract_container(expected: type, value: Any) -> bool:
@@ -219,10 +247,17 @@ def type_name(expected: Any) -> str:
     if origin is Literal:
         return "Literal[" + ", ".join(repr(a) for a in args) + "]"
     if origin is not None and args:
-        return f"{_short_name(origin)}[{', '.join(type_name(a) for a in args)}]"
+        return f"{_short_name(origin)}[{', '.join(_arg_name(a) for a in args)}]"
     if isinstance(expected, type):
         return _short_name(expected)
     return repr(expected).replace("typing.", "")
+
+
+def _arg_name(arg: Any) -> str:
+    """An argument of a generic: a type, or the parameter list of a Callable (``[int, str]``)."""
+    if isinstance(arg, (list, tuple)):
+        return "[" + ", ".join(type_name(a) for a in arg) + "]"
+    return type_name(arg)
 
 
 def _short_name(obj: Any) -> str:
@@ -241,7 +276,7 @@ def _check_tree(root: DictConfig, node: Any, key: str) -> None:
         for k in node:
             if k != TARGET_KEY:
                 _check_tree(root, node._get_node(k), _join(key, k))
-    elif isinstance(node, ListConfig):
+    elif isinstance(node, SEQUENCE_CONFIGS):
         if node._is_none() or node._is_missing():
             return
         for i in range(len(node)):
@@ -264,8 +299,10 @@ def _check_call(root: DictConfig, node: DictConfig, key: str) -> None:
         if child is None or child._is_missing():  # type: ignore[union-attr]
             continue
         value = node[name]
+        path = _join(key, name)
+        if value is None and path in FILLED_WHEN_NONE:
+            continue
         if not matches_type(value, expected):
-            path = _join(key, name)
             _fail(root, path, value, expected, raw=child._value(), target=target)  # type: ignore[union-attr]
 
 
@@ -294,10 +331,19 @@ def _hint(expected: Any) -> Optional[str]:
 def _show(value: Any) -> str:
     if _is_call(value):
         return f"a call of {_short_name(value._get_node(TARGET_KEY)._value())}(...)"
-    if isinstance(value, (DictConfig, ListConfig)):
+    if isinstance(value, (DictConfig, *SEQUENCE_CONFIGS)):
         plain = OmegaConf.to_container(value, resolve=True)
-        return f"{plain!r} ({'dict' if isinstance(value, DictConfig) else 'list'})"
+        return f"{plain!r} ({_plain_type(value).__name__})"
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return f"{value.item()!r} (numpy.{type(value).__name__})"  # 1.5 (numpy.float64), not np.float64(1.5)
     return f"{value!r} ({type(value).__name__})"
+
+
+def _plain_type(node: Any) -> type:
+    """What a config node stands for: ``dict``, ``list`` or ``tuple`` (omegaconf 2.4's TupleConfig)."""
+    if isinstance(node, DictConfig):
+        return dict
+    return tuple if is_tuple_config(node) else list
 
 
 def _is_call(value: Any) -> bool:

@@ -1,6 +1,8 @@
 """Configs as YAML text and back: targets as dotted paths, dataclass values as tagged mappings.
 
-What YAML cannot hold is collected for a cloudpickle side file; :func:`load_yaml` puts it back.
+A tuple is written as a sequence tagged ``!tuple`` so that it loads back as a tuple (omegaconf 2.4 keeps
+tuples; 2.3 turns them into lists in any case). What YAML cannot hold is collected for a cloudpickle side
+file; :func:`load_yaml` puts it back.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from typing import Any
 
 import cloudpickle
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf, SCMode
+from omegaconf import DictConfig, OmegaConf, SCMode
 
 from ..errors import ConfigError
-from .lazy import TARGET_KEY, is_importable, locate, target_name, target_node
+from .lazy import SEQUENCE_CONFIGS, TARGET_KEY, is_importable, is_tuple_config, locate, target_name, target_node
 
 __all__ = ["load_yaml", "side_file", "to_yaml"]
 
 _YAML_SCALARS = (int, float, str, bool, type(None))
 _PICKLED = "<cloudpickle>"
 _STRUCTURED_TAG = "!dataclass:"
+_TUPLE_TAG = "!tuple"
 
 
 def side_file(path: str) -> str:
@@ -41,6 +44,11 @@ class _Structured(dict):
         self.path = path
 
 
+class _Tuple(list):
+    """The items of a tuple; YAML writes them as a sequence tagged ``!tuple`` (on one line when all are
+    scalars: ``kernel_size: !tuple [3, 3]``)."""
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -52,6 +60,12 @@ class _Loader(yaml.SafeLoader):
 _Dumper.add_representer(_Import, lambda dumper, value: dumper.represent_scalar("!import", str(value)))
 _Dumper.add_representer(
     _Structured, lambda dumper, value: dumper.represent_mapping(_STRUCTURED_TAG + value.path, dict(value))
+)
+_Dumper.add_representer(
+    _Tuple,
+    lambda dumper, value: dumper.represent_sequence(
+        _TUPLE_TAG, list(value), flow_style=all(isinstance(v, _YAML_SCALARS) for v in value)
+    ),
 )
 
 
@@ -74,6 +88,7 @@ def _construct_structured(loader: yaml.SafeLoader, path: str, node: yaml.Node) -
 
 
 _Loader.add_constructor("!import", _construct_import)
+_Loader.add_constructor(_TUPLE_TAG, lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
 _Loader.add_multi_constructor(_STRUCTURED_TAG, _construct_structured)
 
 
@@ -114,7 +129,8 @@ def _yaml_ready(value: Any, key: str, pickled: dict[str, Any]) -> Any:
                 out[k] = _yaml_ready(v, path, pickled)
         return out
     if isinstance(value, (list, tuple)):
-        return [_yaml_ready(v, f"{key}.{i}", pickled) for i, v in enumerate(value)]
+        items = [_yaml_ready(v, f"{key}.{i}", pickled) for i, v in enumerate(value)]
+        return _Tuple(items) if isinstance(value, tuple) else items
     if isinstance(value, _YAML_SCALARS):
         return value
     if callable(value) and is_importable(value):
@@ -144,9 +160,23 @@ def load_yaml(path: str) -> DictConfig:
             for key, value in cloudpickle.load(f).items():
                 if key == TARGET_KEY or key.endswith("." + TARGET_KEY):
                     value = target_node(value)
-                OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+                _put_back(cfg, key, value)
     _resolve_targets(cfg)
     return cfg
+
+
+def _put_back(cfg: DictConfig, key: str, value: Any) -> None:
+    """Set ``key`` to ``value``; inside a tuple (immutable in omegaconf 2.4) the tuple is rebuilt."""
+    parent_key, _, last = key.rpartition(".")
+    parent: Any = cfg
+    for part in parent_key.split(".") if parent_key else []:
+        parent = parent._get_node(int(part) if isinstance(parent, SEQUENCE_CONFIGS) else part)
+    if is_tuple_config(parent):
+        items = [parent._get_node(i) for i in range(len(parent))]
+        items[int(last)] = value
+        _put_back(cfg, parent_key, tuple(items))
+    else:
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
 
 
 def _resolve_targets(cfg: Any) -> None:
@@ -162,6 +192,6 @@ def _resolve_targets(cfg: Any) -> None:
                     cfg[k] = target_node(locate(node._value()))  # type: ignore[union-attr]
             else:
                 _resolve_targets(node)
-    elif isinstance(cfg, ListConfig):
+    elif isinstance(cfg, SEQUENCE_CONFIGS):
         for i in range(len(cfg)):
             _resolve_targets(cfg._get_node(i))

@@ -187,13 +187,13 @@ def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """``cfg.optimizer`` with ``params`` filled: the model's parameters, or ``model=`` given to a call
-    config such as ``params=L(param_groups)(weight_decay_norm=0.0)``."""
+    """``cfg.optimizer`` with ``params`` filled when absent or None: the model's parameters, or ``model=``
+    given to a call config such as ``params=L(param_groups)(weight_decay_norm=0.0)`` (absent or None)."""
     optimizer_cfg = cfg.optimizer.copy()
     params = optimizer_cfg.get("params")
     if params is None:
         optimizer_cfg.params = [p for p in model.parameters() if p.requires_grad]
-    elif isinstance(params, DictConfig) and TARGET_KEY in params and "model" not in params:
+    elif isinstance(params, DictConfig) and TARGET_KEY in params and params.get("model") is None:
         params.model = model
     optimizer = instantiate(optimizer_cfg, key="optimizer")
     if not isinstance(optimizer, torch.optim.Optimizer):

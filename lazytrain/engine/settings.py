@@ -8,10 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import LazyConfig
-from ..config.lazy_config import source_line
+from ..config.lazy import SEQUENCE_CONFIGS
+from ..config.lazy_config import _raw_value
+from ..config.provenance import key_line, set_on_command_line
 from ..errors import ConfigError, did_you_mean
 
 __all__ = ["TRAIN_DEFAULTS", "add_train_defaults", "check_required", "check_train_settings", "load_run_config"]
@@ -51,10 +53,11 @@ def load_run_config(
     cfg = LazyConfig.load(path, check=False)
     add_train_defaults(cfg, str(path))  # before the check: configs may refer to ${train.seed} and the like
     LazyConfig.apply_overrides(cfg, list(overrides))
+    check_train_layout(cfg)  # before the check: `train=5` is named as such, not as a bad ${train.seed}
     LazyConfig.check(cfg)
     if output_dir:
         cfg.train.output_dir = output_dir
-    check_train_settings(cfg, overridden=[o.split("=", 1)[0].lstrip("+~") for o in overrides])
+    check_train_settings(cfg)
     return cfg
 
 
@@ -73,9 +76,7 @@ def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> Di
     if user is None:
         user = OmegaConf.create({}, flags={"allow_objects": True})
     if not isinstance(user, DictConfig):
-        raise ConfigError(
-            "'train' must be a dict of run settings.", key="train", hint="e.g. train = dict(max_iter=100)"
-        )
+        raise _error(cfg, "train", "must be a dict of run settings", user)
     _check_known(user, TRAIN_DEFAULTS, "train", cfg)
     merged = OmegaConf.merge(OmegaConf.create(TRAIN_DEFAULTS, flags={"allow_objects": True}), user)
     if merged.output_dir is None:
@@ -85,19 +86,85 @@ def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> Di
     return cfg
 
 
+# settings of detectron2's configs/common/train.py that lazytrain spells otherwise or does not have
+_DETECTRON2_SETTINGS = {
+    "train.checkpointer": "detectron2's checkpointer.period and checkpointer.max_to_keep are "
+    "train.checkpoint_period and train.keep_last here.",
+    "train.ddp.fp16_compression": "lazytrain does not compress DDP gradients: remove it "
+    "(train.amp.dtype='fp16' is mixed precision).",
+}
+
+
 def _check_known(user: DictConfig, defaults: dict[str, Any], prefix: str, root: DictConfig) -> None:
     for key in user:
         if key not in defaults:
-            file, line = source_line(root, str(key))
+            path = f"{prefix}.{key!s}"
+            file, line = _where(root, path)
             raise ConfigError(
                 "unknown train setting.",
                 file=file,
                 line=line,
-                key=f"{prefix}.{key!s}",
-                hint=did_you_mean(str(key), defaults) or f"Known settings: {', '.join(defaults)}.",
+                key=path,
+                hint=_DETECTRON2_SETTINGS.get(path)
+                or did_you_mean(str(key), defaults)
+                or f"Known settings: {', '.join(defaults)}.",
             )
         if isinstance(defaults[key], dict) and isinstance(user._get_node(key), DictConfig):
             _check_known(user[key], defaults[key], f"{prefix}.{key}", root)
+
+
+def check_train_layout(cfg: DictConfig) -> None:
+    """A ConfigError unless ``cfg.train`` is a dict of known settings in which each setting whose default is
+    a dict (``amp``, ``ema``, ``clip_grad``, ...) is a dict too: ``train.amp=true`` is named, with where it
+    was set, before anything reads ``train.amp.enabled``."""
+    train = _resolved(cfg, "train")
+    if train is not _UNRESOLVED and not _is_dict(train):
+        raise _error(cfg, "train", "must be a dict of run settings", train)
+    if not isinstance(train, DictConfig):
+        return  # an interpolation that does not resolve: LazyConfig.check names it
+    for name, default in TRAIN_DEFAULTS.items():
+        value = _resolved(train, name) if isinstance(default, dict) and name in train else _UNRESOLVED
+        if value is not _UNRESOLVED and not _is_dict(value):
+            keys = ", ".join(f"{name}.{k}" for k in default)
+            raise _error(cfg, f"train.{name}", f"must be a dict ({keys})", value)
+    _check_known(train, TRAIN_DEFAULTS, "train", cfg)
+
+
+_UNRESOLVED = object()
+
+
+def _resolved(node: DictConfig, key: str) -> Any:
+    """``node[key]`` (None when absent), or ``_UNRESOLVED`` for an interpolation that does not resolve."""
+    try:
+        return node.get(key)
+    except Exception:
+        return _UNRESOLVED
+
+
+def _is_dict(value: Any) -> bool:
+    return isinstance(value, DictConfig) and not value._is_none()
+
+
+def _where(cfg: DictConfig, key: str) -> tuple[Optional[str], Optional[int]]:
+    """``("command line", None)`` when an override set ``key`` (or a node above it), else the file and line
+    of the statement that set it, as type errors name them (``lazytrain config CONFIG --where KEY``)."""
+    if set_on_command_line(cfg, key):
+        return "command line", None
+    return key_line(cfg, key)
+
+
+def _error(cfg: DictConfig, key: str, must: str, value: Any) -> ConfigError:
+    """``FILE:LINE: train.x: must be ..., got VALUE (TYPE) (from '${...}').``"""
+    shown = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    message = f"{must}, got {shown!r} ({type(shown).__name__})"
+    try:
+        raw = _raw_value(cfg, key)
+    except Exception:  # a key below a value that is not a dict
+        raw = None
+    if isinstance(raw, str) and "${" in raw and raw != shown:
+        message += f" (from {raw!r})"
+    file, line = _where(cfg, key)
+    return ConfigError(message + ".", file=file, line=line, key=key)
 
 
 def _int(minimum: int) -> tuple[str, Callable[[Any], bool]]:
@@ -156,17 +223,22 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
 }
 
 
+_SEQUENCES: tuple[Any, ...] = (list, tuple, *SEQUENCE_CONFIGS)
+
+
 def _str_list(v: Any) -> bool:
-    return isinstance(v, (list, ListConfig)) and all(isinstance(x, str) for x in v)
+    return isinstance(v, _SEQUENCES) and all(isinstance(x, str) for x in v)
 
 
 def _pair_list(v: Any) -> bool:
-    return isinstance(v, (list, ListConfig)) and all(_str_list(x) and len(x) == 2 for x in v)
+    return isinstance(v, _SEQUENCES) and all(_str_list(x) and len(x) == 2 for x in v)
 
 
-def check_train_settings(cfg: DictConfig, overridden: Sequence[str] = ()) -> None:
-    """A ConfigError (exit 2) for the first ``train.*`` value of the wrong type or out of range, naming the
-    key, where it was set (the override, or the config file and line) and what it must be."""
+def check_train_settings(cfg: DictConfig) -> None:
+    """A ConfigError (exit 2) for the first ``train.*`` value of the wrong type or out of range, or an
+    unknown setting (``+train.max_iters=3``), naming the key, where it was set (the command line, or the
+    config file and line, as ``lazytrain config CONFIG --where KEY`` says) and what it must be."""
+    check_train_layout(cfg)
     train = cfg.train
     for name, (expected, ok) in _SETTING_CHECKS.items():
         parent_key, _, leaf = name.rpartition(".")
@@ -174,15 +246,8 @@ def check_train_settings(cfg: DictConfig, overridden: Sequence[str] = ()) -> Non
         if not isinstance(parent, DictConfig) or OmegaConf.is_missing(parent, leaf):
             continue  # a required value not given yet: check_required says what to add
         value = parent.get(leaf)
-        if ok(value):
-            continue
-        key = f"train.{name}"
-        where: dict[str, Any] = {}
-        if key in overridden:
-            where["file"] = "command line"
-        else:
-            where["file"], where["line"] = source_line(cfg, name.rsplit(".", 1)[-1])
-        raise ConfigError(f"must be {expected}, got {value!r} ({type(value).__name__}).", key=key, **where)
+        if not ok(value):
+            raise _error(cfg, f"train.{name}", f"must be {expected}", value)
 
 
 _REQUIRED = {
