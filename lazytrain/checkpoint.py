@@ -23,6 +23,7 @@ __all__ = [
     "ShapeMismatchError",
     "atomic_save",
     "get_rng_state",
+    "iterations_done",
     "load_inference_weights",
     "load_init_weights",
     "read_checkpoint",
@@ -229,6 +230,14 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
     else:
         extra["weights"] = "model"
     return extra
+
+
+def iterations_done(extra: dict[str, Any]) -> Optional[int]:
+    """How many iterations the checkpoint's training had done: what users call its iteration
+    (``model_0000100.pth`` holds 100). Checkpoints store ``iteration``, the 0-based index of the last iteration
+    done (99 there); None when it has none (a bare state dict)."""
+    index = extra.get("iteration")
+    return int(index) + 1 if isinstance(index, int) else None
 
 
 def _few(items: Sequence[str], n: int = 3) -> str:

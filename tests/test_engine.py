@@ -46,12 +46,22 @@ def test_cli_run_writes_every_output_file(tmp_path):
     assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     ckpts = set(os.listdir(out / "checkpoints"))
-    assert {"model_0000004.pth", "model_0000009.pth", "model_final.pth", "last_checkpoint"} <= ckpts
+    # one numbering everywhere: iteration N is the state after N iterations
+    assert {"model_0000005.pth", "model_0000010.pth", "model_final.pth", "last_checkpoint"} <= ckpts
     assert (out / "checkpoints" / "last_checkpoint").read_text() == "model_final.pth"
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["iteration"] for r in rows if "total_loss" in r] == [3, 7, 11]
-    assert any("accuracy" in r and r["iteration"] == 11 for r in rows)  # the final evaluation
-    assert "iter: 12/12" in (out / "log.txt").read_text() and "accuracy" in r.stdout
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [4, 8, 12]
+    assert any("accuracy" in r and r["iteration"] == 12 for r in rows)  # the final evaluation
+    log = (out / "log.txt").read_text()
+    assert "iter: 4/12" in log and "iter: 12/12" in log and "accuracy" in r.stdout
+    assert "Evaluation at iteration 12:" in log
+    assert f"Saving checkpoint to {out / 'checkpoints' / 'model_0000005.pth'}" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/total_loss")] == [4, 8, 12]
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [12]
     # config.yaml is the resolved config and loads back
     from lazytrain.config import LazyConfig
 
@@ -206,9 +216,9 @@ def test_nan_loss_stops_naming_the_iteration_and_saves_no_checkpoint_of_it(toy_c
     with pytest.raises(TrainingError) as info:
         train_main(cfg)
     msg = str(info.value)
-    assert "non-finite loss at iteration 5" in msg and "loss_a=nan" in msg and "loss_b=1.0" in msg
+    assert "non-finite loss at iteration 6" in msg and "loss_a=nan" in msg and "loss_b=1.0" in msg  # the 6th
     ckpts = set(os.listdir(tmp_path / "out" / "checkpoints"))
-    assert "model_0000002.pth" in ckpts and "model_0000005.pth" not in ckpts and "model_final.pth" not in ckpts
+    assert "model_0000003.pth" in ckpts and "model_0000006.pth" not in ckpts and "model_final.pth" not in ckpts
 
 
 def test_nan_loss_exits_1_with_one_paragraph(tmp_path):
@@ -234,7 +244,7 @@ def test_nan_loss_exits_1_with_one_paragraph(tmp_path):
         env=env,
     )
     assert r.returncode == 1, r.stderr
-    assert "error: non-finite loss at iteration 2" in r.stderr and "Traceback" not in r.stderr
+    assert "error: non-finite loss at iteration 3" in r.stderr and "Traceback" not in r.stderr  # the 3rd
 
 
 class ReturnsLogits(torch.nn.Module):
@@ -301,7 +311,7 @@ def test_init_checkpoint_loads_weights_only_and_reports_key_mismatch(toy_config,
     assert train_main(same, eval_only=True)["accuracy"] == first["accuracy"][0]  # the weights were loaded
     train_main(same)
     rows = read_metrics(tmp_path / "same" / "metrics.jsonl")
-    assert rows[0]["iteration"] == 0  # weights only: training starts over
+    assert rows[0]["iteration"] == 1  # weights only: training starts over
 
     other = load_config(
         TOY / "configs/toy.py",
@@ -334,15 +344,16 @@ def test_eval_command_evaluates_a_checkpoint(toy_config, tmp_path):
         env=cli_env(),
     )
     assert r.returncode == 0, r.stderr
-    assert "accuracy" in r.stdout
+    assert "accuracy" in r.stdout and f"Evaluation of {weights} (iteration 30):" in r.stdout
     row = read_metrics(tmp_path / "ev" / "metrics.jsonl")[-1]
-    assert row["iteration"] == 29 and row["accuracy"] > 0.5
+    assert row["iteration"] == 30 and row["accuracy"] > 0.5
 
 
 def test_eval_only_uses_resumed_weights(toy_config, tmp_path):
     train_main(toy_config("train.max_iter=30"))
     results = train_main(toy_config("train.max_iter=30"), resume=True, eval_only=True)
     assert results["accuracy"] > 0.5
+    assert "Evaluation at iteration 30:" in (tmp_path / "out" / "log.txt").read_text()
 
 
 def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):

@@ -24,7 +24,7 @@ def test_tensorboard_event_file_holds_grouped_scalars_the_config_and_hparams(toy
     acc.Reload()
     tags = acc.Tags()
     assert {"train/total_loss", "train/lr", "val/accuracy"} <= set(tags["scalars"])
-    assert [e.step for e in acc.Scalars("train/total_loss")] == [4, 9]
+    assert [e.step for e in acc.Scalars("train/total_loss")] == [5, 10]
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "max_iter: 10" in config_text and "MLPClassifier" in config_text
     plugin = acc.PluginTagToContent("hparams")
@@ -142,7 +142,7 @@ def test_a_hook_reading_the_storage_keeps_logged_losses_the_mean_over_ranks(tmp_
     assert r.returncode == 0, r.stderr
     lines = (out / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines if "loss_rank" in line]
-    assert [row["iteration"] for row in rows] == [2, 5]
+    assert [row["iteration"] for row in rows] == [3, 6]
     assert {row["loss_rank"] for row in rows} == {0.5}  # ranks 0 and 1, although rank 0's hook read mid-period
 
 

@@ -52,10 +52,11 @@ def test_the_test_split_reads_without_label_files(kitti):
     assert int(sample["point_labels"].sum()) == 0 and int(sample["label_image"].sum()) == 0
 
 
-def test_predict_writes_a_submission_that_passes_the_official_checks(kitti, tmp_path):
-    root, _, _ = kitti
+def test_predict_writes_a_submission_that_passes_the_official_checks(kitti, tmp_path, capsys):
+    root, weights, _ = kitti
     out = tmp_path / "submission"
     summary = _predict(kitti, out, pictures=True)
+    assert f"with {weights} (iteration 8, model weights)" in capsys.readouterr().out  # saved after 8 iterations
     assert summary["scans"] == 6 and summary["folder"] == str(out.resolve())
     assert summary["zip"] == f"cd {out.resolve()} && zip -r {out.resolve()}.zip sequences"
     check = validate_submission(str(out), str(root), sequences=TEST_SEQUENCES)

@@ -38,7 +38,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     init_rename=[],  # [[regex, replacement], ...] applied to init_checkpoint's keys before loading
     init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
     compile=dict(enabled=False, mode=None, backend="inductor"),  # torch.compile of the train step's model
-    profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a torch.profiler trace
+    profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a trace of iterations 11-15
     hang_timeout=300,  # seconds without progress on a rank before the job stops naming it (0: never)
 )
 
