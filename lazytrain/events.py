@@ -396,13 +396,18 @@ class TensorboardWriter(EventWriter):
 
 
 class TerminalWriter(EventWriter):
-    """The log line: iteration/max, ETA, each loss, lr, step and data time, peak memory."""
+    """The log line: iteration/max, ETA, each loss, step and data time, lr, peak memory.
+
+    Numbers keep one format from line to line, so columns line up: losses with 4 decimals, times in
+    seconds with 4, the lr in scientific notation with 3 (``lr: 1.000e-03``); each field is padded to the
+    widest it has been."""
 
     def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
         self._max_iter = max_iter
         self._window = window
         self._logger = logger or logging.getLogger(__name__)
         self._last: Optional[tuple[int, float]] = None
+        self._widths: dict[str, int] = {}
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
@@ -412,20 +417,24 @@ class TerminalWriter(EventWriter):
         step_time = storage.median("time", self._window) if "time" in latest else None
         data_time = storage.median("data_time", self._window) if "data_time" in latest else None
         eta = self._eta(iteration, step_time)
-        losses = "  ".join(
-            f"{name}: {value:.4g}" for name, (value, it) in latest.items() if "loss" in name and it == iteration
-        )
         lr = latest.get("lr")
-        parts = [
-            f"iter: {iteration + 1}/{self._max_iter}",
-            f"eta: {eta}" if eta else "",
-            losses,
-            f"time: {step_time:.4f}" if step_time is not None else "",
-            f"data_time: {data_time:.4f}" if data_time is not None else "",
-            f"lr: {lr[0]:.4g}" if lr else "",
-            _peak_memory(),
+        fields: list[tuple[str, str]] = [
+            ("iter", f"{iteration + 1:>{len(str(self._max_iter))}}/{self._max_iter}"),
+            ("eta", eta),
+            *((name, f"{value:.4f}") for name, (value, it) in latest.items() if "loss" in name and it == iteration),
+            ("time", f"{step_time:.4f}" if step_time is not None else ""),
+            ("data_time", f"{data_time:.4f}" if data_time is not None else ""),
+            ("lr", f"{lr[0]:.3e}" if lr else ""),
         ]
-        self._logger.info("  ".join(p for p in parts if p))
+        parts = [f"{name}: {self._padded(name, text)}" for name, text in fields if text]
+        memory = _peak_memory()
+        if memory:
+            parts.append(memory)
+        self._logger.info("  ".join(parts))
+
+    def _padded(self, name: str, text: str) -> str:
+        width = self._widths[name] = max(self._widths.get(name, 0), len(text))
+        return text.rjust(width)
 
     def _eta(self, iteration: int, step_time: Optional[float]) -> str:
         now = time.perf_counter()

@@ -53,7 +53,7 @@ def test_cli_run_writes_every_output_file(tmp_path):
     assert [r["iteration"] for r in rows if "total_loss" in r] == [4, 8, 12]
     assert any("accuracy" in r and r["iteration"] == 12 for r in rows)  # the final evaluation
     log = (out / "log.txt").read_text()
-    assert "iter: 4/12" in log and "iter: 12/12" in log and "accuracy" in r.stdout
+    assert "iter:  4/12" in log and "iter: 12/12" in log and "accuracy" in r.stdout
     assert "Evaluation at iteration 12:" in log
     assert f"Saving checkpoint to {out / 'checkpoints' / 'model_0000005.pth'}" in log
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
