@@ -203,6 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         print(f"wrote {output} (opset {report['opset']}), not checked (--no-check)")
+    print(f"report: {report['report']}")
     return 0
 
 

@@ -27,8 +27,9 @@ from .checkpoint import load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
+from .fileio import atomic_write
 
-__all__ = ["ExportError", "check_onnx", "export_onnx", "verify_onnx"]
+__all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ def export_onnx(
     use_ema: bool = True,
 ) -> dict[str, Any]:
     """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
-    :func:`verify_onnx`). Writes ``export_report.json`` beside the model and returns the report."""
+    :func:`verify_onnx`). Writes the report beside the model (``model.onnx`` -> ``model.report.json``, see
+    :func:`report_path`) and returns it, with ``"report"``: where it went."""
     spec = _export_spec(cfg)
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset)
@@ -93,7 +95,7 @@ def export_onnx(
     }
     if check:
         report.update(check_onnx(wrapper, output, batches, spec))
-    _write_report(output, report)
+    report["report"] = _write_report(output, report)
     return report
 
 
@@ -104,7 +106,7 @@ def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4, 
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights), "ema_weights": which == "ema"}
     report.update(check_onnx(wrapper, path, batches, spec))
-    _write_report(path, report)
+    report["report"] = _write_report(path, report)
     return report
 
 
@@ -120,17 +122,38 @@ def _prepare(
     return wrapper, batches, which
 
 
-def _write_report(model_path: str, report: dict[str, Any]) -> None:
-    report_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "export_report.json")
-    with open(report_path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+def report_path(model_path: str) -> str:
+    """Where the report of the ONNX model at ``model_path`` goes: beside it, named after it (``model.onnx`` ->
+    ``model.report.json``), so exports into one folder keep their own reports. A report of another model is
+    never replaced: should that file hold one (``model`` beside ``model.onnx``), the next free name is used
+    (``model.onnx.report.json``, ``model.report.2.json``, ...)."""
+    model = os.path.abspath(model_path)
+    stem = model[: -len(".onnx")] if model.lower().endswith(".onnx") else model
+    candidates = [stem + ".report.json", model + ".report.json"]
+    candidates += [f"{stem}.report.{n}.json" for n in range(2, 100)]
+    for path in dict.fromkeys(candidates):  # in order, without repeats
+        try:
+            with open(path, encoding="utf-8") as f:
+                owner = json.load(f).get("model")
+        except (OSError, ValueError, AttributeError):
+            return path  # none yet, or not a report
+        if owner == model:
+            return path
+    raise ExportError(f"every report name beside {model} holds another model's report.", hint="Export elsewhere.")
+
+
+def _write_report(model_path: str, report: dict[str, Any]) -> str:
+    """Write ``report`` (atomically) where :func:`report_path` says; return that path."""
+    path = report_path(model_path)
+    atomic_write(path, json.dumps(report, indent=2) + "\n")
     if report.get("checked") and not report["passed"]:
         raise ExportError(
             f"the ONNX model differs from the torch model: max abs diff {report['max_abs_diff']:.3g} on output "
             f"'{report['worst_output']}' (allowed: rtol={RTOL}, atol={ATOL}); argmax agreement "
-            f"{report['argmax_agreement']:.4f}. Report: {report_path}.",
+            f"{report['argmax_agreement']:.4f}. Report: {path}.",
             hint="Check for ops whose ONNX version computes differently (the report lists each batch).",
         )
+    return path
 
 
 def check_onnx(

@@ -151,4 +151,5 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
         metrics = os.path.join(cfg.train.output_dir, "metrics.jsonl")
         with open(metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        logger.info("Appended these results to %s", metrics)
     return results
