@@ -189,13 +189,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.logger import setup_logger
     from .export import export_onnx
 
     cfg = load_config(args)
+    setup_logger(None)  # progress, and which weights were loaded (the EMA's, say), on the terminal
     output = args.output or os.path.join(cfg.train.output_dir, "model.onnx")
     report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check, use_ema=not args.no_ema)
-    if report["ema_weights"]:
-        print(f"using the EMA weights of {args.weights} (--no-ema: the trained weights)")
     if report["checked"]:
         print(
             f"wrote {output} (opset {report['opset']}): matches torch on {len(report['batches'])} batches, "

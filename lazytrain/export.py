@@ -28,6 +28,7 @@ from .config import instantiate
 from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
 from .fileio import atomic_write
+from .progress import Progress
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_onnx"]
 
@@ -70,10 +71,13 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
     :func:`verify_onnx`). Writes the report beside the model (``model.onnx`` -> ``model.report.json``, see
-    :func:`report_path`) and returns it, with ``"report"``: where it went."""
+    :func:`report_path`) and returns it, with ``"report"``: where it went. Progress with an ETA is logged
+    every few seconds, per stage and per batch of the check."""
     spec = _export_spec(cfg)
+    stages = Progress("Export", 5 if check else 4, unit="stage", logger=logger)
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
-    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset)
+    stages.step(note="weights and test batches loaded")
+    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset, stages)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     onnx_program.save(output)
 
@@ -84,6 +88,7 @@ def export_onnx(
         _name_batch_axis(saved)
         onnx.save(saved, output)
     onnx.checker.check_model(output)
+    stages.step(note="saved, onnx.checker passed")
     report: dict[str, Any] = {
         "model": os.path.abspath(output),
         "weights": os.path.abspath(weights),
@@ -95,6 +100,8 @@ def export_onnx(
     }
     if check:
         report.update(check_onnx(wrapper, output, batches, spec))
+        stages.step(note="compared with torch")
+    stages.done()
     report["report"] = _write_report(output, report)
     return report
 
@@ -171,6 +178,7 @@ def check_onnx(
         other = tuple(t[:1] for t in checks[0]) if 1 not in sizes else tuple(torch.cat([t, t]) for t in checks[0])
         checks.append(other)
     per_batch, worst, worst_name, agree, total, passed = [], 0.0, "", 0, 0, True
+    progress = Progress("Export check (onnxruntime vs torch)", checks, unit="batch", logger=logger)
     for batch in checks:
         with torch.inference_mode():
             expected = [t.float().numpy() for t in wrapper(*batch)]
@@ -186,6 +194,8 @@ def check_onnx(
                 agree += int((e.argmax(1) == g.argmax(1)).sum())
                 total += e.argmax(1).size
         per_batch.append({"batch_size": int(batch[0].shape[0]), "max_abs_diff": max(diffs)})
+        progress.step()
+    progress.done()
     return {
         "checked": True,
         "passed": passed,
@@ -258,7 +268,7 @@ def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[
 
 
 def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: Mapping[str, Any],
-            opset: Optional[int]) -> Any:  # fmt: skip
+            opset: Optional[int], stages: Optional[Progress] = None) -> Any:  # fmt: skip
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise ExportError(
             f"lazytrain export uses torch.onnx.export(dynamo=True), which torch {torch.__version__} does not have.",
@@ -278,14 +288,19 @@ def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: M
                 hint="Typical causes: Python control flow on tensor values, or .item()/.tolist() in forward "
                 "(run with --traceback for the exporter's full report).",
             ) from e
+        if stages is not None:
+            stages.step(note="captured with torch.export")
         try:
             kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": list(spec["input_keys"]),
                                       "output_names": list(spec["output_names"])}  # fmt: skip
             if opset is not None:
                 kwargs["opset_version"] = opset
-            return torch.onnx.export(program, example, **kwargs)
+            onnx_program = torch.onnx.export(program, example, **kwargs)
         except Exception as e:
             raise _conversion_error(e, program, wrapper) from e
+    if stages is not None:
+        stages.step(note="converted to ONNX")
+    return onnx_program
 
 
 def _conversion_error(error: Exception, program: Any, wrapper: torch.nn.Module) -> ExportError:

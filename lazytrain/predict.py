@@ -105,5 +105,5 @@ def predict_main(
     )
     writer.begin(out_dir, pictures=pictures)
     autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
-    inference_on_dataset(model, loader, _WriterAsEvaluator(writer), device=device, autocast=autocast)
+    inference_on_dataset(model, loader, _WriterAsEvaluator(writer), device=device, autocast=autocast, what="Prediction")
     return writer.end()

@@ -178,3 +178,13 @@ def test_eval_scores_exactly_what_predict_writes(tmp_path, knn):
     assert results["mIoU"] == pytest.approx(official_miou, rel=1e-9)
     assert results["accuracy"] == pytest.approx(official_accuracy, rel=1e-9)
     assert 0 not in np.concatenate(preds)
+
+
+def test_predict_shows_progress_with_an_eta(kitti, tmp_path, capsys, monkeypatch):
+    from lazytrain import progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # a line per batch (normally: every 5 s)
+    _predict(kitti, tmp_path / "p")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "Prediction done" in line]
+    assert "lt.evaluation]: Prediction done 1/3. " in lines[0] and "ETA" in lines[0]
+    assert "Prediction done: 3 batches in" in lines[-1]

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
+from ..progress import Progress
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
@@ -282,9 +283,12 @@ def compute_class_weights(
         cache_dir,
     )
     counts = np.zeros(num_classes, dtype=np.int64)
+    progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)
     for path in label_paths:
         labels = map_labels(read_labels(path), path)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
+        progress.step()
+    progress.done()
     weights = class_weights_from_counts(counts)
     try:
         os.makedirs(cache_dir, exist_ok=True)
