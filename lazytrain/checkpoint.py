@@ -54,6 +54,7 @@ class Checkpointer(_FvcoreCheckpointer):
         **checkpointables: Any,
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.logger = logging.getLogger(__name__)  # fvcore's messages ("Saving checkpoint to ...") under our name
         self.strict_shapes = False  # True (for --resume): a weight of another shape is an error, not skipped
         if save_dir and save_to_disk:
             os.makedirs(save_dir, exist_ok=True)

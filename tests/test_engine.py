@@ -397,3 +397,25 @@ def test_version_and_help_show_defaults_and_an_example():
     assert run("--version").stdout.strip().startswith("lazytrain 0.")
     help_text = run("train", "--help").stdout
     assert "(default: 1)" in help_text and "example:\n  lazytrain train configs/kitti_seg.py" in help_text
+
+
+class WarnsOnSample7(__import__("toyproj.data").data.BlobsDataset):
+    def __getitem__(self, index):
+        if index == 7:
+            import warnings
+
+            warnings.warn("sample 7 looks odd", stacklevel=1)
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_warnings_and_fvcore_messages_reach_log_txt_in_our_format(toy_config, tmp_path, workers):
+    cfg = toy_config("train.max_iter=3", "train.checkpoint_period=2", f"dataloader.train.num_workers={workers}",
+                     "dataloader.train.batch_size=64", "dataloader.train.shuffle=False")  # fmt: skip
+    cfg.dataloader.train.dataset._target_ = WarnsOnSample7
+    train_main(cfg)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "sample 7 looks odd" in line)
+    assert " py.warnings WARNING]: UserWarning: sample 7 looks odd (" in line and "test_engine.py:" in line
+    assert f" lt.checkpoint]: Saving checkpoint to {tmp_path / 'out' / 'checkpoints' / 'model_0000002.pth'}" in log
+    assert "fvcore.common" not in log

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -20,6 +19,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
 from ..progress import Progress
+from ..warn import warn_once
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
@@ -195,9 +195,7 @@ class SemanticKittiDataset(Dataset):
             else:
                 points, labels = points[finite], labels[finite]
                 what = "they are dropped"
-            warnings.warn(
-                f"scan '{scan.points_path}' has {bad} points with NaN or infinite values; {what}.", stacklevel=2
-            )
+            warn_once(logger, f"scan '{scan.points_path}' has {bad} points with NaN or infinite values; {what}.")
         if self.augment:
             points, labels = self._augment(points, labels)
         proj = self.projection(points)
