@@ -55,6 +55,9 @@ def test_cli_run_writes_every_output_file(tmp_path):
     log = (out / "log.txt").read_text()
     assert "iter:  4/12" in log and "iter: 12/12" in log and "accuracy" in r.stdout
     assert "Evaluation at iteration 12:" in log
+    # the start block: processes and backend, parameters with their size (a toy model is not "0.0 MB")
+    assert "lt.engine.run]: 1 process, no process group." in log
+    assert "Model MLPClassifier: 420 parameters (420 trainable, 0 frozen), 1.6 kB" in log
     assert f"Saving checkpoint to {out / 'checkpoints' / 'model_0000005.pth'}" in log
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -419,3 +422,9 @@ def test_warnings_and_fvcore_messages_reach_log_txt_in_our_format(toy_config, tm
     assert " py.warnings WARNING]: UserWarning: sample 7 looks odd (" in line and "test_engine.py:" in line
     assert f" lt.checkpoint]: Saving checkpoint to {tmp_path / 'out' / 'checkpoints' / 'model_0000002.pth'}" in log
     assert "fvcore.common" not in log
+
+
+def test_parameter_sizes_read_in_kb_below_a_megabyte():
+    from lazytrain.engine.build import _size
+
+    assert (_size(1680), _size(3 * 2**20), _size(1536 * 2**10)) == ("1.6 kB", "3.0 MB", "1.5 MB")

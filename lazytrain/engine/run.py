@@ -78,6 +78,8 @@ def _log_versions_and_processes() -> None:
     logger.info("lazytrain %s, torch %s, Python %s", __version__, torch.__version__, platform.python_version())
     if comm.get_world_size() > 1:
         logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
+    else:
+        logger.info("1 process, no process group.")
 
 
 def _log_run(cfg: DictConfig, trainer: Trainer) -> None:
