@@ -12,8 +12,18 @@ from typing import Any, Optional
 __all__ = ["main"]
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows each option's default and keeps the example's line breaks."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the example's line breaks and shows an option's default where it tells something: not for
+    a default of None or False (an option not given, a flag not set), nor where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        help_text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in help_text.lower():
+            return help_text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{help_text} (default: %(default)s)"
+        return help_text
 
 
 def _launch_args(p: argparse.ArgumentParser) -> None:

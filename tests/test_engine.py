@@ -400,6 +400,17 @@ def test_version_and_help_show_defaults_and_an_example():
     assert run("--version").stdout.strip().startswith("lazytrain 0.")
     help_text = run("train", "--help").stdout
     assert "(default: 1)" in help_text and "example:\n  lazytrain train configs/kitti_seg.py" in help_text
+    assert "(default: auto)" in help_text
+    # only defaults that tell something: none for None / False, none where the help already says it
+    for command in ("train", "eval", "export", "analyze", "predict", "hooks", "config"):
+        help_text = " ".join(run(command, "--help").stdout.split())  # argparse wraps lines
+        assert "(default: None)" not in help_text and "(default: False)" not in help_text, command
+        assert "(default: the exporter's) (default:" not in help_text and "; default: freshly initialised weights (" \
+            not in help_text, command  # fmt: skip
+    analyze = " ".join(run("analyze", "--help").stdout.split())
+    assert analyze.count("(default: ") == 2 and "after 2 warm-up (default: 10)" in analyze
+    predict = " ".join(run("predict", "--help").stdout.split())
+    assert "the split to predict (sets predict.split; default: the config's) --out" in predict
 
 
 class WarnsOnSample7(__import__("toyproj.data").data.BlobsDataset):
