@@ -244,11 +244,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from .engine.hook_list import build_hooks
+    from .engine.hook_list import build_hooks, run_settings
 
     cfg = load_config(args)
     for i, hook in enumerate(build_hooks(cfg)):
         print(f"{i:>2}  {hook!r}")
+    settings = run_settings(cfg)
+    width = max(len(key) for key, _ in settings)
+    print("settings (no hooks, but they change training):")
+    for key, what in settings:
+        print(f"    {key:<{width}}  {what}")
     return 0
 
 

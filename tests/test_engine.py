@@ -79,7 +79,8 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         env=cli_env(),
     )
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    hooks, settings = r.stdout.split("settings (no hooks, but they change training):\n")
+    lines = hooks.strip().splitlines()
     assert [line.split()[1].split("(")[0] for line in lines] == [
         "HangWatchdog",
         "IterationTimer",
@@ -91,6 +92,30 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         "GracefulStop",
     ]
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
+    assert [line.split()[0] for line in settings.splitlines()] == [
+        "train.freeze", "train.compile", "train.init_checkpoint", "train.init_rename", "train.init_strict", "train.ema"
+    ]  # fmt: skip
+
+
+def test_hooks_command_names_the_settings_that_change_training(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({"model": {}}, weights)
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "hooks", str(TOY / "configs" / "toy.py"), "train.freeze=['net.0.*']",
+         "train.compile.enabled=True", f"train.init_checkpoint={weights}", "train.init_rename=[['^backbone', 'net']]",
+         "train.ema.enabled=True"],
+        capture_output=True, text=True, env=cli_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    settings = r.stdout.split("settings (no hooks, but they change training):\n")[1]
+    assert settings.splitlines() == [
+        "    train.freeze           ['net.0.*']: 2 of 4 parameter tensors, 288 of 420 parameters frozen",
+        "    train.compile          on (mode=None, backend='inductor')",
+        f"    train.init_checkpoint  {weights} (its model weights; a --resume loads all instead)",
+        "    train.init_rename      [['^backbone', 'net']] (regex, replacement) on its keys",
+        "    train.init_strict      False (the tensors that fit)",
+        "    train.ema              on (decay 0.9998: EMAHook; evaluation uses the average)",
+    ]
 
 
 def no_decay_for_biases(model, weight_decay):
