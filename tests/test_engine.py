@@ -417,6 +417,7 @@ def test_log_lines_name_their_module_and_the_level_of_warnings(tmp_path, toy_con
     log = (tmp_path / "out" / "log.txt").read_text()
     assert " lt.engine.train_loop]: Starting training" in log
     assert " lt.engine.resume WARNING]: " in log and "already holds checkpoints" in log
+    assert "next         lazytrain eval CONFIG --weights " in log  # run from Python (pytest): no command line
 
 
 def test_version_and_help_show_defaults_and_an_example():

@@ -62,7 +62,8 @@ def invoked_config_path() -> Optional[str]:
     """The CONFIG of the ``lazytrain COMMAND CONFIG ...`` command line this process runs (spawned workers
     keep it), for messages that show the next command; None when lazytrain was called from Python."""
     argv = sys.argv
-    if len(argv) > 2 and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py"):
+    commands = ("train", "eval", "export", "analyze", "predict", "hooks", "config")  # not `python -m pytest ...`
+    if len(argv) > 2 and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py") and argv[1] in commands:
         return next((a for a in argv[2:] if not a.startswith("-") and "=" not in a), None)
     return None
 
