@@ -262,6 +262,7 @@ def test_a_resumed_history_holds_each_iteration_once_in_metrics_and_tensorboard(
     crashed_run(toy_config)
     rows_before = read_metrics(tmp_path / "out" / "metrics.jsonl")
     assert max(r["iteration"] for r in rows_before if "total_loss" in r) == 13  # 11..13 are lost with the crash
+    assert "Trained 13 iterations in " in (tmp_path / "out" / "log.txt").read_text()  # the 13th finished its step
     train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
     log = (tmp_path / "out" / "log.txt").read_text()
     assert "metrics.jsonl: removed 3 rows of iterations after 10, which this resumed run replaces." in log

@@ -42,15 +42,17 @@ class IterationTimer(HookBase):
 
     def before_train(self) -> None:
         self._train_start = time.perf_counter()
+        self._done = 0
 
     def before_step(self) -> None:
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        self._done += 1  # a step that finished (a stop requested after it, as on SIGTERM, still counts)
 
     def after_train(self) -> None:
-        done = self.trainer.iter - self.trainer.start_iter
+        done = self._done
         total = time.perf_counter() - self._train_start
         if done > 0:
             logger.info(
