@@ -23,6 +23,7 @@ __all__ = [
     "ShapeMismatchError",
     "atomic_save",
     "get_rng_state",
+    "iterations_done",
     "load_inference_weights",
     "load_init_weights",
     "read_checkpoint",
@@ -53,6 +54,7 @@ class Checkpointer(_FvcoreCheckpointer):
         **checkpointables: Any,
     ) -> None:
         super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.logger = logging.getLogger(__name__)  # fvcore's messages ("Saving checkpoint to ...") under our name
         self.strict_shapes = False  # True (for --resume): a weight of another shape is an error, not skipped
         if save_dir and save_to_disk:
             os.makedirs(save_dir, exist_ok=True)
@@ -238,6 +240,14 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
     else:
         extra["weights"] = "model"
     return extra
+
+
+def iterations_done(extra: dict[str, Any]) -> Optional[int]:
+    """How many iterations the checkpoint's training had done: what users call its iteration
+    (``model_0000100.pth`` holds 100). Checkpoints store ``iteration``, the 0-based index of the last iteration
+    done (99 there); None when it has none (a bare state dict)."""
+    index = extra.get("iteration")
+    return int(index) + 1 if isinstance(index, int) else None
 
 
 def _few(items: Sequence[str], n: int = 3) -> str:

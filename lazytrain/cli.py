@@ -12,8 +12,18 @@ from typing import Any, Optional
 __all__ = ["main"]
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows each option's default and keeps the example's line breaks."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """--help keeps the example's line breaks and shows an option's default where it tells something: not for
+    a default of None or False (an option not given, a flag not set), nor where the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> Optional[str]:
+        help_text = action.help or ""
+        default = action.default
+        if default is None or default is False or default is argparse.SUPPRESS or "default" in help_text.lower():
+            return help_text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{help_text} (default: %(default)s)"
+        return help_text
 
 
 def _launch_args(p: argparse.ArgumentParser) -> None:
@@ -189,13 +199,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.logger import setup_logger
     from .export import export_onnx
 
     cfg = load_config(args)
+    setup_logger(None)  # progress, and which weights were loaded (the EMA's, say), on the terminal
     output = args.output or os.path.join(cfg.train.output_dir, "model.onnx")
     report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check, use_ema=not args.no_ema)
-    if report["ema_weights"]:
-        print(f"using the EMA weights of {args.weights} (--no-ema: the trained weights)")
     if report["checked"]:
         print(
             f"wrote {output} (opset {report['opset']}): matches torch on {len(report['batches'])} batches, "
@@ -203,6 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     else:
         print(f"wrote {output} (opset {report['opset']}), not checked (--no-check)")
+    print(f"report: {report['report']}")
     return 0
 
 
@@ -233,11 +244,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from .engine.hook_list import build_hooks
+    from .engine.hook_list import build_hooks, run_settings
 
     cfg = load_config(args)
     for i, hook in enumerate(build_hooks(cfg)):
         print(f"{i:>2}  {hook!r}")
+    settings = run_settings(cfg)
+    width = max(len(key) for key, _ in settings)
+    print("settings (no hooks, but they change training):")
+    for key, what in settings:
+        print(f"    {key:<{width}}  {what}")
     return 0
 
 

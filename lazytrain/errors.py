@@ -96,6 +96,7 @@ class UserCodeError(LazytrainError):
 
     @classmethod
     def wrap(cls, iteration: int, who: str, error: BaseException, batch: Optional[str] = None) -> UserCodeError:
+        """``iteration``: the iteration being run, as users count them (1 for the first)."""
         message = str(error).strip()
         if "Original Traceback" in message:  # raised in a DataLoader worker: torch put its traceback inside
             message = message.splitlines()[-1].split(": ", 1)[-1]

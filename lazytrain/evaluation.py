@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import random
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional, Protocol, runtime_checkable
 
@@ -16,6 +14,7 @@ import torch
 from .comm import all_gather, reduce_sum
 from .data import to_device
 from .events import beat
+from .progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -51,16 +50,18 @@ def inference_on_dataset(
     *,
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
-    log_every_s: float = 5.0,
+    log_every_s: Optional[float] = None,
+    what: str = "Inference",
 ) -> dict[str, Any]:
     """Run ``model`` in eval mode without gradients over ``data_loader``; return ``evaluator.evaluate()``.
 
     The model's mode and every RNG state are restored afterwards, so an evaluation in the middle of training
     does not change what training does next (exact resume depends on it). Progress with an ETA is logged
-    every ``log_every_s`` seconds.
+    every ``log_every_s`` seconds (default :data:`lazytrain.progress.EVERY_S`), as ``"<what> done 11/500.
+    ..."``.
     """
     evaluator.reset()
-    progress = _Progress(data_loader, log_every_s)
+    progress = Progress(what, data_loader, unit="batch", logger=logger, every_s=log_every_s)
     with _preserved_rng(), _eval_mode(model), torch.inference_mode():
         for batch in data_loader:
             batch = to_device(batch, device)
@@ -71,38 +72,6 @@ def inference_on_dataset(
             beat()  # a long evaluation is progress, not a hang
     progress.done()
     return evaluator.evaluate()
-
-
-class _Progress:
-    """ "Inference done 11/500. 0.0502 s / batch. ETA 0:00:24" every ``every_s`` seconds, as detectron2 does."""
-
-    def __init__(self, loader: Iterable[Any], every_s: float) -> None:
-        try:
-            self.total: Optional[int] = len(loader)  # type: ignore[arg-type]
-        except TypeError:
-            self.total = None
-        self.every_s = every_s
-        self.start = self.last = time.perf_counter()
-        self.count = 0
-
-    def step(self) -> None:
-        self.count += 1
-        now = time.perf_counter()
-        if now - self.last < self.every_s:
-            return
-        self.last = now
-        per_batch = (now - self.start) / self.count
-        if self.total:
-            eta = datetime.timedelta(seconds=int(per_batch * (self.total - self.count)))
-            logger.info("Inference done %d/%d. %.4f s / batch. ETA %s", self.count, self.total, per_batch, eta)
-        else:
-            logger.info("Inference done %d batches. %.4f s / batch.", self.count, per_batch)
-
-    def done(self) -> None:
-        seconds = time.perf_counter() - self.start
-        if seconds >= self.every_s:  # a short evaluation needs no summary line
-            logger.info("Inference of %d batches done in %s (%.4f s / batch)", self.count,
-                        datetime.timedelta(seconds=int(seconds)), seconds / max(self.count, 1))  # fmt: skip
 
 
 def format_results(results: Mapping[str, Any]) -> str:

@@ -1,5 +1,10 @@
 """Metric storage for one run and the writers that read it: terminal (with ETA), JSON lines, TensorBoard.
 
+Iterations are numbered one way for users: iteration N is the state after N iterations completed (the terminal's
+``iter: N/max``, ``model_{N:07d}.pth``, metrics.jsonl's ``"iteration": N``, TensorBoard's step N). Inside, the
+storage (``storage.iter``) and the trainer (``trainer.iter``) hold the 0-based index of the iteration being run,
+as detectron2's do: a value put at index i is written as iteration i + 1.
+
 Scalars may be put as device tensors: they are turned into floats together, once per write, so logging
 costs one host-device sync per log period instead of one per value per step.
 """
@@ -236,11 +241,14 @@ def _mean_over_ranks(
 
 
 def _replaced(line: str, start_iter: int) -> bool:
+    """Whether a row of metrics.jsonl belongs to an iteration after ``start_iter`` (completed before a resume)."""
     try:
         row = json.loads(line)
     except ValueError:
         return False  # not ours to judge: keep it
-    return isinstance(row, dict) and "weights" not in row and int(row.get("iteration", -1)) >= start_iter
+    if not isinstance(row, dict) or "weights" in row or not isinstance(row.get("iteration"), int):
+        return False
+    return bool(row["iteration"] > start_iter)
 
 
 def _newest(history: deque, n: int) -> list:
@@ -256,8 +264,8 @@ class EventWriter:
     path: Optional[str] = None
 
     def open(self, start_iter: int = 0) -> None:
-        """Called before training starts (at ``start_iter``: > 0 when resumed): slow set-up goes here, so it
-        does not stall a training step."""
+        """Called before training starts, with ``start_iter`` the iterations completed before (> 0 when
+        resumed): slow set-up goes here, so it does not stall a training step."""
 
     def write(self, storage: EventStorage) -> None:
         raise NotImplementedError
@@ -267,8 +275,9 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """One JSON object per line with ``"iteration"`` and the exact value of each scalar new since the last
-    write (no smoothing: the file is a record). Appends, so a resumed run continues the same file."""
+    """One JSON object per line with ``"iteration"`` (N: after N iterations) and the exact value of each scalar
+    new since the last write (no smoothing: the file is a record). Appends, so a resumed run continues the same
+    file."""
 
     def __init__(self, path: str) -> None:
         self.path = self._path = path
@@ -276,9 +285,9 @@ class JSONWriter(EventWriter):
         self._written: dict[str, int] = {}  # name -> newest iteration written
 
     def open(self, start_iter: int = 0) -> None:
-        """A resumed run replaces the iterations from ``start_iter`` on: the rows a crashed or preempted run
-        wrote for them go (rewritten atomically), so the file holds one clean history. Rows of ``lazytrain
-        eval`` (they name their ``weights``) stay."""
+        """A run resumed after ``start_iter`` iterations replaces the iterations after it: the rows a crashed
+        or preempted run wrote for them go (rewritten atomically), so the file holds one clean history. Rows of
+        ``lazytrain eval`` (they name their ``weights``) stay."""
         if start_iter <= 0 or not os.path.isfile(self._path):
             return
         with open(self._path, encoding="utf-8") as f:
@@ -287,7 +296,7 @@ class JSONWriter(EventWriter):
         if len(kept) < len(lines):
             atomic_write(self._path, "".join(line + "\n" for line in kept))
             logging.getLogger(__name__).info(
-                "%s: removed %d rows of iterations >= %d, which this resumed run replaces.",
+                "%s: removed %d rows of iterations after %d, which this resumed run replaces.",
                 self._path,
                 len(lines) - len(kept),
                 start_iter,
@@ -301,7 +310,7 @@ class JSONWriter(EventWriter):
             os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
         for iteration in sorted(rows):
-            line = json.dumps({"iteration": iteration, **rows[iteration]}, sort_keys=False)
+            line = json.dumps({"iteration": iteration + 1, **rows[iteration]}, sort_keys=False)
             self._file.write(line + "\n")  # type: ignore[union-attr]
         if self._file is not None:
             self._file.flush()
@@ -314,7 +323,8 @@ class JSONWriter(EventWriter):
 class TensorboardWriter(EventWriter):
     """Scalars and images to TensorBoard event files, written by tensorboard's own EventFileWriter (a background
     thread), one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or
-    ``val/<name>`` so TensorBoard groups them; each image (:meth:`EventStorage.put_image`) as a PNG. Exact
+    ``val/<name>`` so TensorBoard groups them, at step N for iteration N (after N iterations); each image
+    (:meth:`EventStorage.put_image`) as a PNG. Exact
     values: TensorBoard smooths in its UI. ``config_yaml`` becomes a text
     summary; at the end, ``hparams`` (a few key settings) and the final values of the ``val/`` scalars go to
     TensorBoard's HParams tab, so runs can be compared."""
@@ -331,9 +341,9 @@ class TensorboardWriter(EventWriter):
         self._step = 0
 
     def open(self, start_iter: int = 0) -> None:
-        """Creates the event file. A resumed run (``start_iter`` > 0) starts it with a SessionLog START at
-        ``start_iter``: TensorBoard then drops what earlier files hold from that step on, so the curves show
-        one history, not the lost iterations twice."""
+        """Creates the event file. A run resumed after ``start_iter`` iterations starts it with a SessionLog
+        START at step ``start_iter + 1``, its first: TensorBoard then drops what earlier files hold from that
+        step on, so the curves show one history, not the lost iterations twice. The config goes at that step."""
         # imported here, not at the top: tensorboard takes ~0.3 s to import, and the CLI must start fast
         from tensorboard.compat.proto.event_pb2 import Event, SessionLog
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
@@ -342,16 +352,16 @@ class TensorboardWriter(EventWriter):
             _quiet_writer_thread_errors()
             self._writer = EventFileWriter(self.log_dir, flush_secs=30)
             self.path = getattr(self._writer, "_file_name", self.path)
-            self._step = start_iter
+            self._step = start_iter + 1
             if start_iter > 0:
                 start = SessionLog(status=SessionLog.START)
-                self._writer.add_event(Event(wall_time=time.time(), step=start_iter, session_log=start))
+                self._writer.add_event(Event(wall_time=time.time(), step=start_iter + 1, session_log=start))
             if self.config_yaml:
                 from torch.utils.tensorboard.summary import text
 
                 # markdown: indented by 4 spaces, the YAML shows as a code block
                 body = "\n".join("    " + line for line in self.config_yaml.splitlines())
-                self._add(text("config", body), start_iter)
+                self._add(text("config", body), start_iter + 1)
 
     def _add(self, summary: Any, step: int) -> None:
         from tensorboard.compat.proto.event_pb2 import Event
@@ -369,7 +379,7 @@ class TensorboardWriter(EventWriter):
             by_iteration[iteration].append(Summary.Value(tag=tag, simple_value=value))
             if tag.startswith("val/"):
                 self._final[tag] = value
-            self._step = max(self._step, iteration)
+            self._step = max(self._step, iteration + 1)
         for name, (image, iteration) in storage.new_images(self._written_images).items():
             height, width, channels = image.shape
             picture = Summary.Image(
@@ -378,7 +388,7 @@ class TensorboardWriter(EventWriter):
             tag = f"{storage.groups.get(name, 'val')}/{name}"
             by_iteration[iteration].append(Summary.Value(tag=tag, image=picture))
         for iteration in sorted(by_iteration):
-            self._add(Summary(value=by_iteration[iteration]), iteration)
+            self._add(Summary(value=by_iteration[iteration]), iteration + 1)
 
     def close(self) -> None:
         if self._writer is None:
@@ -410,13 +420,18 @@ def _quiet_writer_thread_errors() -> None:
 
 
 class TerminalWriter(EventWriter):
-    """The log line: iteration/max, ETA, each loss, lr, step and data time, peak memory."""
+    """The log line: iteration/max, ETA, each loss, step and data time, lr, peak memory.
+
+    Numbers keep one format from line to line, so columns line up: losses with 4 decimals, times in
+    seconds with 4, the lr in scientific notation with 3 (``lr: 1.000e-03``); each field is padded to the
+    widest it has been."""
 
     def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
         self._max_iter = max_iter
         self._window = window
         self._logger = logger or logging.getLogger(__name__)
         self._last: Optional[tuple[int, float]] = None
+        self._widths: dict[str, int] = {}
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
@@ -426,20 +441,24 @@ class TerminalWriter(EventWriter):
         step_time = storage.median("time", self._window) if "time" in latest else None
         data_time = storage.median("data_time", self._window) if "data_time" in latest else None
         eta = self._eta(iteration, step_time)
-        losses = "  ".join(
-            f"{name}: {value:.4g}" for name, (value, it) in latest.items() if "loss" in name and it == iteration
-        )
         lr = latest.get("lr")
-        parts = [
-            f"iter: {iteration + 1}/{self._max_iter}",
-            f"eta: {eta}" if eta else "",
-            losses,
-            f"time: {step_time:.4f}" if step_time is not None else "",
-            f"data_time: {data_time:.4f}" if data_time is not None else "",
-            f"lr: {lr[0]:.4g}" if lr else "",
-            _peak_memory(),
+        fields: list[tuple[str, str]] = [
+            ("iter", f"{iteration + 1:>{len(str(self._max_iter))}}/{self._max_iter}"),
+            ("eta", eta),
+            *((name, f"{value:.4f}") for name, (value, it) in latest.items() if "loss" in name and it == iteration),
+            ("time", f"{step_time:.4f}" if step_time is not None else ""),
+            ("data_time", f"{data_time:.4f}" if data_time is not None else ""),
+            ("lr", f"{lr[0]:.3e}" if lr else ""),
         ]
-        self._logger.info("  ".join(p for p in parts if p))
+        parts = [f"{name}: {self._padded(name, text)}" for name, text in fields if text]
+        memory = _peak_memory()
+        if memory:
+            parts.append(memory)
+        self._logger.info("  ".join(parts))
+
+    def _padded(self, name: str, text: str) -> str:
+        width = self._widths[name] = max(self._widths.get(name, 0), len(text))
+        return text.rjust(width)
 
     def _eta(self, iteration: int, step_time: Optional[float]) -> str:
         now = time.perf_counter()

@@ -27,8 +27,10 @@ from .checkpoint import load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
+from .fileio import atomic_write
+from .progress import Progress
 
-__all__ = ["ExportError", "check_onnx", "export_onnx", "verify_onnx"]
+__all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +70,14 @@ def export_onnx(
     use_ema: bool = True,
 ) -> dict[str, Any]:
     """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
-    :func:`verify_onnx`). Writes ``export_report.json`` beside the model and returns the report."""
+    :func:`verify_onnx`). Writes the report beside the model (``model.onnx`` -> ``model.report.json``, see
+    :func:`report_path`) and returns it, with ``"report"``: where it went. Progress with an ETA is logged
+    every few seconds, per stage and per batch of the check."""
     spec = _export_spec(cfg)
+    stages = Progress("Export", 5 if check else 4, unit="stage", logger=logger)
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
-    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset)
+    stages.step(note="weights and test batches loaded")
+    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset, stages)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     onnx_program.save(output)
 
@@ -82,6 +88,7 @@ def export_onnx(
         _name_batch_axis(saved)
         onnx.save(saved, output)
     onnx.checker.check_model(output)
+    stages.step(note="saved, onnx.checker passed")
     report: dict[str, Any] = {
         "model": os.path.abspath(output),
         "weights": os.path.abspath(weights),
@@ -93,7 +100,9 @@ def export_onnx(
     }
     if check:
         report.update(check_onnx(wrapper, output, batches, spec))
-    _write_report(output, report)
+        stages.step(note="compared with torch")
+    stages.done()
+    report["report"] = _write_report(output, report)
     return report
 
 
@@ -104,7 +113,7 @@ def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4, 
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights), "ema_weights": which == "ema"}
     report.update(check_onnx(wrapper, path, batches, spec))
-    _write_report(path, report)
+    report["report"] = _write_report(path, report)
     return report
 
 
@@ -120,17 +129,38 @@ def _prepare(
     return wrapper, batches, which
 
 
-def _write_report(model_path: str, report: dict[str, Any]) -> None:
-    report_path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "export_report.json")
-    with open(report_path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
+def report_path(model_path: str) -> str:
+    """Where the report of the ONNX model at ``model_path`` goes: beside it, named after it (``model.onnx`` ->
+    ``model.report.json``), so exports into one folder keep their own reports. A report of another model is
+    never replaced: should that file hold one (``model`` beside ``model.onnx``), the next free name is used
+    (``model.onnx.report.json``, ``model.report.2.json``, ...)."""
+    model = os.path.abspath(model_path)
+    stem = model[: -len(".onnx")] if model.lower().endswith(".onnx") else model
+    candidates = [stem + ".report.json", model + ".report.json"]
+    candidates += [f"{stem}.report.{n}.json" for n in range(2, 100)]
+    for path in dict.fromkeys(candidates):  # in order, without repeats
+        try:
+            with open(path, encoding="utf-8") as f:
+                owner = json.load(f).get("model")
+        except (OSError, ValueError, AttributeError):
+            return path  # none yet, or not a report
+        if owner == model:
+            return path
+    raise ExportError(f"every report name beside {model} holds another model's report.", hint="Export elsewhere.")
+
+
+def _write_report(model_path: str, report: dict[str, Any]) -> str:
+    """Write ``report`` (atomically) where :func:`report_path` says; return that path."""
+    path = report_path(model_path)
+    atomic_write(path, json.dumps(report, indent=2) + "\n")
     if report.get("checked") and not report["passed"]:
         raise ExportError(
             f"the ONNX model differs from the torch model: max abs diff {report['max_abs_diff']:.3g} on output "
             f"'{report['worst_output']}' (allowed: rtol={RTOL}, atol={ATOL}); argmax agreement "
-            f"{report['argmax_agreement']:.4f}. Report: {report_path}.",
+            f"{report['argmax_agreement']:.4f}. Report: {path}.",
             hint="Check for ops whose ONNX version computes differently (the report lists each batch).",
         )
+    return path
 
 
 def check_onnx(
@@ -148,6 +178,7 @@ def check_onnx(
         other = tuple(t[:1] for t in checks[0]) if 1 not in sizes else tuple(torch.cat([t, t]) for t in checks[0])
         checks.append(other)
     per_batch, worst, worst_name, agree, total, passed = [], 0.0, "", 0, 0, True
+    progress = Progress("Export check (onnxruntime vs torch)", checks, unit="batch", logger=logger)
     for batch in checks:
         with torch.inference_mode():
             expected = [t.float().numpy() for t in wrapper(*batch)]
@@ -163,6 +194,8 @@ def check_onnx(
                 agree += int((e.argmax(1) == g.argmax(1)).sum())
                 total += e.argmax(1).size
         per_batch.append({"batch_size": int(batch[0].shape[0]), "max_abs_diff": max(diffs)})
+        progress.step()
+    progress.done()
     return {
         "checked": True,
         "passed": passed,
@@ -235,7 +268,7 @@ def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[
 
 
 def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: Mapping[str, Any],
-            opset: Optional[int]) -> Any:  # fmt: skip
+            opset: Optional[int], stages: Optional[Progress] = None) -> Any:  # fmt: skip
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise ExportError(
             f"lazytrain export uses torch.onnx.export(dynamo=True), which torch {torch.__version__} does not have.",
@@ -255,14 +288,19 @@ def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: M
                 hint="Typical causes: Python control flow on tensor values, or .item()/.tolist() in forward "
                 "(run with --traceback for the exporter's full report).",
             ) from e
+        if stages is not None:
+            stages.step(note="captured with torch.export")
         try:
             kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": list(spec["input_keys"]),
                                       "output_names": list(spec["output_names"])}  # fmt: skip
             if opset is not None:
                 kwargs["opset_version"] = opset
-            return torch.onnx.export(program, example, **kwargs)
+            onnx_program = torch.onnx.export(program, example, **kwargs)
         except Exception as e:
             raise _conversion_error(e, program, wrapper) from e
+    if stages is not None:
+        stages.step(note="converted to ONNX")
+    return onnx_program
 
 
 def _conversion_error(error: Exception, program: Any, wrapper: torch.nn.Module) -> ExportError:

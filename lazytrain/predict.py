@@ -9,7 +9,7 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoint import load_inference_weights
+from .checkpoint import iterations_done, load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader, build_model, resolve_device, seed_everything
 from .engine.logger import setup_logger
@@ -94,15 +94,16 @@ def predict_main(
             "write(batch, outputs) or end().",
             key="predict.writer",
         )
+    done = iterations_done(extra)
     logger.info(
-        "Predicting split %r with %s (iteration %d, %s weights) into %s",
+        "Predicting split %r with %s (%s, %s weights) into %s",
         split,
         weights,
-        int(extra.get("iteration", -1)),
+        f"iteration {done}" if done is not None else "no iteration recorded",
         extra["weights"],
         os.path.abspath(out_dir),
     )
     writer.begin(out_dir, pictures=pictures)
     autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
-    inference_on_dataset(model, loader, _WriterAsEvaluator(writer), device=device, autocast=autocast)
+    inference_on_dataset(model, loader, _WriterAsEvaluator(writer), device=device, autocast=autocast, what="Prediction")
     return writer.end()

@@ -42,3 +42,27 @@ def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(TOY), str(REPO), env.get("PYTHONPATH", "")])
     return env
+
+
+@pytest.fixture
+def log_lines():
+    """What lazytrain logs during the test (its loggers, and 'py.warnings' once captured), as
+    ``"<LEVEL> <logger>: <message>"`` lines."""
+    import logging
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    handler = Collect(logging.DEBUG)
+    loggers = [logging.getLogger(name) for name in ("lazytrain", "py.warnings")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    yield lines
+    for lg, level in zip(loggers, levels):
+        lg.removeHandler(handler)
+        lg.setLevel(level)

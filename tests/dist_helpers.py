@@ -15,8 +15,8 @@ from lazytrain.engine import HookBase
 
 
 class FailAt(HookBase):
-    """At ``iteration``, on ``rank`` (every rank when None): raise an error (``how="raise"``) or SIGKILL the
-    process (``how="kill"``)."""
+    """At ``iteration`` (``trainer.iter``, 0-based: the iteration users call ``iteration + 1``), on ``rank``
+    (every rank when None): raise an error (``how="raise"``) or SIGKILL the process (``how="kill"``)."""
 
     def __init__(self, iteration: int, rank: Optional[int] = None, how: str = "raise") -> None:
         self.iteration, self.rank, self.how = iteration, rank, how
@@ -26,7 +26,7 @@ class FailAt(HookBase):
             return
         if self.how == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
-        raise RuntimeError(f"injected failure at iteration {self.iteration}")
+        raise RuntimeError(f"injected failure in iteration {self.iteration + 1}")
 
 
 class RankLoss(torch.nn.Module):

@@ -61,9 +61,9 @@ def test_resume_continues_with_identical_losses(tmp_path, num_workers):
         return {r["iteration"]: r["total_loss"] for r in rows if "total_loss" in r}
 
     a, b = losses("full"), losses("parts")
-    assert sorted(a) == list(range(16)) and sorted(b) == list(range(16))
-    assert [a[i] for i in range(16)] == [b[i] for i in range(16)]  # to the last bit
-    assert len({a[i] for i in range(16)}) > 8  # they really vary: dropout, jitter and shuffling are in play
+    assert sorted(a) == list(range(1, 17)) and sorted(b) == list(range(1, 17))
+    assert [a[i] for i in range(1, 17)] == [b[i] for i in range(1, 17)]  # to the last bit
+    assert len(set(a.values())) > 8  # they really vary: dropout, jitter and shuffling are in play
 
 
 def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_path):
@@ -73,10 +73,10 @@ def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_pat
         from lazytrain.checkpoint import Checkpointer
         model = torch.nn.Linear(4, 4)
         ckpt = Checkpointer(model, {str(tmp_path)!r})
-        ckpt.save("model_0000000", iteration=0)
+        ckpt.save("model_0000001", iteration=0)
         model.register_buffer("big", torch.zeros(200_000_000))  # 800 MB: the write takes a while
         print("saving", flush=True)
-        ckpt.save("model_0000001", iteration=1)
+        ckpt.save("model_0000002", iteration=1)
         print("saved", flush=True)
         """
     )
@@ -92,8 +92,8 @@ def test_checkpoint_write_killed_midway_leaves_previous_checkpoint_valid(tmp_pat
     proc.kill()
     proc.wait()
     assert proc.returncode == -9
-    assert not (tmp_path / "model_0000001.pth").exists()
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert not (tmp_path / "model_0000002.pth").exists()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     from lazytrain.checkpoint import Checkpointer
 
     ckpt = Checkpointer(torch.nn.Linear(4, 4), str(tmp_path))  # also removes the stale temp file
@@ -123,12 +123,12 @@ def test_saved_rng_state_repeats_the_same_draws(device):
 
 def test_keep_last_removes_old_periodic_checkpoints_but_never_final_or_last(tmp_path):
     ckpt = Checkpointer(torch.nn.Linear(2, 2), str(tmp_path))
-    for it in (9, 19, 29, 39):
-        ckpt.save(f"model_{it:07d}", iteration=it)
+    for done in (10, 20, 30, 40):
+        ckpt.save(f"model_{done:07d}", iteration=done - 1)
         ckpt.remove_old(2)
     ckpt.save("model_final", iteration=39)
     ckpt.remove_old(2)
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000029.pth", "model_0000039.pth",
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000030.pth", "model_0000040.pth",
                                             "model_final.pth"]  # fmt: skip
     ckpt.remove_old(0)  # 0 keeps all
     assert len(ckpt.periodic_checkpoints()) == 2
@@ -159,19 +159,19 @@ def test_a_checkpoint_write_on_a_full_disk_is_one_paragraph_and_keeps_the_previo
     from lazytrain.errors import TrainingError
 
     ckpt = Checkpointer(torch.nn.Linear(256, 256), str(tmp_path))
-    ckpt.save("model_0000009", iteration=9)
+    ckpt.save("model_0000010", iteration=9)
     monkeypatch.setattr(torch, "save", enospc_save)
     with pytest.raises(TrainingError) as info:
-        ckpt.save("model_0000019", iteration=19)
+        ckpt.save("model_0000020", iteration=19)
     message = str(info.value)
     assert message.startswith(
-        f"cannot write {tmp_path / 'model_0000019.pth'}: [Errno 28] No space left on device (ENOSPC)"
+        f"cannot write {tmp_path / 'model_0000020.pth'}: [Errno 28] No space left on device (ENOSPC)"
     )
     assert re.search(r"; \S+ has \d+ (kB|MB) free and this file needs about 257 kB\.", message)
     assert "unexpected pos" not in message
-    assert f"The last checkpoint, {tmp_path / 'model_0000009.pth'}, and last_checkpoint are intact" in message
-    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000009.pth"]  # no temp file left
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000009.pth"
+    assert f"The last checkpoint, {tmp_path / 'model_0000010.pth'}, and last_checkpoint are intact" in message
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000010.pth"]  # no temp file left
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000010.pth"
 
 
 def test_config_yaml_on_a_full_disk_names_the_folder(toy_config, monkeypatch, tmp_path):
@@ -205,11 +205,11 @@ def test_a_real_full_disk_leaves_the_previous_checkpoint_intact(tiny_filesystem)
 
     model = torch.nn.Linear(256, 256)  # ~257 kB
     ckpt = Checkpointer(model, str(tiny_filesystem))
-    ckpt.save("model_0000009", iteration=9)
+    ckpt.save("model_0000010", iteration=9)
     model.register_buffer("big", torch.zeros(1_000_000))  # 4 MB: does not fit
     with pytest.raises(TrainingError, match=r"\(ENOSPC\).* has \d+ (kB|MB) free and this file needs about 4 MB"):
-        ckpt.save("model_0000019", iteration=19)
-    assert sorted(os.listdir(tiny_filesystem)) == ["last_checkpoint", "model_0000009.pth"]
+        ckpt.save("model_0000020", iteration=19)
+    assert sorted(os.listdir(tiny_filesystem)) == ["last_checkpoint", "model_0000010.pth"]
     assert (
         Checkpointer(torch.nn.Linear(256, 256), str(tiny_filesystem)).load(ckpt.get_checkpoint_file())["iteration"] == 9
     )
@@ -291,8 +291,8 @@ def test_a_checkpoint_on_a_disk_that_filled_names_the_last_one_that_is_intact(tm
     out = tmp_path / "out"
     last = assert_one_paragraph(train_until_the_disk_fills(tmp_path, out, "train.checkpoint_period=2"))
     checkpoints = out / "checkpoints"
-    assert last.startswith(f"error: cannot write {checkpoints / 'model_0000003.pth'}: ")
-    assert f"The last checkpoint, {checkpoints / 'model_0000001.pth'}, and last_checkpoint are intact" in last
+    assert last.startswith(f"error: cannot write {checkpoints / 'model_0000004.pth'}: ")
+    assert f"The last checkpoint, {checkpoints / 'model_0000002.pth'}, and last_checkpoint are intact" in last
     assert not list(checkpoints.glob(".tmp-*"))
 
 
@@ -334,7 +334,8 @@ def test_log_txt_on_a_full_disk_is_one_line_once_not_a_traceback_per_record(tmp_
 
 
 def crashed_run(toy_config, *overrides):
-    """A run of the toy config that crashes at iteration 12 (checkpoints at 4 and 9, metrics every step)."""
+    """A run of the toy config that crashes in iteration 13, after its metrics (checkpoints after 5 and 10
+    iterations, metrics every iteration)."""
     cfg = toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1", *overrides)
     cfg.hooks.append(L(CrashAt)(iteration=12))
     with pytest.raises(KeyboardInterrupt):
@@ -344,21 +345,21 @@ def crashed_run(toy_config, *overrides):
 def test_resume_falls_back_to_the_newest_intact_checkpoint_when_the_last_is_truncated(toy_config, tmp_path):
     crashed_run(toy_config)
     folder = tmp_path / "out" / "checkpoints"
-    last = folder / "model_0000009.pth"
+    last = folder / "model_0000010.pth"
     last.write_bytes(last.read_bytes()[:1000])  # truncated, as by a full disk or a crash of the file system
     train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
     log = (tmp_path / "out" / "log.txt").read_text()
-    assert "model_0000009.pth cannot be read" in log
-    assert f"resuming from the newest intact checkpoint, {folder / 'model_0000004.pth'}" in log
-    assert "Resumed from" in log and "at iteration 5" in log
+    assert "model_0000010.pth cannot be read" in log
+    assert f"resuming from the newest intact checkpoint, {folder / 'model_0000005.pth'}" in log
+    assert f"Resumed from {folder / 'model_0000005.pth'} at iteration 5; training continues with iteration 6." in log
 
 
 def test_resume_when_last_checkpoint_names_a_missing_file(toy_config, tmp_path):
     crashed_run(toy_config)
-    (tmp_path / "out" / "checkpoints" / "model_0000009.pth").unlink()
+    (tmp_path / "out" / "checkpoints" / "model_0000010.pth").unlink()
     train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
     log = (tmp_path / "out" / "log.txt").read_text()
-    assert "model_0000009.pth does not exist" in log and "at iteration 5" in log
+    assert "model_0000010.pth does not exist" in log and "model_0000005.pth at iteration 5;" in log
 
 
 def test_a_resumed_history_holds_each_iteration_once_in_metrics_and_tensorboard(toy_config, tmp_path):
@@ -366,15 +367,37 @@ def test_a_resumed_history_holds_each_iteration_once_in_metrics_and_tensorboard(
 
     crashed_run(toy_config)
     rows_before = read_metrics(tmp_path / "out" / "metrics.jsonl")
-    assert max(r["iteration"] for r in rows_before if "total_loss" in r) == 12  # 10..12 are lost with the crash
+    assert max(r["iteration"] for r in rows_before if "total_loss" in r) == 13  # 11..13 are lost with the crash
+    assert "Trained 13 iterations in " in (tmp_path / "out" / "log.txt").read_text()  # the 13th finished its step
     train_main(toy_config("train.max_iter=20", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "metrics.jsonl: removed 3 rows of iterations after 10, which this resumed run replaces." in log
     rows = [r for r in read_metrics(tmp_path / "out" / "metrics.jsonl") if "total_loss" in r]
-    assert [r["iteration"] for r in rows] == list(range(20))
+    assert [r["iteration"] for r in rows] == list(range(1, 21))
     acc = EventAccumulator(str(tmp_path / "out"))
     acc.Reload()
     events = acc.Scalars("train/total_loss")
-    assert [e.step for e in events] == list(range(20))
-    assert [e.value for e in events][10:] == pytest.approx([r["total_loss"] for r in rows][10:])
+    assert [e.step for e in events] == list(range(1, 21))  # iteration 10's value (before the START) is kept
+    assert [e.value for e in events] == pytest.approx([r["total_loss"] for r in rows])
+
+
+def test_a_checkpoint_named_the_old_way_resumes_after_the_iterations_it_holds(toy_config, tmp_path):
+    """Checkpoints store ``iteration`` as the 0-based index of their last iteration, as they always have: one
+    written when files were named by that index (model_0000009.pth after 10 iterations) resumes with
+    iteration 11, and metrics.jsonl continues without a gap or a repeat."""
+    from lazytrain.checkpoint import read_checkpoint
+
+    train_main(toy_config("train.max_iter=10", "train.log_period=5", "train.eval_period=0"))
+    folder = tmp_path / "out" / "checkpoints"
+    assert read_checkpoint(str(folder / "model_final.pth"))["iteration"] == 9
+    os.rename(folder / "model_final.pth", folder / "model_0000009.pth")
+    (folder / "last_checkpoint").write_text("model_0000009.pth")
+    train_main(toy_config("train.max_iter=12", "train.log_period=1", "train.eval_period=0"), resume=True)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert f"Resumed from {folder / 'model_0000009.pth'} at iteration 10; training continues with iteration 11." in log
+    assert "Starting training from iteration 10 to 12" in log
+    rows = read_metrics(tmp_path / "out" / "metrics.jsonl")
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [5, 10, 11, 12]
 
 
 def test_resume_with_other_model_shapes_names_the_config_keys_and_weights(toy_config):
@@ -404,16 +427,16 @@ def test_resume_with_allowed_changes_warns_what_changed_and_what_it_means(toy_co
 
 
 def test_resume_of_a_checkpoint_past_max_iter_is_one_paragraph(toy_config, tmp_path):
-    """A checkpoint of iteration 9 and train.max_iter=8: no step would run, and model_final.pth would carry
-    iteration 9's weights stamped 7."""
+    """A checkpoint after 10 iterations and train.max_iter=8: no step would run, and model_final.pth would
+    carry iteration 10's weights stamped 8."""
     from lazytrain.config import ConfigError
 
     crashed_run(toy_config)
     with pytest.raises(ConfigError) as info:
         train_main(toy_config("train.max_iter=8", "train.checkpoint_period=5", "train.log_period=1"), resume=True)
-    path = tmp_path / "out" / "checkpoints" / "model_0000009.pth"
+    path = tmp_path / "out" / "checkpoints" / "model_0000010.pth"
     assert str(info.value) == (
-        f"--resume: the checkpoint {path} is at iteration 9, past train.max_iter=8 (iterations 0..7). Raise "
+        f"--resume: the checkpoint {path} is at iteration 10, past train.max_iter=8. Raise "
         "train.max_iter to continue, or start a new run (another --output-dir, or without --resume)."
     )
     assert not (tmp_path / "out" / "checkpoints" / "model_final.pth").exists()

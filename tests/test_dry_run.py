@@ -39,6 +39,7 @@ def test_dry_run_prints_each_stage_and_deletes_what_it_wrote(tmp_path):
     assert re.search(r"^dry run passed in [\d.]+ s$", r.stdout, flags=re.M)
     folder = re.search(r"^dry run in (\S+) \(deleted afterwards\):", r.stdout, flags=re.M).group(1)
     assert not os.path.exists(folder) and not os.path.exists(tmp_path / "output")
+    assert f"deleted {folder}; what the config wrote elsewhere stays" in r.stdout
 
 
 def test_dry_run_names_the_stage_an_evaluator_bug_breaks(tmp_path):

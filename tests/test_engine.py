@@ -46,12 +46,25 @@ def test_cli_run_writes_every_output_file(tmp_path):
     assert {"config.yaml", "log.txt", "metrics.jsonl", "checkpoints"} <= names
     assert any(n.startswith("events.out.tfevents") for n in names)
     ckpts = set(os.listdir(out / "checkpoints"))
-    assert {"model_0000004.pth", "model_0000009.pth", "model_final.pth", "last_checkpoint"} <= ckpts
+    # one numbering everywhere: iteration N is the state after N iterations
+    assert {"model_0000005.pth", "model_0000010.pth", "model_final.pth", "last_checkpoint"} <= ckpts
     assert (out / "checkpoints" / "last_checkpoint").read_text() == "model_final.pth"
     rows = read_metrics(out / "metrics.jsonl")
-    assert [r["iteration"] for r in rows if "total_loss" in r] == [3, 7, 11]
-    assert any("accuracy" in r and r["iteration"] == 11 for r in rows)  # the final evaluation
-    assert "iter: 12/12" in (out / "log.txt").read_text() and "accuracy" in r.stdout
+    assert [r["iteration"] for r in rows if "total_loss" in r] == [4, 8, 12]
+    assert any("accuracy" in r and r["iteration"] == 12 for r in rows)  # the final evaluation
+    log = (out / "log.txt").read_text()
+    assert "iter:  4/12" in log and "iter: 12/12" in log and "accuracy" in r.stdout
+    assert "Evaluation at iteration 12:" in log
+    # the start block: processes and backend, parameters with their size (a toy model is not "0.0 MB")
+    assert "lt.engine.run]: 1 process, no process group." in log
+    assert "Model MLPClassifier: 420 parameters (420 trainable, 0 frozen), 1.6 kB" in log
+    assert f"Saving checkpoint to {out / 'checkpoints' / 'model_0000005.pth'}" in log
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/total_loss")] == [4, 8, 12]
+    assert [e.step for e in acc.Scalars("val/accuracy")] == [12]
     # config.yaml is the resolved config and loads back
     from lazytrain.config import LazyConfig
 
@@ -66,7 +79,8 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         env=cli_env(),
     )
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.strip().splitlines()
+    hooks, settings = r.stdout.split("settings (no hooks, but they change training):\n")
+    lines = hooks.strip().splitlines()
     assert [line.split()[1].split("(")[0] for line in lines] == [
         "HangWatchdog",
         "IterationTimer",
@@ -78,6 +92,30 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         "GracefulStop",
     ]
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
+    assert [line.split()[0] for line in settings.splitlines()] == [
+        "train.freeze", "train.compile", "train.init_checkpoint", "train.init_rename", "train.init_strict", "train.ema"
+    ]  # fmt: skip
+
+
+def test_hooks_command_names_the_settings_that_change_training(tmp_path):
+    weights = tmp_path / "w.pth"
+    torch.save({"model": {}}, weights)
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "hooks", str(TOY / "configs" / "toy.py"), "train.freeze=['net.0.*']",
+         "train.compile.enabled=True", f"train.init_checkpoint={weights}", "train.init_rename=[['^backbone', 'net']]",
+         "train.ema.enabled=True"],
+        capture_output=True, text=True, env=cli_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    settings = r.stdout.split("settings (no hooks, but they change training):\n")[1]
+    assert settings.splitlines() == [
+        "    train.freeze           ['net.0.*']: 2 of 4 parameter tensors, 288 of 420 parameters frozen",
+        "    train.compile          on (mode=None, backend='inductor')",
+        f"    train.init_checkpoint  {weights} (its model weights; a --resume loads all instead)",
+        "    train.init_rename      [['^backbone', 'net']] (regex, replacement) on its keys",
+        "    train.init_strict      False (the tensors that fit)",
+        "    train.ema              on (decay 0.9998: EMAHook; evaluation uses the average)",
+    ]
 
 
 def no_decay_for_biases(model, weight_decay):
@@ -206,9 +244,9 @@ def test_nan_loss_stops_naming_the_iteration_and_saves_no_checkpoint_of_it(toy_c
     with pytest.raises(TrainingError) as info:
         train_main(cfg)
     msg = str(info.value)
-    assert "non-finite loss at iteration 5" in msg and "loss_a=nan" in msg and "loss_b=1.0" in msg
+    assert "non-finite loss at iteration 6" in msg and "loss_a=nan" in msg and "loss_b=1.0" in msg  # the 6th
     ckpts = set(os.listdir(tmp_path / "out" / "checkpoints"))
-    assert "model_0000002.pth" in ckpts and "model_0000005.pth" not in ckpts and "model_final.pth" not in ckpts
+    assert "model_0000003.pth" in ckpts and "model_0000006.pth" not in ckpts and "model_final.pth" not in ckpts
 
 
 def test_nan_loss_exits_1_with_one_paragraph(tmp_path):
@@ -234,7 +272,7 @@ def test_nan_loss_exits_1_with_one_paragraph(tmp_path):
         env=env,
     )
     assert r.returncode == 1, r.stderr
-    assert "error: non-finite loss at iteration 2" in r.stderr and "Traceback" not in r.stderr
+    assert "error: non-finite loss at iteration 3" in r.stderr and "Traceback" not in r.stderr  # the 3rd
 
 
 class ReturnsLogits(torch.nn.Module):
@@ -301,7 +339,7 @@ def test_init_checkpoint_loads_weights_only_and_reports_key_mismatch(toy_config,
     assert train_main(same, eval_only=True)["accuracy"] == first["accuracy"][0]  # the weights were loaded
     train_main(same)
     rows = read_metrics(tmp_path / "same" / "metrics.jsonl")
-    assert rows[0]["iteration"] == 0  # weights only: training starts over
+    assert rows[0]["iteration"] == 1  # weights only: training starts over
 
     other = load_config(
         TOY / "configs/toy.py",
@@ -334,15 +372,17 @@ def test_eval_command_evaluates_a_checkpoint(toy_config, tmp_path):
         env=cli_env(),
     )
     assert r.returncode == 0, r.stderr
-    assert "accuracy" in r.stdout
+    assert "accuracy" in r.stdout and f"Evaluation of {weights} (iteration 30):" in r.stdout
+    assert f"Appended these results to {tmp_path / 'ev' / 'metrics.jsonl'}" in r.stdout
     row = read_metrics(tmp_path / "ev" / "metrics.jsonl")[-1]
-    assert row["iteration"] == 29 and row["accuracy"] > 0.5
+    assert row["iteration"] == 30 and row["accuracy"] > 0.5
 
 
 def test_eval_only_uses_resumed_weights(toy_config, tmp_path):
     train_main(toy_config("train.max_iter=30"))
     results = train_main(toy_config("train.max_iter=30"), resume=True, eval_only=True)
     assert results["accuracy"] > 0.5
+    assert "Evaluation at iteration 30:" in (tmp_path / "out" / "log.txt").read_text()
 
 
 def test_a_cpu_run_on_a_gpu_machine_pins_no_memory(toy_config, monkeypatch):
@@ -377,6 +417,7 @@ def test_log_lines_name_their_module_and_the_level_of_warnings(tmp_path, toy_con
     log = (tmp_path / "out" / "log.txt").read_text()
     assert " lt.engine.train_loop]: Starting training" in log
     assert " lt.engine.resume WARNING]: " in log and "already holds checkpoints" in log
+    assert "next         lazytrain eval CONFIG --weights " in log  # run from Python (pytest): no command line
 
 
 def test_version_and_help_show_defaults_and_an_example():
@@ -385,6 +426,18 @@ def test_version_and_help_show_defaults_and_an_example():
     assert run("--version").stdout.strip().startswith("lazytrain 0.")
     help_text = run("train", "--help").stdout
     assert "(default: 1)" in help_text and "example:\n  lazytrain train configs/kitti_seg.py" in help_text
+
+    assert "(default: auto)" in help_text
+    # only defaults that tell something: none for None / False, none where the help already says it
+    for command in ("train", "eval", "export", "analyze", "predict", "hooks", "config"):
+        help_text = " ".join(run(command, "--help").stdout.split())  # argparse wraps lines
+        assert "(default: None)" not in help_text and "(default: False)" not in help_text, command
+        assert "(default: the exporter's) (default:" not in help_text and "; default: freshly initialised weights (" \
+            not in help_text, command  # fmt: skip
+    analyze = " ".join(run("analyze", "--help").stdout.split())
+    assert analyze.count("(default: ") == 2 and "after 2 warm-up (default: 10)" in analyze
+    predict = " ".join(run("predict", "--help").stdout.split())
+    assert "the split to predict (sets predict.split; default: the config's) --out" in predict
 
 
 def test_an_error_in_before_train_is_the_one_raised_and_after_train_of_every_hook_still_runs():
@@ -426,3 +479,31 @@ def test_an_error_in_before_train_is_the_one_raised_and_after_train_of_every_hoo
         "BreaksAfterTrain.after_train raised OSError: [Errno 28] No space left on device (while training was "
         "stopping on RuntimeError)"
     ]
+
+
+class WarnsOnSample7(__import__("toyproj.data").data.BlobsDataset):
+    def __getitem__(self, index):
+        if index == 7:
+            import warnings
+
+            warnings.warn("sample 7 looks odd", stacklevel=1)
+        return super().__getitem__(index)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_warnings_and_fvcore_messages_reach_log_txt_in_our_format(toy_config, tmp_path, workers):
+    cfg = toy_config("train.max_iter=3", "train.checkpoint_period=2", f"dataloader.train.num_workers={workers}",
+                     "dataloader.train.batch_size=64", "dataloader.train.shuffle=False")  # fmt: skip
+    cfg.dataloader.train.dataset._target_ = WarnsOnSample7
+    train_main(cfg)
+    log = (tmp_path / "out" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "sample 7 looks odd" in line)
+    assert " py.warnings WARNING]: UserWarning: sample 7 looks odd (" in line and "test_engine.py:" in line
+    assert f" lt.checkpoint]: Saving checkpoint to {tmp_path / 'out' / 'checkpoints' / 'model_0000002.pth'}" in log
+    assert "fvcore.common" not in log
+
+
+def test_parameter_sizes_read_in_kb_below_a_megabyte():
+    from lazytrain.engine.build import _size
+
+    assert (_size(1680), _size(3 * 2**20), _size(1536 * 2**10)) == ("1.6 kB", "3.0 MB", "1.5 MB")

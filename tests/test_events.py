@@ -24,7 +24,7 @@ def test_tensorboard_event_file_holds_grouped_scalars_the_config_and_hparams(toy
     acc.Reload()
     tags = acc.Tags()
     assert {"train/total_loss", "train/lr", "val/accuracy"} <= set(tags["scalars"])
-    assert [e.step for e in acc.Scalars("train/total_loss")] == [4, 9]
+    assert [e.step for e in acc.Scalars("train/total_loss")] == [5, 10]
     config_text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "max_iter: 10" in config_text and "MLPClassifier" in config_text
     plugin = acc.PluginTagToContent("hparams")
@@ -142,7 +142,7 @@ def test_a_hook_reading_the_storage_keeps_logged_losses_the_mean_over_ranks(tmp_
     assert r.returncode == 0, r.stderr
     lines = (out / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines if "loss_rank" in line]
-    assert [row["iteration"] for row in rows] == [2, 5]
+    assert [row["iteration"] for row in rows] == [3, 6]
     assert {row["loss_rank"] for row in rows} == {0.5}  # ranks 0 and 1, although rank 0's hook read mid-period
 
 
@@ -180,3 +180,33 @@ def test_cross_rank_means_take_one_all_reduce_once_the_layout_is_agreed():
         storage.flush()
         assert (ranks.gathers, ranks.reduces) == (2, 3)  # the all_reduce saw the change; the gather re-agreed
         assert storage.latest()["grad_norm"] == (4.0, 6)
+
+
+def test_the_terminal_line_keeps_one_number_format_and_width_from_line_to_line():
+    import logging
+
+    from lazytrain.events import TerminalWriter
+
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("test_events.terminal")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    writer = TerminalWriter(max_iter=300, window=1, logger=logger)
+    steps = [(9, 3.134, 2e-06, 0.01), (99, 2.73, 0.001925, 0.0123), (299, 12.5, 9.536e-05, 0.25)]
+    with EventStorage() as storage:
+        for it, loss, lr, seconds in steps:
+            storage.iter = it
+            storage.put_scalars(total_loss=loss, lr=lr, time=seconds, data_time=0.001)
+            writer.write(storage)
+    lines = [line.split("  max_")[0] for line in lines]  # the peak memory varies
+    assert lines[0].startswith("iter:  10/300  eta: 0:00:02  total_loss: 3.1340  time: 0.0100  data_time: 0.0010")
+    assert lines[0].endswith("lr: 2.000e-06")
+    assert lines[1].endswith("total_loss: 2.7300  time: 0.0123  data_time: 0.0010  lr: 1.925e-03")
+    assert lines[1].startswith("iter: 100/300")
+    assert "total_loss: 12.5000" in lines[2] and lines[2].endswith("lr: 9.536e-05")
+    # the fields of one kind start at the same column on each line (the ETA may grow; here it shrinks)
+    for name in ("total_loss:", "lr:"):
+        assert len({line.index(name) for line in lines[:2]}) == 1

@@ -35,7 +35,8 @@ def test_export_of_the_example_model_matches_torch_with_a_dynamic_batch(toy, tmp
     assert report["passed"] and report["max_abs_diff"] < 1e-4 and report["argmax_agreement"] == 1.0
     assert report["inputs"] == {"x": ["batch", 8]} and report["outputs"] == {"logits": ["batch", 4]}
     assert {b["batch_size"] for b in report["batches"]} == {64, 1}  # another batch size than the example's
-    assert json.loads((tmp_path / "export_report.json").read_text())["passed"] is True
+    assert report["report"] == str(tmp_path / "toy.report.json")
+    assert json.loads((tmp_path / "toy.report.json").read_text())["passed"] is True
 
     import onnxruntime as ort
 
@@ -85,8 +86,10 @@ def test_the_check_fails_when_the_onnx_file_is_tampered_with(toy, tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(ExportError) as info:
         verify_onnx(cfg, weights, str(path))
-    assert "differs from the torch model" in str(info.value) and "export_report.json" in str(info.value)
-    assert json.loads((tmp_path / "export_report.json").read_text())["passed"] is False
+    assert "differs from the torch model" in str(info.value) and f"Report: {tmp_path / 'toy.report.json'}." in str(
+        info.value
+    )
+    assert json.loads((tmp_path / "toy.report.json").read_text())["passed"] is False
 
 
 def test_missing_export_section_says_what_to_add(toy, tmp_path):
@@ -130,4 +133,19 @@ def test_cli_export_writes_a_verified_model(toy, tmp_path):
         capture_output=True, text=True, env=cli_env(),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "matches torch" in r.stdout and out.exists() and (out.parent / "export_report.json").exists()
+    report = out.parent / "model.report.json"
+    assert "matches torch" in r.stdout and out.exists() and report.exists()
+    assert r.stdout.strip().splitlines()[-1] == f"report: {report}"
+
+
+def test_each_model_keeps_its_own_report(toy, tmp_path):
+    cfg, weights = toy
+    a = export_onnx(cfg, weights, str(tmp_path / "a.onnx"), check=False)
+    b = export_onnx(cfg, weights, str(tmp_path / "b.onnx"), check=False)
+    assert (a["report"], b["report"]) == (str(tmp_path / "a.report.json"), str(tmp_path / "b.report.json"))
+    assert json.loads((tmp_path / "a.report.json").read_text())["model"] == str(tmp_path / "a.onnx")
+    # a model file without the .onnx suffix, whose report name is taken by another model's report
+    c = export_onnx(cfg, weights, str(tmp_path / "a"), check=False)
+    assert c["report"] == str(tmp_path / "a.report.2.json")
+    assert json.loads((tmp_path / "a.report.json").read_text())["model"] == str(tmp_path / "a.onnx")  # kept
+    assert export_onnx(cfg, weights, str(tmp_path / "a.onnx"), check=False)["report"] == a["report"]

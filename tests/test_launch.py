@@ -86,7 +86,7 @@ def test_logged_losses_are_the_mean_over_ranks(tmp_path, configs):
                   f"--output-dir={out}")  # fmt: skip
     assert r.returncode == 0, r.stderr
     rows = [row for row in metrics(out) if "loss_rank" in row]
-    assert [row["iteration"] for row in rows] == [2, 5]  # one row per log period
+    assert [row["iteration"] for row in rows] == [3, 6]  # one row per log period
     assert {row["loss_rank"] for row in rows} == {0.5}  # ranks 0 and 1
     assert {row["loss_one"] for row in rows} == {1.0} and {row["total_loss"] for row in rows} == {1.5}
 
@@ -127,8 +127,8 @@ def test_rank_that_raises_stops_every_rank_and_is_named(tmp_path, configs):
     # The user's frames are kept (the hook is user code), then one closing line names rank, iteration and hook.
     assert 'dist_helpers.py", line' in r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: rank 1 failed: iteration 3: hook FailAt.after_step raised RuntimeError: ")
-    assert "injected failure at iteration 3" in last
+    assert last.startswith("error: rank 1 failed: iteration 4: hook FailAt.after_step raised RuntimeError: ")
+    assert "injected failure in iteration 4" in last
     # rank 0 was stopped by the launcher's SIGTERM: no preemption, so no promise of a checkpoint
     assert "with a checkpoint" not in r.stdout + r.stderr and "received SIGTERM" not in r.stdout + r.stderr
 
@@ -160,8 +160,8 @@ def test_resume_in_two_processes_gives_identical_losses(tmp_path, configs):
         return {row["iteration"]: row["total_loss"] for row in metrics(tmp_path / run) if "total_loss" in row}
 
     a, b = losses("full"), losses("parts")
-    assert sorted(a) == sorted(b) == list(range(12))
-    assert [a[i] for i in range(12)] == [b[i] for i in range(12)]
+    assert sorted(a) == sorted(b) == list(range(1, 13))
+    assert [a[i] for i in range(1, 13)] == [b[i] for i in range(1, 13)]
 
 
 def test_torchrun_style_environment_is_joined(tmp_path, configs):

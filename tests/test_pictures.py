@@ -78,7 +78,7 @@ def test_images_put_in_the_storage_reach_tensorboard_once(tmp_path):
     writer.close()
     images = read_images(tmp_path)
     events = images["val/scans/08_000000"]
-    assert [e.step for e in events] == [5, 10]
+    assert [e.step for e in events] == [6, 11]  # put at indices 5 and 10: after 6 and 11 iterations
     assert (events[0].width, events[0].height) == (6, 4)
     assert (decode_png(events[0].encoded_image_string) == picture).all()
 

@@ -52,10 +52,11 @@ def test_the_test_split_reads_without_label_files(kitti):
     assert int(sample["point_labels"].sum()) == 0 and int(sample["label_image"].sum()) == 0
 
 
-def test_predict_writes_a_submission_that_passes_the_official_checks(kitti, tmp_path):
-    root, _, _ = kitti
+def test_predict_writes_a_submission_that_passes_the_official_checks(kitti, tmp_path, capsys):
+    root, weights, _ = kitti
     out = tmp_path / "submission"
     summary = _predict(kitti, out, pictures=True)
+    assert f"with {weights} (iteration 8, model weights)" in capsys.readouterr().out  # saved after 8 iterations
     assert summary["scans"] == 6 and summary["folder"] == str(out.resolve())
     assert summary["zip"] == f"cd {out.resolve()} && zip -r {out.resolve()}.zip sequences"
     check = validate_submission(str(out), str(root), sequences=TEST_SEQUENCES)
@@ -177,3 +178,13 @@ def test_eval_scores_exactly_what_predict_writes(tmp_path, knn):
     assert results["mIoU"] == pytest.approx(official_miou, rel=1e-9)
     assert results["accuracy"] == pytest.approx(official_accuracy, rel=1e-9)
     assert 0 not in np.concatenate(preds)
+
+
+def test_predict_shows_progress_with_an_eta(kitti, tmp_path, capsys, monkeypatch):
+    from lazytrain import progress
+
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)  # a line per batch (normally: every 5 s)
+    _predict(kitti, tmp_path / "p")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "Prediction done" in line]
+    assert "lt.evaluation]: Prediction done 1/3. " in lines[0] and "ETA" in lines[0]
+    assert "Prediction done: 3 batches in" in lines[-1]

@@ -21,10 +21,10 @@ COMMON = ["train.max_iter=24", "train.log_period=1", "train.checkpoint_period=10
 
 
 class AnnounceSteps(HookBase):
-    """Prints each finished iteration (so the test knows when to send its signal) and slows the steps down."""
+    """Prints how many iterations are done (so the test knows when to send its signal) and slows the steps down."""
 
     def after_step(self) -> None:
-        print(f"finished {self.trainer.iter}", flush=True)
+        print(f"finished {self.trainer.iter + 1}", flush=True)
         time.sleep(0.05)
 
 
@@ -57,7 +57,7 @@ def losses(out) -> dict[int, float]:
 
 
 def interrupt(cfg: str, out, signum: int, after: int, env=None) -> tuple[int, str, str]:
-    """Start a run, send ``signum`` once iteration ``after`` has finished, return (exit code, stdout, stderr)."""
+    """Start a run, send ``signum`` once ``after`` iterations are done, return (exit code, stdout, stderr)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "lazytrain.cli", "train", cfg, *COMMON, f"--output-dir={out}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or env_with_tests(),
@@ -81,12 +81,12 @@ def test_a_signal_saves_a_checkpoint_and_resume_repeats_the_losses(tmp_path, sig
     assert code == EXIT_PREEMPTED, stderr
     name = signal.Signals(signum).name
     assert f"error: stopped by {name} after iteration" in stderr and "--resume` continues" in stderr
-    stopped = int(stderr.split("after iteration ")[1].split(" ")[0])  # the last iteration that ran
+    stopped = int(stderr.split("after iteration ")[1].split(" ")[0])  # iterations done
     log = (tmp_path / "parts" / "log.txt").read_text()
     assert f"]: stopped by {name} after iteration {stopped} " in log and "--resume` continues" in log
     assert f"stopped by {name}" not in stdout  # on the terminal once: the closing error line
-    assert f"Trained {stopped + 1} iterations in " in stdout  # iterations 0..stopped
-    assert stopped >= 6  # the step in progress finished (the signal may land one step later in the log)
+    assert f"Trained {stopped} iterations in " in stdout
+    assert stopped >= 6 and "(of 24)" in stderr  # the step in progress finished (the signal may land one later)
     assert (tmp_path / "parts" / "checkpoints" / f"model_{stopped:07d}.pth").exists()
     assert (tmp_path / "parts" / "checkpoints" / "last_checkpoint").read_text() == f"model_{stopped:07d}.pth"
     assert max(losses(tmp_path / "parts")) == stopped  # nothing of a later iteration was logged
@@ -95,8 +95,8 @@ def test_a_signal_saves_a_checkpoint_and_resume_repeats_the_losses(tmp_path, sig
     assert resumed.returncode == 0, resumed.stderr
     assert f"finished {stopped}\n" not in resumed.stdout and f"finished {stopped + 1}\n" in resumed.stdout
     a, b = losses(tmp_path / "full"), losses(tmp_path / "parts")
-    assert sorted(b) == list(range(24))
-    assert [a[i] for i in range(24)] == [b[i] for i in range(24)]  # to the last bit
+    assert sorted(b) == list(range(1, 25))
+    assert [a[i] for i in range(1, 25)] == [b[i] for i in range(1, 25)]  # to the last bit
 
 
 def test_sigusr1_under_slurm_requeues_the_job_after_saving(tmp_path):
@@ -164,7 +164,7 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_iteration_and_resume_re
     resumed = train(cfg, tmp_path / "parts", "--resume", *procs)
     assert resumed.returncode == 0, resumed.stderr
     a, b = losses(tmp_path / "full"), losses(tmp_path / "parts")
-    assert [a[i] for i in range(24)] == [b[i] for i in range(24)]  # means over both ranks, to the last bit
+    assert [a[i] for i in range(1, 25)] == [b[i] for i in range(1, 25)]  # means over both ranks, to the last bit
 
 
 def start(cfg: str, out, *args: str, env=None) -> subprocess.Popen:
@@ -204,8 +204,8 @@ def test_ctrl_c_in_the_terminal_under_num_procs_saves_and_resume_continues(tmp_p
     assert not list(checkpoints.glob(".tmp-*"))
     resumed = train(cfg, tmp_path / "parts", "--resume", *procs)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"Resumed from {checkpoints / f'model_{stopped:07d}.pth'} at iteration {stopped + 1}" in resumed.stdout
-    assert sorted(losses(tmp_path / "parts")) == list(range(24))
+    assert f"Resumed from {checkpoints / f'model_{stopped:07d}.pth'} at iteration {stopped}; " in resumed.stdout
+    assert sorted(losses(tmp_path / "parts")) == list(range(1, 25))
 
 
 def test_sigusr1_to_the_launcher_under_slurm_saves_and_requeues(tmp_path):

@@ -55,16 +55,18 @@ def test_best_checkpoint_is_written_when_the_metric_improves_and_survives_resume
     assert json.loads((folder / "model_best.json").read_text())["value"] == 0.9
     train_main(best_config(toy_config), resume=True)  # evaluates 0.8 (better than 0.7, worse than 19's 0.9), 0.3
     best = json.loads((folder / "model_best.json").read_text())
-    assert best == {"metric": "score", "mode": "max", "value": 0.9, "iteration": 19}
-    assert read_checkpoint(str(folder / "model_best.pth"))["iteration"] == 19
+    assert best == {"metric": "score", "mode": "max", "value": 0.9, "iteration": 20}
+    assert read_checkpoint(str(folder / "model_best.pth"))["iteration"] == 19  # the stored 0-based index
     assert (folder / "last_checkpoint").read_text() == "model_final.pth"  # model_best never becomes the last
-    assert sorted(p.name for p in folder.glob("*.pth")) == ["model_0000024.pth", "model_best.pth", "model_final.pth"]
+    assert sorted(p.name for p in folder.glob("*.pth")) == ["model_0000025.pth", "model_best.pth", "model_final.pth"]
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "New best score = 0.9000 at iteration 20 (was 0.7000 at iteration 10): wrote model_best.pth" in log
 
 
 def test_best_with_mode_min_keeps_the_lowest(toy_config, tmp_path):
     train_main(best_config(toy_config, "train.best.mode=min"))
     best = json.loads((tmp_path / "out" / "checkpoints" / "model_best.json").read_text())
-    assert (best["value"], best["iteration"]) == (0.3, 29)
+    assert (best["value"], best["iteration"]) == (0.3, 30)
 
 
 def test_best_metric_the_evaluator_does_not_return_lists_the_names_it_did(toy_config):
@@ -182,7 +184,7 @@ def test_compiled_training_writes_the_same_checkpoint_keys_and_resumes_across_th
     trainer = build_trainer(compiled)
     assert type(trainer.model).__name__ == "OptimizedModule"
     results = train_main(compiled, resume=True)  # a checkpoint of the plain model resumes compiled
-    assert results["total_loss"][1] == 7
+    assert results["total_loss"][1] == 8  # after 8 iterations
     saved = read_checkpoint(str(tmp_path / "out" / "checkpoints" / "model_final.pth"))
     assert saved["model"].keys() == keys and not any("_orig_mod" in k for k in saved["model"])
     assert saved["iteration"] == 7
@@ -191,9 +193,9 @@ def test_compiled_training_writes_the_same_checkpoint_keys_and_resumes_across_th
 def test_profiler_hook_writes_a_trace_and_logs_the_top_operators(toy_config, tmp_path):
     cfg = toy_config("train.max_iter=5", "train.profile.enabled=True", "train.profile.start_iter=1",
                      "train.profile.num_iters=2")  # fmt: skip
-    assert "ProfilerHook(iterations 1-2" in repr(build_hooks(cfg))
+    assert "ProfilerHook(iterations 2-3" in repr(build_hooks(cfg))  # after the first one
     train_main(cfg)
-    trace = tmp_path / "out" / "profile" / "rank0.iter1.pt.trace.json"
+    trace = tmp_path / "out" / "profile" / "rank0.iter2-3.pt.trace.json"
     assert "traceEvents" in json.loads(trace.read_text())
     log = (tmp_path / "out" / "log.txt").read_text()
     assert "Top operators by self time" in log and "aten::addmm" in log

@@ -64,7 +64,7 @@ def test_a_forward_that_raises_names_the_model_and_the_batch(tmp_path):
     r = run(tmp_path, "from test_user_errors import BreaksAtStep3\nmodel._target_ = BreaksAtStep3\n")
     assert r.returncode == 1
     assert last_line(r) == (
-        "error: iteration 3: BreaksAtStep3.forward raised ValueError: the user's model broke "
+        "error: iteration 4: BreaksAtStep3.forward raised ValueError: the user's model broke "
         "(batch: {x: float32[32, 8], y: int64[32]})"
     )
     assert 'in forward\n    raise ValueError("the user\'s model broke")' in r.stderr  # the user's frames
@@ -81,7 +81,7 @@ def test_a_dataset_that_raises_names_the_loader_and_dataset(tmp_path, workers):
     )
     assert r.returncode == 1
     assert last_line(r) == (
-        "error: iteration 0: the train loader (TrainLoader of BrokenSample) raised KeyError: "
+        "error: iteration 1: the train loader (TrainLoader of BrokenSample) raised KeyError: "
         "'sample 7 is missing its label'"
     )
     assert "in __getitem__" in r.stderr
@@ -91,7 +91,7 @@ def test_a_hook_that_raises_is_named(tmp_path):
     r = run(tmp_path, "from test_user_errors import RaisesInAfterStep\nhooks = [L(RaisesInAfterStep)()]\n")
     assert r.returncode == 1
     assert last_line(r) == (
-        "error: iteration 2: hook RaisesInAfterStep.after_step raised ZeroDivisionError: "
+        "error: iteration 3: hook RaisesInAfterStep.after_step raised ZeroDivisionError: "
         "the user's hook divided by zero"
     )
     assert "Traceback (most recent call last)" in r.stderr
@@ -102,7 +102,7 @@ def test_under_num_procs_the_rank_is_named_too(tmp_path):
             "--num-procs", "2")  # fmt: skip
     assert r.returncode == 1
     assert last_line(r).startswith("error: rank ")  # either rank: both raise at the same iteration
-    assert "failed: iteration 2: hook RaisesInAfterStep.after_step raised ZeroDivisionError" in last_line(r)
+    assert "failed: iteration 3: hook RaisesInAfterStep.after_step raised ZeroDivisionError" in last_line(r)
     assert "Traceback (most recent call last)" in r.stderr  # the user's frames, from the worker
 
 

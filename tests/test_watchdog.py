@@ -50,7 +50,8 @@ def test_a_stuck_hook_is_named_with_its_iteration_frame_and_stack(tmp_path):
     r = run(tmp_path, "L(StuckAt)(iteration=3)")
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: rank 0 is stuck at iteration 3 in ") and "in after_step: no progress for" in last
+    # trainer.iter == 3: the 4th iteration
+    assert last.startswith("error: rank 0 is stuck at iteration 4 in ") and "in after_step: no progress for" in last
     assert "test_watchdog.py:" in last and "(train.hang_timeout=2)" in last
     assert "Most recent call first" in r.stderr or "most recent call first" in r.stderr  # faulthandler's dump
     assert r.stderr.count("error: ") == 1
@@ -71,7 +72,7 @@ def test_under_num_procs_the_stuck_rank_is_named_and_the_job_stops(tmp_path, stu
     r = run(tmp_path, f"L(StuckAt)(iteration=3, rank={stuck_rank})", "--num-procs", "2")
     assert r.returncode == 1
     last = r.stderr.strip().splitlines()[-1]
-    assert f"rank {stuck_rank} is stuck at iteration 3 in " in last and "in after_step" in last, r.stderr[-3000:]
+    assert f"rank {stuck_rank} is stuck at iteration 4 in " in last and "in after_step" in last, r.stderr[-3000:]
     assert "the other ranks waited for it in a collective" in last
     assert r.stderr.count("error: ") == 1  # said once (by the launcher), not by every rank too
     # log.txt (rank 0's) has what the paragraph promises: every rank's stack, the stuck one's frame in it

@@ -169,15 +169,20 @@ def freeze_parameters(model: torch.nn.Module, patterns: list[str]) -> None:
 def log_parameter_counts(model: torch.nn.Module) -> None:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
     logger.info(
-        "Model %s: %s parameters (%s trainable, %s frozen), %.1f MB",
+        "Model %s: %s parameters (%s trainable, %s frozen), %s",
         type(model).__name__,
         f"{total:,}",
         f"{trainable:,}",
         f"{total - trainable:,}",
-        size_mb,
+        _size(size),
     )
+
+
+def _size(num_bytes: int) -> str:
+    """``1.6 kB`` below a megabyte (a toy model is not "0.0 MB"), else ``12.3 MB``."""
+    return f"{num_bytes / 2**20:.1f} MB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} kB"
 
 
 def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:

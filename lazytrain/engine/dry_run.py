@@ -33,7 +33,8 @@ def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, 
     """Build everything, train :data:`STEPS` steps with every hook, evaluate :data:`TEST_BATCHES` test
     batches, check that a checkpoint resumes to the state that was saved, run the export check when the config
     has ``export``; print one line per stage with its time, then delete ``train.output_dir`` (unless
-    ``keep``). Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    ``keep``; what the config writes elsewhere, such as a data set made on first use or a cache, stays).
+    Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
     check_required(cfg)
     t = cfg.train
     t.max_iter, t.log_period, t.checkpoint_period, t.eval_period = STEPS, 1, STEPS, 0
@@ -69,6 +70,9 @@ def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, 
             shutil.rmtree(out, ignore_errors=True)
     if main:
         print(f"dry run passed in {sum(seconds for _, seconds, _ in rows):.1f} s", flush=True)
+        if not keep:
+            print(f"deleted {out}; what the config wrote elsewhere stays (a data set written on first use, a cache: "
+                  "the log above says where)", flush=True)  # fmt: skip
     return rows
 
 

@@ -53,7 +53,7 @@ class IterationTimer(HookBase):
 
     def after_step(self) -> None:
         self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
-        self._done += 1
+        self._done += 1  # a step that finished (a stop requested after it, as on SIGTERM, still counts)
 
     def after_train(self) -> None:
         done = self._done
@@ -95,7 +95,8 @@ class EMAHook(HookBase):
 
 
 class PeriodicCheckpointer(HookBase):
-    """Saves ``model_<iter>.pth`` after every ``period`` iterations and ``model_final.pth`` when training
+    """Saves ``model_<N>.pth`` after every ``period`` iterations (``model_0000100.pth`` after 100) and
+    ``model_final.pth`` when training
     completes, with everything an exact resume needs, and keeps the newest ``keep_last`` periodic ones (0: all).
     Every rank joins (RNG states are gathered); rank 0 writes."""
 
@@ -105,7 +106,7 @@ class PeriodicCheckpointer(HookBase):
 
     def after_step(self) -> None:
         if _due_before_the_end(self.trainer, self.period):
-            self.save(f"model_{self.trainer.iter:07d}")
+            self.save(f"model_{self.trainer.iter + 1:07d}")
 
     def after_train(self) -> None:
         if self.trainer.completed:
@@ -154,15 +155,15 @@ class EvalHook(HookBase):
 
 class BestCheckpointer(HookBase):
     """After each evaluation, writes ``checkpoints/model_best.pth`` (and ``model_best.json`` with the metric,
-    its value and the iteration) when ``metric`` improved on the best so far (``mode`` "max" or "min"). The
-    best value is part of every checkpoint, so after ``--resume`` a worse evaluation never replaces it; the
-    file does not move ``last_checkpoint`` and keep_last never deletes it."""
+    its value and the iteration: N after N iterations) when ``metric`` improved on the best so far (``mode``
+    "max" or "min"). The best value is part of every checkpoint, so after ``--resume`` a worse evaluation
+    never replaces it; the file does not move ``last_checkpoint`` and keep_last never deletes it."""
 
     def __init__(self, metric: str, mode: str = "max") -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"train.best.mode must be 'max' or 'min', got {mode!r}.")
         self.metric, self.mode = metric, mode
-        self.best: Optional[tuple[float, int]] = None  # (value, iteration)
+        self.best: Optional[tuple[float, int]] = None  # (value, 0-based index of its iteration)
         self._checked_iter: Optional[int] = None
 
     def after_step(self) -> None:
@@ -192,11 +193,11 @@ class BestCheckpointer(HookBase):
         save_training_state(self.trainer, "model_best", tag_last=False)
         checkpointer = self.trainer.checkpointer
         if checkpointer.save_to_disk and checkpointer.save_dir:
-            record = {"metric": self.metric, "mode": self.mode, "value": value, "iteration": iteration}
+            record = {"metric": self.metric, "mode": self.mode, "value": value, "iteration": iteration + 1}
             atomic_write(os.path.join(checkpointer.save_dir, "model_best.json"), json.dumps(record) + "\n")
-        was = f" (was {previous[0]:.4f} at iteration {previous[1]})" if previous is not None else ""
-        logger.info("New best %s = %.4f at iteration %d%s: wrote model_best.pth", self.metric, value, iteration,
-                    was)  # fmt: skip
+        was = f" (was {previous[0]:.4f} at iteration {previous[1] + 1})" if previous is not None else ""
+        logger.info("New best %s = %.4f at iteration %d%s: wrote model_best.pth", self.metric, value,
+                    iteration + 1, was)  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -263,7 +264,8 @@ class PeriodicWriter(HookBase):
 def save_training_state(trainer: Any, name: str, tag_last: bool = True) -> None:
     """Write ``checkpoints/<name>.pth`` with everything an exact resume needs, as of the iteration that just
     ran, hooks' own state included (those with ``state_dict``). A collective: every rank joins (losses are
-    checked, RNG states gathered); rank 0 writes."""
+    checked, RNG states gathered); rank 0 writes. Its ``iteration`` is the 0-based index of that iteration
+    (N - 1 after N iterations), as checkpoints have always held it: a resume starts at ``iteration + 1``."""
     trainer.average_over_ranks_and_check_finite()  # never save a diverged state
     rng_states = comm.all_gather(get_rng_state())
     hook_states = {type(h).__name__: h.state_dict() for h in trainer.hooks if hasattr(h, "state_dict")}

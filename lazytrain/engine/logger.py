@@ -1,7 +1,9 @@
 """The `lazytrain` logger: terminal output on every rank (warnings only off rank 0), log.txt on rank 0.
 
 Each module logs through its own logger (``lazytrain.engine.hooks``, ``lazytrain.lidar.dataset``, ...); a line
-shows its short name (``lt.engine.hooks``) and, for warnings and errors, the level.
+shows its short name (``lt.engine.hooks``) and, for warnings and errors, the level. Python warnings (of torch,
+of a user's code, ``warnings.warn``) go the same way, under ``py.warnings``; fvcore's checkpoint messages come
+through ``lt.checkpoint`` (see :class:`lazytrain.checkpoint.Checkpointer`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Optional
+import warnings
+from typing import Any, Optional, TextIO
 
 from ..fileio import describe_write_error
 
@@ -61,9 +64,33 @@ class _LogFile(logging.FileHandler):
                          "terminal only.\n")  # fmt: skip
 
 
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Optional[TextIO] = None,
+    line: Optional[str] = None,
+) -> None:
+    """``warnings.showwarning`` once the logger is set up: a warning is one log line at WARNING level, on the
+    terminal and in log.txt (``logging.captureWarnings`` in our format: no source line, a short path)."""
+    if file is not None:  # written to a file of the caller's choice: as Python would
+        _ORIGINAL_SHOWWARNING(message, category, filename, lineno, file, line)
+        return
+    try:
+        where = os.path.relpath(filename)
+    except ValueError:  # another drive (Windows)
+        where = filename
+    where = filename if where.startswith("..") else where
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, where, lineno)
+
+
+_ORIGINAL_SHOWWARNING: Any = warnings.showwarning
+
+
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "lazytrain") -> logging.Logger:
-    """Configure ``name`` (and fvcore's checkpoint messages) once per run; calling it again replaces the
-    handlers it added before, so several runs in one process do not print twice."""
+    """Configure ``name``, Python warnings (``py.warnings``) and fvcore once per run; calling it again
+    replaces the handlers it added before, so several runs in one process do not print twice."""
     fmt = _Formatter(rank)
     handlers: list[logging.Handler] = []
     stream = logging.StreamHandler(sys.stdout)
@@ -75,7 +102,7 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
         file_handler = _LogFile(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file_handler.setLevel(logging.DEBUG)
         handlers.append(file_handler)
-    for logger_name in (name, "fvcore"):
+    for logger_name in (name, "fvcore", "py.warnings"):
         logger = logging.getLogger(logger_name)
         logger.setLevel(logging.DEBUG)
         logger.propagate = False
@@ -86,4 +113,5 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
             handler.setFormatter(fmt)
             setattr(handler, _OURS, True)
             logger.addHandler(handler)
+    warnings.showwarning = _log_warning
     return logging.getLogger(name)

@@ -98,15 +98,14 @@ class GracefulStop(HookBase):
         trainer = self.trainer
         name = signal.Signals(signum).name
         checkpointer = trainer.checkpointer
-        checkpoint = f"model_{trainer.iter:07d}"
+        checkpoint = f"model_{trainer.iter + 1:07d}"
         save_training_state(trainer, checkpoint)
         comm.synchronize()  # no rank exits (and so gets its peers stopped) before rank 0 has written
         path = os.path.join(checkpointer.save_dir, checkpoint + ".pth")
         if signum == getattr(signal, "SIGUSR1", None) and "SLURM_JOB_ID" in os.environ and comm.is_main_process():
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
         error = Preempted(
-            f"stopped by {name} after iteration {trainer.iter} (of 0..{trainer.max_iter - 1}); checkpoint {path} "
-            "written.",
+            f"stopped by {name} after iteration {trainer.iter + 1} (of {trainer.max_iter}); checkpoint {path} written.",
             hint=f"`{_resume_command()}` continues.",
         )
         if comm.is_main_process():  # the terminal shows it as the closing error line

@@ -17,7 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 class ProfilerHook(HookBase):
-    """Profiles iterations ``start_iter .. start_iter + num_iters - 1`` (CPU, and CUDA when the run uses it)
+    """Profiles ``num_iters`` iterations after the first ``start_iter`` ones, that is iterations
+    ``start_iter + 1 .. start_iter + num_iters`` (CPU, and CUDA when the run uses it)
     with ``torch.profiler``; writes the trace under ``output_dir/profile/`` (``*.pt.trace.json``: TensorBoard's
     profiler plugin and https://ui.perfetto.dev open it) and logs the operators with the most self time.
     Every rank profiles; each writes its own trace file."""
@@ -48,7 +49,8 @@ class ProfilerHook(HookBase):
         assert profiler is not None
         profiler.__exit__(None, None, None)
         os.makedirs(self.output_dir, exist_ok=True)
-        path = os.path.join(self.output_dir, f"rank{comm.get_rank()}.iter{self.start_iter}.pt.trace.json")
+        first, last = self._window()
+        path = os.path.join(self.output_dir, f"rank{comm.get_rank()}.iter{first}-{last}.pt.trace.json")
         profiler.export_chrome_trace(path)
         cuda = torch.device(self.trainer.device).type == "cuda"
         table = profiler.key_averages().table(
@@ -57,13 +59,17 @@ class ProfilerHook(HookBase):
         logger.info(
             "Profiled iterations %d-%d: trace %s (TensorBoard: tensorboard --logdir %s; or https://ui.perfetto.dev)."
             "\nTop operators by self time:\n%s",
-            self.start_iter,
-            self.start_iter + self.num_iters - 1,
+            first,
+            last,
             path,
             os.path.dirname(self.output_dir),
             table,
         )
 
+    def _window(self) -> tuple[int, int]:
+        """The first and last iteration profiled, as users count them (the first iteration is 1)."""
+        return self.start_iter + 1, self.start_iter + self.num_iters
+
     def __repr__(self) -> str:
-        last = self.start_iter + self.num_iters - 1
-        return f"ProfilerHook(iterations {self.start_iter}-{last} -> {self.output_dir})"
+        first, last = self._window()
+        return f"ProfilerHook(iterations {first}-{last} -> {self.output_dir})"

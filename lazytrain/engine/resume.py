@@ -12,7 +12,7 @@ import yaml
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import Checkpointer, ShapeMismatchError, load_init_weights, set_rng_state
+from ..checkpoint import Checkpointer, ShapeMismatchError, iterations_done, load_init_weights, set_rng_state
 from ..errors import ConfigError, TrainingError
 from .trainer import Trainer
 
@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 
 def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
     """Load the newest checkpoint of ``output_dir`` (with ``resume``: everything, for an exact continuation)
-    or ``train.init_checkpoint`` (weights only); return the iteration to start from."""
+    or ``train.init_checkpoint`` (weights only); return the number of iterations already done (0: from the
+    start)."""
     checkpointer = trainer.checkpointer
     assert checkpointer is not None, "the trainer has no checkpointer (build it with build_trainer)"
     if resume:
@@ -32,16 +33,18 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
             path, extra = loaded
             if int(extra["iteration"]) >= cfg.train.max_iter:
                 raise ConfigError(
-                    f"--resume: the checkpoint {path} is at iteration {extra['iteration']}, past train.max_iter="
-                    f"{cfg.train.max_iter} (iterations 0..{cfg.train.max_iter - 1}).",
+                    f"--resume: the checkpoint {path} is at iteration {iterations_done(extra)}, past "
+                    f"train.max_iter={cfg.train.max_iter}.",
                     hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or without "
                     "--resume).",
                 )
             _restore_rng(extra, cfg)
             _restore_hook_states(trainer, extra.get("hooks") or {})
             report_config_changes(extra.get("config"), trainer.config_yaml)
-            logger.info("Resumed from %s at iteration %d", path, extra["iteration"] + 1)
-            return int(extra["iteration"]) + 1
+            done = iterations_done(extra) or 0
+            logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done,
+                        done + 1)  # fmt: skip
+            return done
         logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
     elif checkpointer.has_checkpoint():
         logger.warning(

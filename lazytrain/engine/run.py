@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import load_inference_weights
+from ..checkpoint import iterations_done, load_inference_weights
 from ..config import LazyConfig
 from ..config.lazy_config import resolved_copy
 from ..errors import ConfigError, TrainingError
@@ -48,8 +48,8 @@ def prepare_output_dir(cfg: DictConfig) -> None:
 
 def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
     """Train (or with ``eval_only`` only evaluate) the config. Returns, after training, the newest
-    ``(value, iteration)`` of every scalar the run put (losses, lr, evaluation results); with ``eval_only``,
-    the evaluator's results."""
+    ``(value, iteration)`` of every scalar the run put (losses, lr, evaluation results; ``iteration`` as in
+    metrics.jsonl: N after N iterations); with ``eval_only``, the evaluator's results."""
     check_required(cfg)
     prepare_output_dir(cfg)
     _log_versions_and_processes()
@@ -59,11 +59,13 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
     if eval_only:
         if start_iter == 0 and not cfg.train.init_checkpoint:
             logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
+        trainer.iter = trainer.start_iter = start_iter
         return trainer.test()
     trainer.train(start_iter, cfg.train.max_iter)
     if comm.is_main_process():
         _log_where_things_are(cfg)
-    return dict(trainer.storage.latest()) if trainer.storage else {}
+    latest = trainer.storage.latest() if trainer.storage else {}
+    return {name: (value, index + 1) for name, (value, index) in latest.items()}
 
 
 def _log_versions_and_processes() -> None:
@@ -76,6 +78,8 @@ def _log_versions_and_processes() -> None:
     logger.info("lazytrain %s, torch %s, Python %s", __version__, torch.__version__, platform.python_version())
     if comm.get_world_size() > 1:
         logger.info("Process group: %d processes, backend %s.", comm.get_world_size(), comm.get_backend())
+    else:
+        logger.info("1 process, no process group.")
 
 
 def _log_run(cfg: DictConfig, trainer: Trainer) -> None:
@@ -140,11 +144,14 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
     assert evaluator is not None and test_loader is not None
     autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
     results = inference_on_dataset(model, test_loader, evaluator, device=device, autocast=autocast)
-    iteration = int(extra.get("iteration", -1))
-    logger.info("Evaluation of %s (iteration %d):\n%s", weights, iteration, format_results(results))
+    done = iterations_done(extra)
+    at = f"iteration {done}" if done is not None else "no iteration recorded"
+    logger.info("Evaluation of %s (%s):\n%s", weights, at, format_results(results))
     if comm.is_main_process():
-        record = {"iteration": iteration, "weights": weights, "ema": extra["weights"] == "ema",
+        record = {"iteration": done, "weights": weights, "ema": extra["weights"] == "ema",
                   **flatten_results(results)}  # fmt: skip
-        with open(os.path.join(cfg.train.output_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+        metrics = os.path.join(cfg.train.output_dir, "metrics.jsonl")
+        with open(metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        logger.info("Appended these results to %s", metrics)
     return results

@@ -40,7 +40,7 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     init_rename=[],  # [[regex, replacement], ...] applied to init_checkpoint's keys before loading
     init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
     compile=dict(enabled=False, mode=None, backend="inductor"),  # torch.compile of the train step's model
-    profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a torch.profiler trace
+    profile=dict(enabled=False, start_iter=10, num_iters=5),  # ProfilerHook: a trace of iterations 11-15
     hang_timeout=300,  # seconds without progress on a rank before the job stops naming it (0: never)
 )
 
@@ -65,7 +65,8 @@ def invoked_config_path() -> Optional[str]:
     """The CONFIG of the ``lazytrain COMMAND CONFIG ...`` command line this process runs (spawned workers
     keep it), for messages that show the next command; None when lazytrain was called from Python."""
     argv = sys.argv
-    if len(argv) > 2 and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py"):
+    commands = ("train", "eval", "export", "analyze", "predict", "hooks", "config")  # not `python -m pytest ...`
+    if len(argv) > 2 and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py") and argv[1] in commands:
         return next((a for a in argv[2:] if not a.startswith("-") and "=" not in a), None)
     return None
 

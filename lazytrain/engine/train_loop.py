@@ -22,6 +22,8 @@ class HookBase:
     """A hook: override any of the four methods; ``self.trainer`` is the trainer that runs it.
 
     The trainer gives hooks ``iter``, ``max_iter``, ``model``, ``optimizer``, ``cfg`` and ``storage``.
+    ``trainer.iter`` is the 0-based index of the iteration being run (in ``after_step``, ``trainer.iter + 1``
+    iterations are done); users see iteration numbers as iterations completed (see :mod:`lazytrain.events`).
     ``__repr__`` (shown by ``lazytrain hooks``) names the hook and its period.
     """
 
@@ -48,7 +50,9 @@ class TrainerBase:
     """``before_train``; per iteration ``before_step`` / :meth:`run_step` / ``after_step``; ``after_train``.
 
     ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished,
-    :attr:`failure` what stopped it. An exception a hook's ``after_train`` raises while training is already
+    :attr:`failure` what stopped it.
+    ``start_iter`` is the number of iterations completed before (a resumed run's), ``iter`` the 0-based index of
+    the iteration being run. An exception a hook's ``after_train`` raises while training is already
     stopping on another one is logged, and the first stays the error shown. Subclasses implement
     :meth:`run_step`.
 
@@ -118,8 +122,8 @@ class TrainerBase:
         iteration, terms = self.storage.first_nonfinite
         values = ", ".join(f"{name}={value}" for name, value in terms.items())
         raise TrainingError(
-            f"non-finite loss at iteration {iteration}: {values}. Training stopped; no checkpoint of this state was "
-            "written.",
+            f"non-finite loss at iteration {iteration + 1}: {values}. Training stopped; no checkpoint of this state "
+            "was written.",
             hint="Lower optimizer.lr, clip gradients (train.clip_grad.max_norm=1.0), or check the inputs.",
         )
 
@@ -141,7 +145,7 @@ class TrainerBase:
             except Exception as e:
                 if _is_lazytrains(h):
                     raise
-                raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.before_step", e) from e
+                raise UserCodeError.wrap(self.iter + 1, f"hook {type(h).__name__}.before_step", e) from e
 
     def after_step(self) -> None:
         for h in self._hooks:
@@ -152,12 +156,13 @@ class TrainerBase:
             except Exception as e:
                 if _is_lazytrains(h):
                     raise
-                raise UserCodeError.wrap(self.iter, f"hook {type(h).__name__}.after_step", e) from e
+                raise UserCodeError.wrap(self.iter + 1, f"hook {type(h).__name__}.after_step", e) from e
 
     def after_train(self) -> None:
         assert self.storage is not None
-        # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran
-        self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter)
+        # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran (the one
+        # that raised, or the last one; none ran when resumed at the end: the last one before)
+        self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter - 1)
         for h in self._hooks:
             if self.failure is None:
                 h.after_train()

@@ -118,18 +118,19 @@ class Trainer(TrainerBase):
 
     def test(self) -> dict[str, Any]:
         """Evaluate the model (its EMA when ``ema`` is set) on the test loader with the evaluator (``{}`` when
-        the config has none); :attr:`latest_eval` becomes ``(iteration, flat results)``."""
+        the config has none); :attr:`latest_eval` becomes ``(index, flat results)``, ``index`` the 0-based
+        index of the last iteration done (-1 before any)."""
         if self.evaluator is None or self.test_loader is None:
             return {}
         model = self.eval_model()
         results = inference_on_dataset(
             model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
         )
-        iteration = self.storage.iter if self.storage is not None else self.iter
+        index = self.storage.iter if self.storage is not None else self.start_iter - 1
         if results:
             weights = " (EMA weights)" if self.ema is not None else ""
-            logger.info("Evaluation after iteration %d%s:\n%s", iteration, weights, format_results(results))
-        self.latest_eval = (iteration, flatten_results(results))
+            logger.info("Evaluation at iteration %d%s:\n%s", index + 1, weights, format_results(results))
+        self.latest_eval = (index, flatten_results(results))
         return results
 
     def eval_model(self) -> torch.nn.Module:
@@ -155,7 +156,7 @@ class Trainer(TrainerBase):
             except LazytrainError:
                 raise
             except Exception as e:
-                raise UserCodeError.wrap(self.iter, self._loader_name(), e) from e
+                raise UserCodeError.wrap(self.iter + 1, self._loader_name(), e) from e
             data_time += time.perf_counter() - start
             if self.device.type != "cpu":  # CPU batches are used as the loader made them
                 batch = to_device(batch, self.device)
@@ -164,7 +165,7 @@ class Trainer(TrainerBase):
                     output = self.model(batch)
                 except Exception as e:  # the model's frames are in the traceback; the batch's shapes go here
                     raise UserCodeError.wrap(
-                        self.iter, f"{self._model_name()}.forward", e, describe_batch(batch)
+                        self.iter + 1, f"{self._model_name()}.forward", e, describe_batch(batch)
                     ) from e
                 losses = as_loss_dict(output, self.model)
             loss = torch.stack(list(losses.values())).sum() if len(losses) > 1 else next(iter(losses.values()))
@@ -173,7 +174,7 @@ class Trainer(TrainerBase):
             try:
                 self.grad_scaler.scale(loss).backward()
             except Exception as e:
-                raise UserCodeError.wrap(self.iter, f"the backward pass of {self._model_name()}", e) from e
+                raise UserCodeError.wrap(self.iter + 1, f"the backward pass of {self._model_name()}", e) from e
             terms = {"total_loss": loss.detach()}
             if len(losses) > 1:  # a single term is the total: logged once
                 terms.update((name, value.detach() / self.grad_accum) for name, value in losses.items())

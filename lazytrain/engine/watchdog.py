@@ -119,7 +119,7 @@ class HangWatchdog(HookBase):
         waiting = any(any(part in f.filename.replace(os.sep, "/") for part in _COLLECTIVE_FILES) for f in stack[-8:])
         return {
             "rank": comm.get_rank(),
-            "iteration": int(getattr(self.trainer, "iter", -1)),
+            "iteration": int(getattr(self.trainer, "iter", -1)) + 1,  # the one being run, counted from 1
             "idle": idle,
             "frame": f"{_short(last.filename)}:{last.lineno} in {last.name}" if last else "an unknown frame",
             "in_collective": waiting,

@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -20,6 +19,8 @@ from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
 from ..fileio import atomic_write
+from ..progress import Progress
+from ..warn import warn_once
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
 from .semantic_kitti import OFFICIAL_SPLIT, list_scans, map_labels, read_labels, read_points
 from .synthetic import write_synthetic_kitti
@@ -195,9 +196,7 @@ class SemanticKittiDataset(Dataset):
             else:
                 points, labels = points[finite], labels[finite]
                 what = "they are dropped"
-            warnings.warn(
-                f"scan '{scan.points_path}' has {bad} points with NaN or infinite values; {what}.", stacklevel=2
-            )
+            warn_once(logger, f"scan '{scan.points_path}' has {bad} points with NaN or infinite values; {what}.")
         if self.augment:
             points, labels = self._augment(points, labels)
         proj = self.projection(points)
@@ -283,9 +282,12 @@ def compute_class_weights(
         cache_dir,
     )
     counts = np.zeros(num_classes, dtype=np.int64)
+    progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)
     for path in label_paths:
         labels = map_labels(read_labels(path), path)
         counts += np.bincount(labels, minlength=num_classes)[:num_classes]
+        progress.step()
+    progress.done()
     weights = class_weights_from_counts(counts)
     try:
         os.makedirs(cache_dir, exist_ok=True)

@@ -6,13 +6,14 @@ mapping page-faults every page of every scan again).
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import DataError
+from ..warn import warn_once
 
 __all__ = [
     "CLASS_NAMES",
@@ -26,6 +27,8 @@ __all__ = [
     "read_labels",
     "read_points",
 ]
+
+logger = logging.getLogger(__name__)
 
 # raw semantic id -> training id (semantic-kitti-api's learning_map); everything else is unknown -> 0
 LEARNING_MAP: dict[int, int] = {
@@ -168,16 +171,17 @@ def read_labels(path: str, num_points: int | None = None) -> np.ndarray:
 def map_labels(raw: np.ndarray, source: str = "") -> np.ndarray:
     """Training ids (``int64``) from raw labels: instance bits stripped, ``learning_map`` applied.
 
-    Unknown raw ids become 0 (unlabeled) with a warning that counts them: never a crash in the loss.
+    Unknown raw ids become 0 (unlabeled) with a warning (logged, once per message) that counts them: never a
+    crash in the loss.
     """
     mapped = _LUT16[np.asarray(raw) & 0xFFFF]
     unknown = mapped < 0
     if unknown.any():
         unknown_ids = np.unique(np.asarray(raw)[unknown] & 0xFFFF)
-        warnings.warn(
+        warn_once(
+            logger,
             f"{source or 'labels'}: {int(unknown.sum())} points have raw ids not in the learning map "
             f"({', '.join(map(str, unknown_ids[:10]))}); they are mapped to 0 (unlabeled).",
-            stacklevel=2,
         )
         mapped[unknown] = 0
     return mapped

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..progress import Progress
+
 __all__ = ["REAL_DENSITY_COLUMNS", "make_scan", "write_synthetic_kitti"]
 
 logger = logging.getLogger(__name__)
@@ -281,15 +283,16 @@ def write_synthetic_kitti(
 ) -> None:
     """Write ``scans`` scans for each sequence into ``<root>/dataset/sequences/<SS>/`` (velodyne, labels, calib,
     poses, times). Each sequence is written to a temp folder and renamed into place, so concurrent writers
-    (several ranks) and interrupted runs never leave a half-written sequence."""
+    (several ranks) and interrupted runs never leave a half-written sequence. Progress with an ETA is logged
+    every few seconds (:class:`lazytrain.progress.Progress`)."""
     base = os.path.join(root, "dataset", "sequences")
     os.makedirs(base, exist_ok=True)
     with open(os.path.join(root, "SYNTHETIC.txt"), "w", encoding="utf-8") as f:
         f.write("Synthetic scans written by lazytrain.lidar.synthetic (not the real SemanticKITTI).\n")
-    for seq in sequences:
+    todo = [seq for seq in sequences if not os.path.isdir(os.path.join(base, seq))]
+    progress = Progress("Synthetic scans", len(todo) * scans, unit="scan", logger=logger)
+    for seq in todo:
         final = os.path.join(base, seq)
-        if os.path.isdir(final):
-            continue
         tmp = os.path.join(base, f".tmp-{seq}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, "velodyne"))
@@ -300,11 +303,13 @@ def write_synthetic_kitti(
             points.tofile(os.path.join(tmp, "velodyne", f"{i:06d}.bin"))
             if labels:
                 raw.tofile(os.path.join(tmp, "labels", f"{i:06d}.label"))
+            progress.step(note=f"sequence {seq}")
         _write_metadata(tmp, scans)
         try:
             os.rename(tmp, final)
         except OSError:  # another process finished the same (identical) sequence first
             shutil.rmtree(tmp, ignore_errors=True)
+    progress.done()
 
 
 def _write_metadata(folder: str, scans: int) -> None:
