@@ -9,6 +9,7 @@ import pytest
 from conftest import TOY, cli_env, load_config
 
 from lazytrain.config import ConfigError
+from lazytrain.engine import train_main
 
 
 @pytest.mark.parametrize(
@@ -168,3 +169,36 @@ def test_detectron2_train_settings_that_lazytrain_names_otherwise_say_what_to_us
     (tmp_path / "exp.py").write_text("from .toy import *\n\ntrain.ddp = dict(fp16_compression=False)\n")
     with pytest.raises(ConfigError, match=r"exp.py:3: train.ddp.fp16_compression: unknown train setting. lazytrain"):
         load_config(tmp_path / "exp.py")
+
+
+def test_missing_model_is_a_config_error_saying_what_to_add(toy_config):
+    cfg = toy_config()
+    del cfg["model"]
+    with pytest.raises(ConfigError) as info:
+        train_main(cfg)
+    assert str(info.value).startswith("model:") and "L(MyModel)" in str(info.value)
+
+
+def test_missing_max_iter_is_a_config_error_saying_what_to_add(tmp_path):
+    path = tmp_path / "exp.py"
+    path.write_text(f"from toy_parts import *\ntrain = dict(output_dir={str(tmp_path / 'o')!r})\n")
+    (tmp_path / "toy_parts.py").write_text(f"exec(open({str(TOY / 'configs/toy.py')!r}).read())\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        cfg = load_config(path)
+    finally:
+        sys.path.remove(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        train_main(cfg)
+    assert str(info.value).startswith("train.max_iter:") and "train.max_iter=1000" in str(info.value)
+
+
+def test_misspelled_train_setting_suggests(tmp_path, toy_config):
+    path = tmp_path / "exp.py"
+    path.write_text("train = dict(max_iters=3)\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value).endswith("exp.py:1: train.max_iters: unknown train setting. Did you mean 'max_iter'?")
+    with pytest.raises(ConfigError) as info:
+        toy_config("+train.log_perod=3")  # refused when the config loads, as `lazytrain config` refuses it
+    assert str(info.value) == "command line: train.log_perod: unknown train setting. Did you mean 'log_period'?"

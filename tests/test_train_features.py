@@ -199,3 +199,31 @@ def test_profiler_hook_writes_a_trace_and_logs_the_top_operators(toy_config, tmp
     assert "traceEvents" in json.loads(trace.read_text())
     log = (tmp_path / "out" / "log.txt").read_text()
     assert "Top operators by self time" in log and "aten::addmm" in log
+
+
+def test_init_checkpoint_loads_weights_only_and_reports_key_mismatch(toy_config, tmp_path):
+    first = train_main(toy_config("train.max_iter=30"))
+    weights = tmp_path / "out" / "checkpoints" / "model_final.pth"
+
+    same = load_config(
+        TOY / "configs/toy.py",
+        f"train.output_dir={tmp_path / 'same'}",
+        "train.max_iter=30",
+        f"train.init_checkpoint={weights}",
+        "train.log_period=1",
+    )
+    assert train_main(same, eval_only=True)["accuracy"] == first["accuracy"][0]  # the weights were loaded
+    train_main(same)
+    rows = [json.loads(line) for line in (tmp_path / "same" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["iteration"] == 1  # weights only: training starts over
+
+    other = load_config(
+        TOY / "configs/toy.py",
+        f"train.output_dir={tmp_path / 'other'}",
+        "train.max_iter=1",
+        f"train.init_checkpoint={weights}",
+        "model.hidden=16",
+    )
+    train_main(other)
+    log = (tmp_path / "other" / "log.txt").read_text()
+    assert "net.0.weight" in log and "(16, 8)" in log  # the shape mismatch is reported, by key
