@@ -27,9 +27,11 @@ __all__ = [
     "StreamOrder",
     "StreamPositionSampler",
     "TrainLoader",
+    "auto_pin_memory",
     "build_test_loader",
     "build_train_loader",
     "describe_batch",
+    "ignore_stop_signals",
     "to_device",
 ]
 
@@ -145,10 +147,10 @@ class TrainLoader:
 
     Its ``state_dict`` is the stream position, saved in checkpoints; after ``load_state_dict`` the next
     ``iter()`` continues where the checkpointed run stopped. ``pin_memory=None`` pins when CUDA is available;
-    the trainer fills it with whether the run's device is CUDA. ``seed_batches``: None seeds the RNGs per
-    batch in worker processes only (what exact resume needs); True also in the main process, so a run draws
-    the same samples whatever ``num_workers`` is; False never (augmentations in workers then do not resume
-    exactly).
+    a run's loaders get an explicit value from ``engine.build.build_loader`` (whether the run's device is CUDA).
+    ``seed_batches``: None seeds the RNGs per batch in worker processes only (what exact resume needs); True
+    also in the main process, so a run draws the same samples whatever ``num_workers`` is; False never
+    (augmentations in workers then do not resume exactly).
     """
 
     def __init__(
@@ -240,9 +242,9 @@ class _TestLoader(DataLoader):
 
 
 def auto_pin_memory(pin_memory: Optional[bool]) -> bool:
-    """A loader's ``pin_memory=None`` ("auto"): pin when CUDA is available. The trainer passes an explicit
-    value instead (whether the run's device is CUDA: a CPU run on a GPU machine pins nothing, as pinning
-    costs time and a CUDA context per process)."""
+    """A loader's ``pin_memory=None`` ("auto"): pin when CUDA is available. ``engine.build.build_loader``
+    passes an explicit value instead (whether the run's device is CUDA: a CPU run on a GPU machine pins
+    nothing, as pinning costs time and a CUDA context per process)."""
     return torch.cuda.is_available() if pin_memory is None else pin_memory
 
 

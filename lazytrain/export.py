@@ -27,7 +27,7 @@ from .checkpoint import load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader
 from .errors import ConfigError, LazytrainError, TrainingError
-from .fileio import atomic_write
+from .fileio import TMP_PREFIX, atomic_write
 from .progress import Progress
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_onnx"]
@@ -78,15 +78,22 @@ def export_onnx(
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     stages.step(note="weights and test batches loaded")
     onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset, stages)
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    onnx_program.save(output)
+    folder = os.path.dirname(os.path.abspath(output))
+    os.makedirs(folder, exist_ok=True)
+    # written whole or not at all: the exporter's file goes to a temp name, the final one by atomic_write
+    draft = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(output)}")
+    try:
+        onnx_program.save(draft)
 
-    import onnx
+        import onnx
 
-    saved = onnx.load(output)
+        saved = onnx.load(draft)
+    finally:
+        if os.path.exists(draft):
+            os.remove(draft)
     if spec["dynamic_batch"]:
         _name_batch_axis(saved)
-        onnx.save(saved, output)
+    atomic_write(output, saved.SerializeToString())
     onnx.checker.check_model(output)
     stages.step(note="saved, onnx.checker passed")
     report: dict[str, Any] = {
