@@ -11,7 +11,6 @@ import dataclasses
 import itertools
 import logging
 import random
-import signal
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Optional
 
@@ -191,7 +190,6 @@ class TrainLoader:
             pin_memory=self.pin_memory,
             # a generator of its own, so making workers does not draw from the global torch RNG
             generator=torch.Generator().manual_seed(self.seed),
-            worker_init_fn=ignore_stop_signals,
         )
         batches = iter(loader)
         try:
@@ -216,16 +214,6 @@ class TrainLoader:
 
 
 build_train_loader = TrainLoader  # the name configs use, as detectron2's; the one class behind it
-
-
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """A loader worker's ``worker_init_fn``: SIGINT, SIGTERM and SIGUSR1 are for the training process, which
-    finishes its step and saves (GracefulStop). A signal sent to the whole process group (a terminal's Ctrl-C,
-    ``kill -TERM -PGID``, a cluster that signals every process) would otherwise kill the workers first, and the
-    step in progress would fail with "DataLoader worker ... killed". Workers exit with their parent anyway."""
-    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 def _worker_errors_unwrapped(batches: Iterator[Any]) -> Iterator[Any]:
@@ -266,7 +254,6 @@ def build_test_loader(
         collate_fn=collate_fn,
         pin_memory=auto_pin_memory(pin_memory),
         drop_last=False,
-        worker_init_fn=ignore_stop_signals,
     )
 
 

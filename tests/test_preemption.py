@@ -247,13 +247,3 @@ def test_under_torchrun_the_first_signal_promises_a_checkpoint_only_if_every_ran
     assert messages == [
         "received SIGTERM: stopping after this step; a checkpoint follows if every rank reaches the end of the step."
     ]
-
-
-def test_sigterm_to_the_whole_process_group_spares_the_loader_workers(tmp_path):
-    """Some clusters (and `kill -TERM -PGID`) signal every process of the job: the loader workers ignore it, so the
-    step in progress finishes with their batches and the run saves (was: 'DataLoader worker ... killed')."""
-    proc = start(config(tmp_path), tmp_path / "run", "dataloader.train.num_workers=2")
-    _, stderr = signal_after(proc, 4, lambda: os.killpg(proc.pid, signal.SIGTERM))
-    assert proc.returncode == EXIT_PREEMPTED, stderr
-    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGTERM after iteration ")
-    assert "killed" not in stderr
