@@ -30,7 +30,6 @@ __all__ = [
     "build_test_loader",
     "build_train_loader",
     "describe_batch",
-    "ignore_stop_signals",
     "to_device",
 ]
 
