@@ -216,6 +216,27 @@ def test_import_cycle_names_the_cycle(tmp_path):
     assert str(e).count("a.py") >= 2
 
 
+@pytest.mark.parametrize(
+    ("files", "names"),
+    [
+        ({"exp.py": "x = 1\nimport not_a_real_pkg\n"}, "not_a_real_pkg"),  # a missing module
+        ({"exp.py": "from lazytrain.config import LazyCal\n"}, "lazytrain.config"),  # a missing name
+        ({"exp.py": "x = 1\nfrom .common.nothere import model\n"}, None),  # a missing config file
+        ({"base.py": "y = 2\n", "exp.py": "from .base import x\n"}, None),  # a missing config value
+        ({"exp.py": "from .base import y\nx = 1\n", "base.py": "from .exp import x\ny = 2\n"}, None),  # a cycle
+    ],
+)
+def test_a_failed_config_import_is_an_import_error_with_the_one_paragraph_message(tmp_path, files, names):
+    for name, text in files.items():
+        write(tmp_path, name, text)
+    with pytest.raises(ImportError) as info:  # as detectron2's loader: code that catches ImportError still does
+        LazyConfig.load(tmp_path / "exp.py")
+    assert isinstance(info.value, ConfigError) and info.value.exit_code == 2
+    assert str(info.value).startswith(f"{info.value.file}:{info.value.line}: ") and info.value.line
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert info.value.name == names  # ImportError's field: the module that did not import
+
+
 def test_unknown_argument_names_file_line_key_and_suggests(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write(
