@@ -89,7 +89,8 @@ def key_line(cfg: DictConfig, key: str) -> tuple[Optional[str], Optional[int]]:
     earlier ones), those inside ``if`` / ``for`` / ``with`` / ``try`` too (not inside functions); the
     importing file comes before the files it imports, since its statements run after them. A statement sets
     a key by assigning it (``model.head = ...``, ``train["seed"] = 7``), by ``update`` (``optimizer.update(
-    lr=0.2)`` sets ``optimizer.lr``) or by ``LazyConfig.load_rel`` (followed into the file it loads). Inside
+    lr=0.2)`` sets ``optimizer.lr``), by a relative import that binds its first part (``from .common.train
+    import train``) or by ``LazyConfig.load_rel`` (both followed into the file they load). Inside
     a statement the key's parts are found one after another (``head=`` then ``width=``, or ``"width":``); a
     part it does not spell (a positional argument) leaves the line of the part before.
     """
@@ -125,6 +126,10 @@ def _py_key_line(path: str, source: str, parts: list[str], depth: int = 0) -> Op
     lines = source.splitlines(keepends=True)
     found = None
     for node in _statements(tree.body):
+        for file, inner_parts, binds in _config_imports(path, node, parts, depth):
+            inner = _file_key_line(file, inner_parts, depth + 1)
+            if inner is not None or binds:  # a name bound by the import: its key lives where the value came from
+                found = inner or (path, node.lineno)
         for name, value, keys in _what_it_sets(node):
             if name != parts[: len(name)]:
                 continue
@@ -142,6 +147,25 @@ def _py_key_line(path: str, source: str, parts: list[str], depth: int = 0) -> Op
             text = "".join(lines[start - 1 : end])
             found = (path, start + _parts_offset_lines(text, rest))
     return found
+
+
+def _config_imports(path: str, node: ast.stmt, parts: list[str], depth: int) -> Iterator[tuple[str, list[str], bool]]:
+    """For ``from .common.train import train`` (a relative import of a config file's values) when the key
+    starts with a name it binds: ``(the imported file, the key's parts in it, True)``; for ``import *``:
+    ``(file, parts, False)``, as it may not bind the name. Later imports and statements win, as in Python."""
+    if not isinstance(node, ast.ImportFrom) or not node.level or not node.module or depth > 10:
+        return
+    base = os.path.dirname(path)
+    for _ in range(node.level - 1):
+        base = os.path.dirname(base)
+    file = os.path.join(base, *node.module.split(".")) + ".py"
+    if not os.path.isfile(file):
+        return  # `from .common import data`: the names are config files, not values
+    for alias in node.names:
+        if alias.name == "*":
+            yield file, parts, False
+        elif (alias.asname or alias.name) == parts[0]:
+            yield file, [alias.name, *parts[1:]], True
 
 
 def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
