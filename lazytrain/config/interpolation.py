@@ -47,9 +47,11 @@ def check_interpolations(cfg: DictConfig) -> None:
         missing = [r for r in refs if OmegaConf.select(cfg, r, default=_MISSING) is _MISSING]
         if missing:
             what = f"'{missing[0]}' is not a key of this config"
-            hint = did_you_mean(missing[0], flat_keys(cfg))
-            if not hint and missing[0].startswith("train."):
-                hint = _RUN_SETTINGS_HINT
+            if missing[0].startswith("train."):  # a setting, or a misspelled one: close matches among train's
+                hint = did_you_mean(missing[0], [k for k in flat_keys(cfg) if k.startswith("train.")])
+                hint = f"{hint} {_RUN_SETTINGS_HINT}".strip()
+            else:
+                hint = did_you_mean(missing[0], flat_keys(cfg))
         else:
             what, hint = omegaconf_reason(e), ""
         raise ConfigError(f"bad interpolation {raw!r}: {what}.", file=file, line=line, key=key, hint=hint) from None

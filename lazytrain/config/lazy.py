@@ -6,11 +6,12 @@ import dataclasses
 import importlib
 import inspect
 import sys
+import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 import omegaconf
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import AnyNode
 
 from ..errors import ConfigError, did_you_mean
@@ -19,6 +20,7 @@ __all__ = [
     "SEQUENCE_CONFIGS",
     "LazyCall",
     "check_arguments",
+    "config_dict",
     "flat_keys",
     "locate",
     "raw_value",
@@ -38,6 +40,14 @@ SEQUENCE_CONFIGS: tuple[Any, ...] = (ListConfig,) if TUPLE_CONFIG is None else (
 def is_tuple_config(node: Any) -> bool:
     """Whether ``node`` is omegaconf 2.4's config of a tuple (always False on omegaconf 2.3)."""
     return TUPLE_CONFIG is not None and isinstance(node, TUPLE_CONFIG)
+
+
+def config_dict(values: Optional[Mapping[str, Any]] = None, /, **kwargs: Any) -> DictConfig:
+    """``dict(...)`` as the DictConfig a config file's dict becomes when it is loaded, for parts that other
+    config files change by attribute (``train.max_iter = 300`` after ``from .common.train import train``):
+    typed so, an editor (pyright, Pylance) checks that access as it runs. The loader treats both the same."""
+    created = OmegaConf.create({**(values or {}), **kwargs}, flags={"allow_objects": True})  # as the loader does
+    return typing.cast(DictConfig, created)
 
 
 def raw_value(cfg: DictConfig, key: str) -> Any:
