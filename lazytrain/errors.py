@@ -12,6 +12,7 @@ from typing import Optional
 
 __all__ = [
     "ConfigError",
+    "ConfigImportError",
     "DataError",
     "LazytrainError",
     "RankFailedError",
@@ -74,6 +75,11 @@ class ConfigError(LazytrainError):
     """A config file, an override or a config value is wrong; the user fixes the config (exit code 2)."""
 
     exit_code = 2
+
+
+class ConfigImportError(ConfigError, ImportError):
+    """An import in a config file failed: a missing module or name, a missing config file, an import cycle.
+    An ``ImportError`` too, as detectron2's loader raises, so code that catches ImportError keeps working."""
 
 
 class TrainingError(LazytrainError):

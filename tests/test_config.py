@@ -12,8 +12,9 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from lazytrain.config import ConfigError, L, LazyConfig, instantiate
+from lazytrain.config import ConfigError, L, LazyConfig, config_dict, instantiate
 from lazytrain.config.lazy import TUPLE_CONFIG
+from lazytrain.config.provenance import key_line
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -216,6 +217,27 @@ def test_import_cycle_names_the_cycle(tmp_path):
     assert str(e).count("a.py") >= 2
 
 
+@pytest.mark.parametrize(
+    ("files", "names"),
+    [
+        ({"exp.py": "x = 1\nimport not_a_real_pkg\n"}, "not_a_real_pkg"),  # a missing module
+        ({"exp.py": "from lazytrain.config import LazyCal\n"}, "lazytrain.config"),  # a missing name
+        ({"exp.py": "x = 1\nfrom .common.nothere import model\n"}, None),  # a missing config file
+        ({"base.py": "y = 2\n", "exp.py": "from .base import x\n"}, None),  # a missing config value
+        ({"exp.py": "from .base import y\nx = 1\n", "base.py": "from .exp import x\ny = 2\n"}, None),  # a cycle
+    ],
+)
+def test_a_failed_config_import_is_an_import_error_with_the_one_paragraph_message(tmp_path, files, names):
+    for name, text in files.items():
+        write(tmp_path, name, text)
+    with pytest.raises(ImportError) as info:  # as detectron2's loader: code that catches ImportError still does
+        LazyConfig.load(tmp_path / "exp.py")
+    assert isinstance(info.value, ConfigError) and info.value.exit_code == 2
+    assert str(info.value).startswith(f"{info.value.file}:{info.value.line}: ") and info.value.line
+    assert "\n" not in str(info.value) and "Traceback" not in str(info.value)
+    assert info.value.name == names  # ImportError's field: the module that did not import
+
+
 def test_unknown_argument_names_file_line_key_and_suggests(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = write(
@@ -375,3 +397,38 @@ def test_an_omegaconf_error_while_a_config_file_runs_is_one_paragraph(tmp_path):
     with pytest.raises(ConfigError) as info:
         LazyConfig.load(path)
     assert str(info.value).endswith("exp.py:3: ConfigAttributeError: Missing key head")
+
+
+def test_load_run_config_gives_the_config_the_command_line_runs_where_load_names_it(tmp_path):
+    write(tmp_path, "common/data.py", "data = dict(seed='${train.seed}', size=4)\n")
+    path = write(tmp_path, "exp.py", "from .common.data import data\ntrain = dict(max_iter=5)\n")
+    e = error_of(LazyConfig.load, path)  # train's defaults (seed=0) belong to the engine, not to the loader
+    assert "'train.seed' is not a key" in str(e) and "lazytrain.engine.load_run_config(path, overrides)" in str(e)
+    from lazytrain.engine import load_run_config
+
+    cfg = load_run_config(path, ["data.size=8"])
+    assert (cfg.data.seed, cfg.data.size, cfg.train.log_period) == (0, 8, 20)
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "config", str(path), "data.size=8"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == LazyConfig.to_yaml(cfg, resolve=True)
+
+
+def test_config_dict_loads_saves_and_locates_as_a_dict_does(tmp_path):
+    common = "from lazytrain.config import config_dict\n\ntrain = {}(\n    max_iter=10,\n    amp=dict(enabled=0),\n)\n"
+    exp = "from .common.train import train\n\ntrain.max_iter = 300\ntrain.amp.enabled = True\n"
+    seen = []
+    for kind in ("dict", "config_dict"):
+        write(tmp_path / kind, "common/train.py", common.format(kind))
+        path = write(tmp_path / kind, "exp.py", exp)
+        cfg = LazyConfig.load(path)
+        LazyConfig.save(cfg, tmp_path / kind / "out.yaml")
+        assert LazyConfig.load(tmp_path / kind / "out.yaml") == cfg
+        file, line = key_line(cfg, "train.amp")
+        seen.append((LazyConfig.to_yaml(cfg), Path(file or "").name, line))
+    assert seen == [("train:\n  max_iter: 300\n  amp:\n    enabled: true\n", "train.py", 5)] * 2
+    values = config_dict({"a-b": 1}, c=dict(d=[1, 2]))
+    values.c.d.append(3)  # attribute access in the file that writes it, as where it is imported
+    assert isinstance(values, DictConfig) and OmegaConf.to_container(values) == {"a-b": 1, "c": {"d": [1, 2, 3]}}

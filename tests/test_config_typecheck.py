@@ -1,5 +1,5 @@
-"""Types checked before anything is built: each L(...) argument against its target's annotations, and
-settings against a schema. An error names the key, where it was set, the expected type and the value."""
+"""Types checked before anything is built: each L(...) argument against its target's annotations. An error
+names the key, where it was set, the expected type and the value (run settings: test_settings.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lazytrain.config import ConfigError, L, LazyConfig
-from lazytrain.config.typecheck import check_settings, check_types, matches_type
+from lazytrain.config.typecheck import check_types, matches_type
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -224,23 +224,6 @@ def test_override_records_do_not_show_in_the_config(tmp_path):
     cfg = LazyConfig.load(path)
     LazyConfig.apply_overrides(cfg, ["train.max_iter=5"])
     assert LazyConfig.to_yaml(cfg) == "train:\n  max_iter: 5\n"
-
-
-def test_check_settings_checks_a_mapping_against_a_schema(tmp_path):
-    path = write(tmp_path, "exp.py", "train = dict(\n    max_iter='abc',\n    amp=dict(dtype='fp8'),\n)\n")
-    schema = {"max_iter": int, "seed": int, "amp": {"dtype": Literal["bf16", "fp16"], "enabled": bool}}
-    cfg = LazyConfig.load(path)
-    with pytest.raises(ConfigError) as info:
-        check_settings(cfg, "train", schema)
-    assert str(info.value).endswith("exp.py:2: train.max_iter: this setting expects int, got 'abc' (str).")
-    LazyConfig.apply_overrides(cfg, ["train.max_iter=3"])
-    with pytest.raises(ConfigError) as info:
-        check_settings(cfg, "train", schema)
-    assert "exp.py:3: train.amp.dtype: this setting expects Literal['bf16', 'fp16'], got 'fp8'" in str(info.value)
-    assert "Use one of: 'bf16', 'fp16'." in str(info.value)
-    LazyConfig.apply_overrides(cfg, ["train.amp.dtype=bf16", "train.max_iter=x"])
-    with pytest.raises(ConfigError, match=r"train.max_iter: .*set on the command line"):
-        check_settings(cfg, "train", schema)
 
 
 def test_matches_type_is_usable_on_its_own():

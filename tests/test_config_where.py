@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import cli_env
 
 
@@ -133,3 +134,20 @@ def test_where_follows_load_rel_into_the_file_it_loads(tmp_path, monkeypatch):
     assert line_of(tmp_path, monkeypatch, "net.depth", body, {"base-exp.py": base}) == ("base-exp.py", 4)
     assert line_of(tmp_path, monkeypatch, "train.max_iter", body, {"base-exp.py": base}) == ("base-exp.py", 6)
     assert line_of(tmp_path, monkeypatch, "common.model.width", body, {"base-exp.py": base}) == ("base-exp.py", 3)
+
+
+@pytest.mark.parametrize("train_last", [True, False])
+def test_where_and_a_bad_setting_name_the_file_whose_value_was_bound_last(tmp_path, train_last):
+    (tmp_path / "common").mkdir()
+    (tmp_path / "common" / "base.py").write_text("model = dict(hidden=4)\ntrain = dict(max_iter=10, log_period=-1)\n")
+    (tmp_path / "common" / "train.py").write_text("# run\ntrain = dict(\n    max_iter=20,\n    log_period=0,\n)\n")
+    imports = ["from .common.base import model, train", "from .common.train import train"]
+    (tmp_path / "exp.py").write_text("\n".join(imports if train_last else imports[::-1]) + "\n")
+    r = where(tmp_path, "train.log_period=1", "--where", "train.max_iter")
+    expected = "train.max_iter = 20: common/train.py:3" if train_last else "train.max_iter = 10: common/base.py:2"
+    assert r.stdout.strip() == expected, r.stderr
+    r = where(tmp_path)
+    expected = "common/train.py:4: train.log_period: must be an integer >= 1, got 0 (int)."
+    if not train_last:
+        expected = "common/base.py:2: train.log_period: must be an integer >= 1, got -1 (int)."
+    assert (r.returncode, r.stderr) == (2, f"error: {expected}\n")

@@ -48,6 +48,19 @@ def test_a_bad_setting_in_a_file_names_the_file_and_line(tmp_path):
     assert str(info.value).endswith("exp.py:3: train.log_period: must be an integer >= 1, got 0 (int).")
 
 
+def test_a_nested_setting_in_a_multiline_dict_is_named_at_its_own_line_then_at_the_command_line(tmp_path):
+    (tmp_path / "exp.py").write_text("train = dict(\n    max_iter='abc',\n    amp=dict(dtype='fp8'),\n)\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py")
+    assert str(info.value).endswith("exp.py:2: train.max_iter: must be an integer >= 1, got 'abc' (str).")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py", "train.max_iter=3")
+    assert str(info.value).endswith("""exp.py:3: train.amp.dtype: must be "bf16" or "fp16", got 'fp8' (str).""")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "exp.py", "train.max_iter=x", "train.amp.dtype=bf16")
+    assert str(info.value) == "command line: train.max_iter: must be an integer >= 1, got 'x' (str)."
+
+
 def test_good_values_pass_and_ints_count_as_floats():
     cfg = load_config(TOY / "configs" / "toy.py", "train.clip_grad.max_norm=1", "train.checkpoint_period=0")
     assert cfg.train.clip_grad.max_norm == 1

@@ -4,10 +4,11 @@ for: into `dataset.synthetic_default.root` (the default root) when it holds none
 `dataset.synthetic_scans=N`; another root without scans is an error that names it."""
 
 from lazytrain.config import LazyCall as L
+from lazytrain.config import config_dict
 from lazytrain.data import build_test_loader, build_train_loader
 from lazytrain.lidar import SemanticKittiDataset, collate_scans
 
-dataset = dict(
+dataset = config_dict(
     root="${dataset.synthetic_default.root}",
     num_classes=20,
     # HDL-64E: 64 beams over +3°..-25°; 2048 columns on the real sensor
@@ -29,7 +30,7 @@ _scans = dict(
     synthetic_default_scans="${dataset.synthetic_default.scans}",
 )
 
-dataloader = dict(
+dataloader = config_dict(
     train=L(build_train_loader)(
         # sequences=None: the official training split (the class weights read the same sequences)
         dataset=L(SemanticKittiDataset)(split="train", sequences=None, augment=True, **_scans),

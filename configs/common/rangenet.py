@@ -3,6 +3,7 @@ official semantic-kitti-api computes it (mIoU over the 19 classes, point accurac
 and the benchmark submission `lazytrain predict` writes."""
 
 from lazytrain.config import LazyCall as L
+from lazytrain.config import config_dict
 from lazytrain.lidar import ClassWeightsFromLabels, RangeNet, SemanticKittiEvaluator, SemanticKittiSubmission
 
 model = L(RangeNet)(
@@ -28,9 +29,9 @@ evaluator = L(SemanticKittiEvaluator)(num_classes="${dataset.num_classes}", knn=
 
 # `lazytrain predict CONFIG --weights CKPT [--split test]`: sequences/<SS>/predictions/<NNNNNN>.label, every
 # point of every scan labelled (through the evaluator's KNN when it has one), ready to zip for the benchmark
-predict = dict(
+predict = config_dict(
     split="test",
     writer=L(SemanticKittiSubmission)(num_classes="${dataset.num_classes}", knn="${evaluator.knn}"),
 )
 
-export = dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)
+export = config_dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

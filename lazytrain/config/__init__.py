@@ -2,10 +2,10 @@
 
 from ..errors import ConfigError
 from .instantiate import instantiate
-from .lazy import LazyCall
+from .lazy import LazyCall, config_dict
 from .lazy_config import LazyConfig
-from .typecheck import check_settings, check_types
+from .typecheck import check_types
 
 L = LazyCall
 
-__all__ = ["ConfigError", "L", "LazyCall", "LazyConfig", "check_settings", "check_types", "instantiate"]
+__all__ = ["ConfigError", "L", "LazyCall", "LazyConfig", "check_types", "config_dict", "instantiate"]

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from ..errors import ConfigError, LazytrainError
+from .interpolation import omegaconf_reason
 from .lazy import (
     ARGS_KEY,
     SEQUENCE_CONFIGS,
@@ -21,7 +22,6 @@ from .lazy import (
     positional_call_arguments,
     target_name,
 )
-from .lazy_config import omegaconf_reason
 
 __all__ = ["instantiate"]
 

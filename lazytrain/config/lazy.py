@@ -6,16 +6,27 @@ import dataclasses
 import importlib
 import inspect
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Optional, Union
 
 import omegaconf
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.nodes import AnyNode
 
 from ..errors import ConfigError, did_you_mean
 
-__all__ = ["SEQUENCE_CONFIGS", "LazyCall", "check_arguments", "locate", "target_name", "target_signature"]
+__all__ = [
+    "SEQUENCE_CONFIGS",
+    "LazyCall",
+    "check_arguments",
+    "config_dict",
+    "flat_keys",
+    "locate",
+    "raw_value",
+    "target_name",
+    "target_signature",
+]
 
 TARGET_KEY = "_target_"
 ARGS_KEY = "_args_"  # positional arguments a signature cannot name (builtins, *args)
@@ -29,6 +40,39 @@ SEQUENCE_CONFIGS: tuple[Any, ...] = (ListConfig,) if TUPLE_CONFIG is None else (
 def is_tuple_config(node: Any) -> bool:
     """Whether ``node`` is omegaconf 2.4's config of a tuple (always False on omegaconf 2.3)."""
     return TUPLE_CONFIG is not None and isinstance(node, TUPLE_CONFIG)
+
+
+def config_dict(values: Optional[Mapping[str, Any]] = None, /, **kwargs: Any) -> DictConfig:
+    """``dict(...)`` as the DictConfig a config file's dict becomes when it is loaded, for parts that other
+    config files change by attribute (``train.max_iter = 300`` after ``from .common.train import train``):
+    typed so, an editor (pyright, Pylance) checks that access as it runs. The loader treats both the same."""
+    created = OmegaConf.create({**(values or {}), **kwargs}, flags={"allow_objects": True})  # as the loader does
+    return typing.cast(DictConfig, created)
+
+
+def raw_value(cfg: DictConfig, key: str) -> Any:
+    """The value at the dotted ``key`` as written, interpolations not resolved (``'${train.seed}'``), or None
+    where a part of the key is absent. A part below a value that is not a config node raises."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node._get_node(int(part) if isinstance(node, SEQUENCE_CONFIGS) else part)
+        if node is None:
+            return None
+    return node._value()
+
+
+def flat_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
+    """Every key path in the tree (``train.amp.enabled``), parents before children."""
+    if isinstance(cfg, DictConfig):
+        for k in cfg:
+            path = f"{prefix}.{k!s}" if prefix else str(k)
+            yield path
+            yield from flat_keys(cfg._get_node(k), path)
+    elif isinstance(cfg, SEQUENCE_CONFIGS):
+        for i in range(len(cfg)):
+            path = f"{prefix}.{i}"
+            yield path
+            yield from flat_keys(cfg._get_node(i), path)
 
 
 class LazyCall:

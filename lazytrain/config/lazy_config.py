@@ -5,23 +5,22 @@ from __future__ import annotations
 import ast
 import copy
 import os
-import re
 import sys
 import warnings
-import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Optional, Union, overload
+from collections.abc import Mapping, Sequence
+from typing import Any, Union, overload
 
 import cloudpickle
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import InterpolationResolutionError, InterpolationToMissingValueError
 
 from ..errors import ConfigError, did_you_mean
 from ..fileio import atomic_write
-from .lazy import SEQUENCE_CONFIGS, TARGET_KEY, accepts_argument, check_arguments, is_tuple_config
-from .loader import _rel, load_python_config, load_within_config
-from .provenance import remember_overrides
+from .interpolation import check_interpolations, omegaconf_reason
+from .lazy import TARGET_KEY, accepts_argument, check_arguments, flat_keys, is_tuple_config, raw_value
+from .loader import load_python_config, load_within_config, shown_path
+from .provenance import remember_overrides, remember_source_files
+from .typecheck import check_types
 from .yaml_io import load_yaml as _load_yaml
 from .yaml_io import side_file
 from .yaml_io import to_yaml as _to_yaml
@@ -29,8 +28,6 @@ from .yaml_io import to_yaml as _to_yaml
 __all__ = ["LazyConfig"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-# the config files each loaded root came from, to put file:line on interpolation errors found later
-_SOURCE_FILES: dict[int, tuple[weakref.ref, list[str]]] = {}
 
 
 class LazyConfig:
@@ -63,9 +60,7 @@ class LazyConfig:
             cfg, files = load_python_config(path)
         else:
             raise ConfigError(f"config file '{path}' must end in .py or .yaml.")
-        key = id(cfg)
-        _SOURCE_FILES[key] = (weakref.ref(cfg), files)
-        weakref.finalize(cfg, _SOURCE_FILES.pop, key, None)
+        remember_source_files(cfg, files)
         if check:
             LazyConfig.check(cfg)
         return cfg if keys is None else select_keys(cfg, keys, path)
@@ -94,9 +89,7 @@ class LazyConfig:
     def check(cfg: DictConfig) -> None:
         """Check the config after overrides: every interpolation resolves (key, file:line, close matches) and
         every argument of every ``L(...)`` call has the type its target's annotations ask for."""
-        check_interpolations(cfg, _source_files(cfg))
-        from .typecheck import check_types  # typecheck uses this module's source-line helpers
-
+        check_interpolations(cfg)
         check_types(cfg)
 
     @staticmethod
@@ -183,7 +176,7 @@ def select_keys(cfg: DictConfig, keys: Union[str, tuple[str, ...]], path: str) -
     for name in names:
         if name not in cfg:
             raise ConfigError(
-                f"config file '{_rel(path)}' has no top-level key '{name}'.",
+                f"config file '{shown_path(path)}' has no top-level key '{name}'.",
                 hint=did_you_mean(name, [str(k) for k in cfg]) or f"It has: {', '.join(str(k) for k in cfg)}.",
             )
     return cfg[keys] if isinstance(keys, str) else tuple(cfg[name] for name in names)
@@ -198,25 +191,6 @@ def _merged_keys(cfg: DictConfig, key: str, value: Any) -> list[str]:
     for k, v in value.items():
         keys.extend(_merged_keys(cfg, f"{key}.{k}", v) if isinstance(v, Mapping) else [f"{key}.{k}"])
     return keys
-
-
-def _source_files(cfg: DictConfig) -> list[str]:
-    """The config files ``cfg`` was loaded from (empty for a config built in code or changed since)."""
-    ref, files = _SOURCE_FILES.get(id(cfg), (None, []))
-    return files if ref is not None and ref() is cfg else []
-
-
-def _first_line(files: Sequence[str], pattern: re.Pattern[str]) -> tuple[Optional[str], Optional[int]]:
-    """``(file, line)`` of the first line in ``files`` that ``pattern`` matches, or ``(None, None)``."""
-    for path in files:
-        try:
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if pattern.search(line):
-                        return _rel(path), lineno
-        except OSError:
-            continue
-    return None, None
 
 
 def resolved_copy(cfg: DictConfig) -> DictConfig:
@@ -242,80 +216,15 @@ def parse_value(text: str) -> Any:
     return value if value is not None or text in ("null", "~", "") else text
 
 
-def flat_keys(cfg: Any, prefix: str = "") -> Iterator[str]:
-    """Every key path in the tree (``train.amp.enabled``), parents before children."""
-    if isinstance(cfg, DictConfig):
-        for k in cfg:
-            path = f"{prefix}.{k!s}" if prefix else str(k)
-            yield path
-            yield from flat_keys(cfg._get_node(k), path)
-    elif isinstance(cfg, SEQUENCE_CONFIGS):
-        for i in range(len(cfg)):
-            path = f"{prefix}.{i}"
-            yield path
-            yield from flat_keys(cfg._get_node(i), path)
-
-
-def check_interpolations(cfg: DictConfig, files: Sequence[str]) -> None:
-    """Raise a ConfigError for the first ``${...}`` that does not resolve, naming the key and file:line."""
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except InterpolationResolutionError as e:
-        key = re.sub(r"\[(\d+)\]", r".\1", str(e.full_key)) if e.full_key else None  # layers[0].w: layers.0.w
-        raw = _raw_value(cfg, key) if key else None
-        file, line = _first_line(files, re.compile(re.escape(raw))) if isinstance(raw, str) else (None, None)
-        refs = re.findall(r"\$\{([^}:]+)\}", raw) if isinstance(raw, str) else []
-        unset = _unset_reference(e)
-        if unset is not None:
-            raise ConfigError(
-                f"{raw!r} needs '{unset}', which is required but not set ('???').",
-                file=file,
-                line=line,
-                key=key,
-                hint=f"Set it in the config or on the command line ({unset}=...).",
-            ) from None
-        missing = [r for r in refs if OmegaConf.select(cfg, r, default=_MISSING) is _MISSING]
-        if missing:
-            what = f"'{missing[0]}' is not a key of this config"
-            hint = did_you_mean(missing[0], flat_keys(cfg))
-        else:
-            what, hint = omegaconf_reason(e), ""
-        raise ConfigError(f"bad interpolation {raw!r}: {what}.", file=file, line=line, key=key, hint=hint) from None
-
-
-def _unset_reference(error: InterpolationResolutionError) -> Optional[str]:
-    """The key holding '???' that an interpolation needs (itself or through other interpolations), or None."""
-    if not isinstance(error, InterpolationToMissingValueError):
-        return None
-    match = re.search(r"Missing mandatory value: (\S+)", str(getattr(error, "msg", None) or error))
-    return match.group(1) if match else None
-
-
 _MISSING = object()
 
 
 def _is_unset(cfg: DictConfig, key: str) -> bool:
     """Whether ``key`` exists and holds '???' (a required value not set yet)."""
     try:
-        return _raw_value(cfg, key) == "???"
+        return raw_value(cfg, key) == "???"
     except Exception:  # a part of the key is not a config node
         return False
-
-
-def _raw_value(cfg: DictConfig, key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node._get_node(int(part) if isinstance(node, SEQUENCE_CONFIGS) else part)
-        if node is None:
-            return None
-    return node._value()
-
-
-def omegaconf_reason(error: Exception) -> str:
-    """The first line of an omegaconf error, without its ``full_key:`` / ``object_type=`` lines and final
-    period (``Value 'abc' of type 'str' could not be converted to Integer``)."""
-    text = str(getattr(error, "msg", None) or error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__).rstrip(".")
 
 
 def _check_not_in_tuple(cfg: DictConfig, key: str, value: Any) -> None:

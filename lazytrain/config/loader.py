@@ -1,6 +1,7 @@
 """Run a Python config file into a DictConfig.
 
-Relative imports load other config files; every error names the file and line.
+Relative imports load other config files; every error names the file and line, and a failed import is a
+ConfigImportError (an ImportError too).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from ..errors import ConfigError, LazytrainError, did_you_mean
+from ..errors import ConfigError, ConfigImportError, LazytrainError, did_you_mean
 from .lazy import SEQUENCE_CONFIGS, TUPLE_CONFIG
 
-__all__ = ["load_python_config", "load_within_config"]
+__all__ = ["load_python_config", "load_within_config", "shown_path"]
 
 _LITERALS = (int, float, str, bool, type(None), bytes)
 _CONFIG_TYPES = (DictConfig, *SEQUENCE_CONFIGS, dict, list, tuple, *_LITERALS)
@@ -44,7 +45,7 @@ def load_within_config(caller_globals: Mapping[str, Any], path: str, line: int) 
         return None
     caller = str(caller_globals["__file__"])
     if not os.path.isfile(path):
-        raise ConfigError(f"config file '{_rel(path)}' does not exist.", file=_rel(caller), line=line)
+        raise ConfigError(f"config file '{shown_path(path)}' does not exist.", file=shown_path(caller), line=line)
     values = loader.load(os.path.abspath(path), importer=(caller, line))
     return OmegaConf.create(values, flags={"allow_objects": True})
 
@@ -69,14 +70,14 @@ class _ConfigFileLoader:
     def load(self, path: str, importer: Optional[tuple[str, int]]) -> dict[str, Any]:
         if path in self.stack:
             cycle = [*self.stack[self.stack.index(path) :], path]
-            raise ConfigError(
-                "config import cycle: " + " -> ".join(_rel(p) for p in cycle) + ".",
-                file=_rel(importer[0]) if importer else None,
+            raise ConfigImportError(
+                "config import cycle: " + " -> ".join(shown_path(p) for p in cycle) + ".",
+                file=shown_path(importer[0]) if importer else None,
                 line=importer[1] if importer else None,
                 hint="Move what both files need into a third file that both import.",
             )
         if not os.path.isfile(path):
-            raise ConfigError(f"config file '{_rel(path)}' does not exist.")
+            raise ConfigError(f"config file '{shown_path(path)}' does not exist.")
         with open(path, encoding="utf-8") as f:
             source = f.read()
         try:
@@ -84,7 +85,7 @@ class _ConfigFileLoader:
         except SyntaxError as e:
             raise ConfigError(
                 f"syntax error: {e.msg}" + (f" In: {e.text.strip()}" if e.text else ""),
-                file=_rel(path),
+                file=shown_path(path),
                 line=e.lineno,
             ) from None
 
@@ -133,9 +134,9 @@ class _ConfigFileLoader:
         if os.path.isdir(target):
             return self._folder(target, (importer, line), fromlist)
         dots = "." * level
-        raise ConfigError(
-            f"relative config import '{dots}{name}' not found: there is no '{_rel(target)}.py'.",
-            file=_rel(importer),
+        raise ConfigImportError(
+            f"relative config import '{dots}{name}' not found: there is no '{shown_path(target)}.py'.",
+            file=shown_path(importer),
             line=line,
             hint="Relative imports in a config load other config files next to it; check the path.",
         )
@@ -150,9 +151,9 @@ class _ConfigFileLoader:
             elif os.path.isdir(item_path):
                 setattr(module, item, self._folder(item_path, importer, ()))
             else:
-                raise ConfigError(
-                    f"relative config import '{item}' not found: there is no '{_rel(item_path)}.py'.",
-                    file=_rel(importer[0]),
+                raise ConfigImportError(
+                    f"relative config import '{item}' not found: there is no '{shown_path(item_path)}.py'.",
+                    file=shown_path(importer[0]),
                     line=importer[1],
                 )
         # attribute access on a folder loads the config file of that name (`common.data.dataset`)
@@ -169,9 +170,9 @@ class _ConfigFileLoader:
             setattr(module, k, root[k] if isinstance(root._get_node(k), (DictConfig, *SEQUENCE_CONFIGS)) else values[k])
         for item in fromlist:
             if item != "*" and not hasattr(module, item):
-                raise ConfigError(
-                    f"cannot import '{item}' from config file '{_rel(path)}'.",
-                    file=_rel(importer[0]),
+                raise ConfigImportError(
+                    f"cannot import '{item}' from config file '{shown_path(path)}'.",
+                    file=shown_path(importer[0]),
                     line=importer[1],
                     hint=did_you_mean(item, values) or f"It defines: {', '.join(values) or 'nothing'}.",
                 )
@@ -180,13 +181,15 @@ class _ConfigFileLoader:
     def _locate(self, error: LazytrainError, path: str, source: str) -> LazytrainError:
         """Add file:line (and the assigned key) to an error raised while the file ran, e.g. by LazyCall."""
         line = _innermost_line(sys.exc_info()[2], path)
-        error.file, error.line = _rel(path), line
+        error.file, error.line = shown_path(path), line
         if error.key is None and line is not None:
             error.key = _assigned_name(source, line)
         error.args = (error.format(),)
         return error
 
     def _wrap(self, e: Exception, path: str, source: str) -> ConfigError:
+        """The error a config file raised as a ConfigError at the innermost config file line (a failed import:
+        a ConfigImportError, also an ImportError)."""
         tb = sys.exc_info()[2]
         # the innermost config file frame is where the user must look
         location = path
@@ -194,19 +197,22 @@ class _ConfigFileLoader:
         for frame, lineno in traceback.walk_tb(tb):
             if frame.f_code.co_filename in self.stack or frame.f_code.co_filename == path:
                 location, line = frame.f_code.co_filename, lineno
-        if isinstance(e, ModuleNotFoundError):
-            return ConfigError(
-                f"cannot import module '{e.name}': {e}.",
-                file=_rel(location),
-                line=line,
-                hint="Install the package, or put the folder that holds it on PYTHONPATH.",
-            )
         if isinstance(e, ImportError):
-            return ConfigError(f"{e}.", file=_rel(location), line=line, hint=_import_name_hint(e))
+            no_module = isinstance(e, ModuleNotFoundError)
+            error = ConfigImportError(
+                f"cannot import module '{e.name}': {e}." if no_module else f"{e}.",
+                file=shown_path(location),
+                line=line,
+                hint="Install the package, or put the folder that holds it on PYTHONPATH."
+                if no_module
+                else _import_name_hint(e),
+            )
+            error.name, error.path = e.name, e.path  # ImportError's own fields, as Python's would give them
+            return error
         text = str(e)
         if isinstance(e, OmegaConfBaseException):  # its first line; the others repeat full_key and object_type
             text = str(getattr(e, "msg", None) or e).strip().splitlines()[0]
-        return ConfigError(f"{type(e).__name__}: {text}", file=_rel(location), line=line)
+        return ConfigError(f"{type(e).__name__}: {text}", file=shown_path(location), line=line)
 
 
 def _as_config(value: Any) -> Any:
@@ -262,7 +268,7 @@ def _module_name(path: str) -> str:
     return f"lazytrain_config.{stem}"
 
 
-def _rel(path: str) -> str:
+def shown_path(path: str) -> str:
     """Paths in messages are relative to the working directory when that is shorter."""
     try:
         rel = os.path.relpath(path)

@@ -1,4 +1,5 @@
-"""Where config values were set: the keys overrides set (kept outside the config) and the file:line of a key."""
+"""Where config values were set: records kept beside each loaded root (the files it came from, the keys that
+overrides set) and, from those, the file:line of a key."""
 
 from __future__ import annotations
 
@@ -7,34 +8,70 @@ import itertools
 import os
 import re
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Generic, Optional, TypeVar
 
 from omegaconf import DictConfig
 
-from .lazy import TARGET_KEY
-from .loader import _rel
+from .lazy import TARGET_KEY, raw_value
+from .loader import shown_path
 
-__all__ = ["key_line", "overridden_keys", "remember_overrides", "set_on_command_line"]
+__all__ = [
+    "key_line",
+    "origin",
+    "overridden_keys",
+    "remember_overrides",
+    "remember_source_files",
+    "set_on_command_line",
+    "source_files",
+]
 
-# the keys that overrides set in each root: kept out of the config so YAML and flat_keys do not show them
-_OVERRIDDEN: dict[int, tuple[weakref.ref, set[str]]] = {}
+_T = TypeVar("_T")
 
 
-def remember_overrides(cfg: DictConfig, keys: Sequence[str]) -> None:
+class _RootRecords(Generic[_T]):
+    """One record per config root, kept outside the config (so YAML and flat_keys do not show it), found by
+    the root's identity and dropped when the root is garbage collected."""
+
+    def __init__(self) -> None:
+        self._records: dict[int, tuple[weakref.ref[DictConfig], _T]] = {}
+
+    def get(self, cfg: DictConfig) -> Optional[_T]:
+        ref, record = self._records.get(id(cfg), (None, None))
+        return record if ref is not None and ref() is cfg else None
+
+    def put(self, cfg: DictConfig, record: _T) -> None:
+        if id(cfg) not in self._records:
+            weakref.finalize(cfg, self._records.pop, id(cfg), None)
+        self._records[id(cfg)] = (weakref.ref(cfg), record)
+
+
+_SOURCE_FILES: _RootRecords[list[str]] = _RootRecords()  # to put file:line on errors found after loading
+_OVERRIDDEN: _RootRecords[set[str]] = _RootRecords()
+
+
+def remember_source_files(cfg: DictConfig, files: Iterable[str]) -> None:
+    """Record that ``cfg`` was loaded from ``files`` (the file loaded first, then the files it imported)."""
+    _SOURCE_FILES.put(cfg, list(files))
+
+
+def source_files(cfg: DictConfig) -> list[str]:
+    """The config files ``cfg`` was loaded from (empty for a config built in code)."""
+    return list(_SOURCE_FILES.get(cfg) or [])
+
+
+def remember_overrides(cfg: DictConfig, keys: Iterable[str]) -> None:
     """Record that an override set each of ``keys`` in ``cfg``."""
-    ref, known = _OVERRIDDEN.get(id(cfg), (None, set()))
-    if ref is None or ref() is not cfg:
+    known = _OVERRIDDEN.get(cfg)
+    if known is None:
         known = set()
-        _OVERRIDDEN[id(cfg)] = (weakref.ref(cfg), known)
-        weakref.finalize(cfg, _OVERRIDDEN.pop, id(cfg), None)
+        _OVERRIDDEN.put(cfg, known)
     known.update(keys)
 
 
 def overridden_keys(cfg: DictConfig) -> frozenset[str]:
     """The keys that :meth:`LazyConfig.apply_overrides` set in ``cfg`` (a merged dict: each of its leaves)."""
-    ref, known = _OVERRIDDEN.get(id(cfg), (None, set()))
-    return frozenset(known) if ref is not None and ref() is cfg else frozenset()
+    return frozenset(_OVERRIDDEN.get(cfg) or ())
 
 
 def set_on_command_line(cfg: DictConfig, key: str) -> bool:
@@ -52,17 +89,16 @@ def key_line(cfg: DictConfig, key: str) -> tuple[Optional[str], Optional[int]]:
     earlier ones), those inside ``if`` / ``for`` / ``with`` / ``try`` too (not inside functions); the
     importing file comes before the files it imports, since its statements run after them. A statement sets
     a key by assigning it (``model.head = ...``, ``train["seed"] = 7``), by ``update`` (``optimizer.update(
-    lr=0.2)`` sets ``optimizer.lr``) or by ``LazyConfig.load_rel`` (followed into the file it loads). Inside
+    lr=0.2)`` sets ``optimizer.lr``), by a relative import that binds its first part (``from .common.train
+    import train``) or by ``LazyConfig.load_rel`` (both followed into the file they load). Inside
     a statement the key's parts are found one after another (``head=`` then ``width=``, or ``"width":``); a
     part it does not spell (a positional argument) leaves the line of the part before.
     """
     parts = _parts(key)
-    from .lazy_config import _source_files  # the files each loaded root came from
-
-    for path in _source_files(cfg):
+    for path in source_files(cfg):
         found = _file_key_line(path, parts)
         if found is not None:
-            return _rel(found[0]), found[1]
+            return shown_path(found[0]), found[1]
     return None, None
 
 
@@ -90,6 +126,10 @@ def _py_key_line(path: str, source: str, parts: list[str], depth: int = 0) -> Op
     lines = source.splitlines(keepends=True)
     found = None
     for node in _statements(tree.body):
+        for file, inner_parts, binds in _config_imports(path, node, parts, depth):
+            inner = _file_key_line(file, inner_parts, depth + 1)
+            if inner is not None or binds:  # a name bound by the import: its key lives where the value came from
+                found = inner or (path, node.lineno)
         for name, value, keys in _what_it_sets(node):
             if name != parts[: len(name)]:
                 continue
@@ -107,6 +147,25 @@ def _py_key_line(path: str, source: str, parts: list[str], depth: int = 0) -> Op
             text = "".join(lines[start - 1 : end])
             found = (path, start + _parts_offset_lines(text, rest))
     return found
+
+
+def _config_imports(path: str, node: ast.stmt, parts: list[str], depth: int) -> Iterator[tuple[str, list[str], bool]]:
+    """For ``from .common.train import train`` (a relative import of a config file's values) when the key
+    starts with a name it binds: ``(the imported file, the key's parts in it, True)``; for ``import *``:
+    ``(file, parts, False)``, as it may not bind the name. Later imports and statements win, as in Python."""
+    if not isinstance(node, ast.ImportFrom) or not node.level or not node.module or depth > 10:
+        return
+    base = os.path.dirname(path)
+    for _ in range(node.level - 1):
+        base = os.path.dirname(base)
+    file = os.path.join(base, *node.module.split(".")) + ".py"
+    if not os.path.isfile(file):
+        return  # `from .common import data`: the names are config files, not values
+    for alias in node.names:
+        if alias.name == "*":
+            yield file, parts, False
+        elif (alias.asname or alias.name) == parts[0]:
+            yield file, [alias.name, *parts[1:]], True
 
 
 def _statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
@@ -235,9 +294,7 @@ def origin(cfg: DictConfig, key: str, defaults: Optional[Mapping[str, Any]] = No
     """Where the value of ``key`` comes from, for ``lazytrain config CONFIG --where KEY``: "command line",
     "file:line", the interpolation it follows (and where that one was set), or "default of train settings"
     (``defaults``: the ``train`` schema, for keys no file sets)."""
-    from .lazy_config import _raw_value
-
-    raw = _raw_value(cfg, key)
+    raw = raw_value(cfg, key)
     if set_on_command_line(cfg, key):
         return "command line"
     if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") and _seen < 10:

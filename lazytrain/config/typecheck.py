@@ -1,6 +1,6 @@
-"""Type checks before anything is built: each ``L(...)`` argument against its target's annotations, and
-settings (``train.*``) against a schema of expected types. An error names the key, where it was set
-(file:line or the command line), the expected type and the value.
+"""Type checks before anything is built: each ``L(...)`` argument against its target's annotations. An error
+names the key, where it was set (file:line or the command line), the expected type and the value. (The run
+settings, ``train.*``, are checked by type and range in ``lazytrain.engine.settings``.)
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
 
 from ..errors import ConfigError
+from .interpolation import check_interpolations, omegaconf_reason
 from .lazy import ARGS_KEY, SEQUENCE_CONFIGS, TARGET_KEY, is_structured_class, is_tuple_config, locate, target_name
 from .provenance import key_line, set_on_command_line
 
-__all__ = ["check_settings", "check_types", "matches_type", "type_name"]
+__all__ = ["check_types", "matches_type", "type_name"]
 
 _NOT_CHECKED = inspect.Parameter.empty
 _SEQUENCES = (list, tuple, abc.Sequence, abc.MutableSequence, abc.Collection, abc.Iterable)
@@ -43,34 +44,9 @@ def check_types(cfg: DictConfig) -> None:
     try:
         _check_tree(cfg, cfg, "")
     except InterpolationResolutionError as e:
-        from .lazy_config import _source_files, check_interpolations, omegaconf_reason
-
-        check_interpolations(cfg, _source_files(cfg))  # raises the ConfigError naming key, file and line
+        check_interpolations(cfg)  # raises the ConfigError naming key, file and line
         key = str(e.full_key) if getattr(e, "full_key", None) else None
         raise ConfigError(f"bad interpolation: {omegaconf_reason(e)}.", key=key) from None
-
-
-def check_settings(cfg: DictConfig, key: str, schema: Mapping[str, Any]) -> None:
-    """Check the mapping at ``key`` of ``cfg`` (``"train"``) against ``schema``: setting name → expected type
-    (``int``, ``Optional[float]``, ``Literal["bf16", "fp16"]``, ...) or a nested schema dict for a nested
-    mapping. Settings absent from the schema or from the mapping are not checked. An error names
-    ``key.setting``, where it was set and what was expected."""
-    node = OmegaConf.select(cfg, key, default=None) if key else cfg
-    if node is None:
-        return
-    if not isinstance(node, DictConfig):
-        _fail(cfg, key, node, dict, raw=node)
-    for name, expected in schema.items():
-        if name not in node:
-            continue
-        path = f"{key}.{name}" if key else name
-        value = node[name]
-        if isinstance(expected, Mapping):
-            if value is not None:
-                check_settings(cfg, path, expected)
-            continue
-        if not matches_type(value, expected):
-            _fail(cfg, path, value, expected, raw=node._get_node(name)._value())  # type: ignore[union-attr]
 
 
 def matches_type(value: Any, expected: Any) -> bool:
@@ -306,8 +282,8 @@ def _check_call(root: DictConfig, node: DictConfig, key: str) -> None:
             _fail(root, path, value, expected, raw=child._value(), target=target)  # type: ignore[union-attr]
 
 
-def _fail(root: DictConfig, key: str, value: Any, expected: Any, raw: Any, target: Any = None) -> None:
-    what = f"{_short_name(target)}() argument '{key.rsplit('.', 1)[-1]}'" if target is not None else "this setting"
+def _fail(root: DictConfig, key: str, value: Any, expected: Any, raw: Any, target: Any) -> None:
+    what = f"{_short_name(target)}() argument '{key.rsplit('.', 1)[-1]}'"
     message = f"{what} expects {type_name(expected)}, got {_show(value)}"
     if isinstance(raw, str) and raw != value and "${" in raw:
         message += f" (from {raw!r})"

@@ -11,8 +11,7 @@ from typing import Any, Optional, Union
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import LazyConfig
-from ..config.lazy import SEQUENCE_CONFIGS
-from ..config.lazy_config import _raw_value
+from ..config.lazy import SEQUENCE_CONFIGS, raw_value
 from ..config.provenance import key_line, set_on_command_line
 from ..errors import ConfigError, did_you_mean
 
@@ -159,7 +158,7 @@ def _error(cfg: DictConfig, key: str, must: str, value: Any) -> ConfigError:
     shown = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     message = f"{must}, got {shown!r} ({type(shown).__name__})"
     try:
-        raw = _raw_value(cfg, key)
+        raw = raw_value(cfg, key)
     except Exception:  # a key below a value that is not a dict
         raw = None
     if isinstance(raw, str) and "${" in raw and raw != shown:
