@@ -18,6 +18,7 @@ import torch.distributed as dist
 from .. import comm
 from ..errors import LazytrainError
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
+from ..launch.signals import install_handlers, restore_handlers
 from .hooks import save_training_state
 from .logger import FILE_ONLY
 from .train_loop import HookBase
@@ -49,7 +50,7 @@ class GracefulStop(HookBase):
     Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
     one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
     without a checkpoint and without a message. When the launcher itself dies, torch's parent-death signal
-    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch.py``).
+    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch/launcher_watch.py``).
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
@@ -61,13 +62,7 @@ class GracefulStop(HookBase):
     def before_train(self) -> None:
         self._received = None
         self._vote = None
-        for name in self.signals:
-            signum = getattr(signal, name)
-            try:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
-            except ValueError:  # not the main thread: signals cannot be handled here
-                logger.debug("training runs off the main thread: %s is not handled", name)
-                break
+        self._previous = install_handlers(self.signals, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -114,8 +109,7 @@ class GracefulStop(HookBase):
 
     def after_train(self) -> None:
         self._finish_vote()
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+        restore_handlers(self._previous)
         self._previous = {}
 
     def _agreed_signal(self) -> Optional[int]:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..launch.error_records import error_dir, record_error
 from .logger import FILE_ONLY
 from .train_loop import HookBase
 
@@ -102,11 +103,9 @@ class HangWatchdog(HookBase):
             self._publish("lazytrain/hang/logged", "1")
         elif any(info["rank"] == 0 for info in infos):
             self._wait_for("lazytrain/hang/logged")  # rank 0 logs what this rank sent before the job is stopped
-        error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
-        if error_dir:  # spawned by lazytrain's launcher: it reports the first error recorded, once
-            from ..launch import _record_error
-
-            _record_error(error_dir, rank, error)
+        folder = error_dir()
+        if folder:  # spawned by lazytrain's launcher: it reports the first error recorded, once
+            record_error(folder, rank, error)
         elif rank == min(info["rank"] for info in infos):  # torchrun / SLURM / one process: the lowest rank says it
             print(f"error: {error}", file=sys.stderr, flush=True)
         logging.shutdown()
