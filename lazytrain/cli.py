@@ -244,7 +244,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from .engine.hook_list import build_hooks, run_settings
+    from .engine.hook_list import build_hooks
+    from .engine.run_settings import run_settings
 
     cfg = load_config(args)
     for i, hook in enumerate(build_hooks(cfg)):

@@ -26,7 +26,7 @@ from .profiler import ProfilerHook
 from .train_loop import HookBase
 from .watchdog import HangWatchdog
 
-__all__ = ["build_hooks", "default_hooks", "run_settings"]
+__all__ = ["build_hooks", "default_hooks", "key_settings"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
@@ -57,13 +57,26 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
     return [h for h in hooks if h is not None]
 
 
+_KEY_SETTINGS = (
+    "model._target_",
+    "optimizer._target_",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "dataloader.train.batch_size",
+)
+
+
 def key_settings(cfg: DictConfig) -> dict[str, Any]:
     """A few settings that tell runs apart, for TensorBoard's HParams tab."""
     t = cfg.train
-    out: dict[str, Any] = {"max_iter": t.max_iter, "seed": t.seed, "amp": t.amp.dtype if t.amp.enabled else "off",
-                           "grad_accum": t.grad_accum, "ema": t.ema.decay if t.ema.enabled else "off"}  # fmt: skip
-    for key in ("model._target_", "optimizer._target_", "optimizer.lr", "optimizer.weight_decay",
-                "dataloader.train.batch_size"):  # fmt: skip
+    out: dict[str, Any] = {
+        "max_iter": t.max_iter,
+        "seed": t.seed,
+        "amp": t.amp.dtype if t.amp.enabled else "off",
+        "grad_accum": t.grad_accum,
+        "ema": t.ema.decay if t.ema.enabled else "off",
+    }
+    for key in _KEY_SETTINGS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             out[key.replace("._target_", "")] = value if isinstance(value, (int, float, str, bool)) else _name(value)
@@ -72,46 +85,6 @@ def key_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def _name(target: Any) -> str:
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
-
-
-def run_settings(cfg: DictConfig) -> list[tuple[str, str]]:
-    """``(key, what it does)`` for the run settings that are no hook but change training (what ``lazytrain
-    hooks`` prints after the hooks): freezing (with the parameters its patterns match: the model is built,
-    on the CPU), torch.compile, the weights training starts from, and the EMA."""
-    t = cfg.train
-    rows: list[tuple[str, str]] = []
-    patterns = list(t.freeze)
-    if patterns:
-        import torch
-
-        from .build import build_model, freeze_parameters
-
-        model = build_model(cfg, torch.device("cpu"))
-        freeze_parameters(model, patterns)  # a pattern that matches nothing is a ConfigError, as in training
-        params = list(model.named_parameters())
-        frozen = [(name, p) for name, p in params if not p.requires_grad]
-        total = sum(p.numel() for _, p in params)
-        rows.append(("train.freeze", f"{patterns}: {len(frozen)} of {len(params)} parameter tensors, "
-                     f"{sum(p.numel() for _, p in frozen):,} of {total:,} parameters frozen"))  # fmt: skip
-    else:
-        rows.append(("train.freeze", "[] (every parameter trains)"))
-    c = t.compile
-    rows.append(("train.compile", f"on (mode={c.mode}, backend={c.backend!r})" if c.enabled else "off"))
-    rename = [list(pair) for pair in t.init_rename]
-    if t.init_checkpoint:
-        rows.append(("train.init_checkpoint", f"{t.init_checkpoint} (its model weights; a --resume loads all instead)"))
-        rows.append(
-            ("train.init_rename", f"{rename} (regex, replacement) on its keys" if rename else "[] (keys as they are)")
-        )
-        strict = "True (any key that does not match is an error)" if t.init_strict else "False (the tensors that fit)"
-        rows.append(("train.init_strict", strict))
-    else:
-        rows.append(("train.init_checkpoint", "'' (the model's own initialisation)"))
-        unused = " (unused without init_checkpoint)"
-        rows += [("train.init_rename", f"{rename}{unused}"), ("train.init_strict", f"{t.init_strict}{unused}")]
-    ema = f"on (decay {t.ema.decay}: EMAHook; evaluation uses the average)" if t.ema.enabled else "off"
-    rows.append(("train.ema", ema))
-    return rows
 
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:
