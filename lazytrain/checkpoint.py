@@ -243,9 +243,8 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
 
 
 def iterations_done(extra: dict[str, Any]) -> Optional[int]:
-    """How many iterations the checkpoint's training had done: what users call its iteration
-    (``model_0000100.pth`` holds 100). Checkpoints store ``iteration``, the 0-based index of the last iteration
-    done (99 there); None when it has none (a bare state dict)."""
+    """How many iterations the checkpoint's training had done: what users call its iteration (its stored
+    ``iteration`` + 1, see :mod:`lazytrain.iterations`); None when it has none (a bare state dict)."""
     index = extra.get("iteration")
     return int(index) + 1 if isinstance(index, int) else None
 

@@ -1,9 +1,7 @@
 """Metric storage for one run and the writers that read it: terminal (with ETA), JSON lines, TensorBoard.
 
-Iterations are numbered one way for users: iteration N is the state after N iterations completed (the terminal's
-``iter: N/max``, ``model_{N:07d}.pth``, metrics.jsonl's ``"iteration": N``, TensorBoard's step N). Inside, the
-storage (``storage.iter``) and the trainer (``trainer.iter``) hold the 0-based index of the iteration being run,
-as detectron2's do: a value put at index i is written as iteration i + 1.
+A value put at ``storage.iter`` (an index) is written as iteration ``storage.iter + 1``: see
+:mod:`lazytrain.iterations`.
 
 Scalars may be put as device tensors: they are turned into floats together, once per write, so logging
 costs one host-device sync per log period instead of one per value per step.

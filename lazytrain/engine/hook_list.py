@@ -12,6 +12,7 @@ from .. import comm
 from ..config import LazyConfig, instantiate
 from ..errors import ConfigError
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
+from .hook_api import HookBase
 from .hooks import (
     BestCheckpointer,
     EMAHook,
@@ -23,10 +24,9 @@ from .hooks import (
 )
 from .preemption import GracefulStop
 from .profiler import ProfilerHook
-from .train_loop import HookBase
 from .watchdog import HangWatchdog
 
-__all__ = ["build_hooks", "default_hooks", "key_settings"]
+__all__ = ["build_hooks", "check_hook_order", "default_hooks", "key_settings"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
@@ -89,7 +89,9 @@ def _name(target: Any) -> str:
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:
     """Default hooks, the config's ``hooks``, then :class:`GracefulStop` (last, so that the step it stops
-    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks."""
+    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks. A hook that reads what
+    another one sets (its ``runs_after``: BestCheckpointer reads EvalHook's evaluation) must come after it: a
+    list that breaks that is a ConfigError (see :func:`check_hook_order`)."""
     user = instantiate(cfg.get("hooks") or [], key="hooks")
     if isinstance(user, dict):
         user = list(user.values())
@@ -98,4 +100,27 @@ def build_hooks(cfg: DictConfig) -> list[HookBase]:
             raise ConfigError(
                 f"a hook must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.", key=f"hooks.{i}"
             )
-    return user if cfg.train.hooks_replace else [*default_hooks(cfg), *user, GracefulStop()]
+    if cfg.train.hooks_replace:
+        check_hook_order(user, first_user_hook=0)
+        return user
+    hooks = [*default_hooks(cfg), *user, GracefulStop()]
+    check_hook_order(hooks, first_user_hook=len(hooks) - 1 - len(user))
+    return hooks
+
+
+def check_hook_order(hooks: list[HookBase], first_user_hook: int = 0) -> None:
+    """Raise a ConfigError when a hook comes before a hook it ``runs_after`` (or without one): it would read
+    nothing, silently. ``first_user_hook``: the position of the config's ``hooks[0]`` in ``hooks``, to name the
+    config key."""
+    for i, hook in enumerate(hooks):
+        for needed in hook.runs_after:
+            if any(isinstance(h, needed) for h in hooks[:i]):
+                continue
+            where = "after it" if any(isinstance(h, needed) for h in hooks[i:]) else "and there is none"
+            key = f"hooks.{i - first_user_hook}" if i >= first_user_hook else "hooks"
+            raise ConfigError(
+                f"{type(hook).__name__} reads what {needed.__name__} sets, so it must come after {needed.__name__} in "
+                f"the hook list, but it is at position {i} {where} (`lazytrain hooks CONFIG` prints the list).",
+                key=key,
+                hint=f"Put L({needed.__name__})(...) before {type(hook).__name__} in hooks.",
+            )

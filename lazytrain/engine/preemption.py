@@ -19,9 +19,9 @@ from .. import comm
 from ..errors import LazytrainError
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from ..launch.signals import install_handlers, restore_handlers
-from .hooks import save_training_state
+from .hook_api import HookBase
+from .hooks import require_checkpointer, save_training_state
 from .logger import FILE_ONLY
-from .train_loop import HookBase
 
 __all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
 
@@ -92,7 +92,7 @@ class GracefulStop(HookBase):
         self._finish_vote()
         trainer = self.trainer
         name = signal.Signals(signum).name
-        checkpointer = trainer.checkpointer
+        checkpointer = require_checkpointer(trainer)
         checkpoint = f"model_{trainer.iter + 1:07d}"
         save_training_state(trainer, checkpoint)
         comm.synchronize()  # no rank exits (and so gets its peers stopped) before rank 0 has written

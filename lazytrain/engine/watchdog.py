@@ -19,8 +19,8 @@ import torch.distributed as dist
 from .. import comm
 from ..errors import LazytrainError
 from ..launch.error_records import error_dir, record_error
+from .hook_api import HookBase
 from .logger import FILE_ONLY
-from .train_loop import HookBase
 
 __all__ = ["HangError", "HangWatchdog"]
 
