@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -17,6 +15,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..invocation import resume_command
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from ..launch.signals import install_handlers, restore_handlers
 from .hook_api import HookBase
@@ -101,7 +100,7 @@ class GracefulStop(HookBase):
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
         error = Preempted(
             f"stopped by {name} after iteration {trainer.iter + 1} (of {trainer.max_iter}); checkpoint {path} written.",
-            hint=f"`{_resume_command()}` continues.",
+            hint=f"`{resume_command()}` continues.",
         )
         if comm.is_main_process():  # the terminal shows it as the closing error line
             logger.info("%s", error, extra=FILE_ONLY)
@@ -133,15 +132,6 @@ class GracefulStop(HookBase):
 
     def __repr__(self) -> str:
         return f"GracefulStop({', '.join(self.signals)}: checkpoint, then exit {EXIT_PREEMPTED})"
-
-
-def _resume_command() -> str:
-    """The command line of this run with ``--resume``, when it was started by the lazytrain CLI."""
-    argv = list(sys.argv)
-    if len(argv) > 1 and argv[1] == "train" and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py"):
-        args = argv[1:] if "--resume" in argv else [*argv[1:], "--resume"]
-        return shlex.join(["lazytrain", *args])
-    return "lazytrain train CONFIG ... --resume"
 
 
 def _requeue_slurm_job(job_id: str) -> None:

@@ -17,10 +17,11 @@ from ..config.lazy_config import resolved_copy
 from ..errors import ConfigError, TrainingError
 from ..evaluation import flatten_results, format_results, inference_on_dataset
 from ..fileio import describe_write_error
+from ..invocation import invoked_config_path
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
 from .resume import resume_or_load
-from .settings import check_required, invoked_config_path
+from .settings import check_required
 from .trainer import Trainer, autocast_context
 
 __all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
