@@ -197,9 +197,12 @@ def load_init_weights(
         "loaded": sorted(loadable),
         "missing": sorted(k for k in own if k not in renamed),
         "unexpected": sorted(k for k in renamed if k not in own),
-        "mismatched": [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
-                       for k, v in sorted(renamed.items()) if k in own and k not in loadable],
-    }  # fmt: skip
+        "mismatched": [
+            f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+            for k, v in sorted(renamed.items())
+            if k in own and k not in loadable
+        ],
+    }
     if not loadable:
         raise ConfigError(
             f"'{path}' shares no weights with the model: its keys look like {_few(sorted(renamed))}, the "
@@ -217,8 +220,10 @@ def load_init_weights(
             hint="Fix the keys with train.init_rename, or allow a partial load with train.init_strict=False.",
         )
     model.load_state_dict(loadable, strict=False)
-    rows = [f"  {name:<10} {len(keys):>5}  {_few(keys) if name != 'loaded' else ''}".rstrip()
-            for name, keys in report.items()]  # fmt: skip
+    rows = [
+        f"  {name:<10} {len(keys):>5}  {_few(keys) if name != 'loaded' else ''}".rstrip()
+        for name, keys in report.items()
+    ]
     log = logging.getLogger(__name__)
     log.info("Loaded %d of %d model tensors from %s:\n%s", len(loadable), len(own), path, "\n".join(rows))
     if report["mismatched"]:
@@ -243,9 +248,8 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
 
 
 def iterations_done(extra: dict[str, Any]) -> Optional[int]:
-    """How many iterations the checkpoint's training had done: what users call its iteration
-    (``model_0000100.pth`` holds 100). Checkpoints store ``iteration``, the 0-based index of the last iteration
-    done (99 there); None when it has none (a bare state dict)."""
+    """How many iterations the checkpoint's training had done: what users call its iteration (its stored
+    ``iteration`` + 1, see :mod:`lazytrain.iterations`); None when it has none (a bare state dict)."""
     index = extra.get("iteration")
     return int(index) + 1 if isinstance(index, int) else None
 

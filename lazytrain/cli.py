@@ -32,8 +32,9 @@ def _launch_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--num-machines", type=int, default=1, help="machines taking part")
     g.add_argument("--machine-rank", type=int, default=0, help="this machine's rank, 0 .. num-machines - 1")
     g.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0 (auto: a free local port)")
-    g.add_argument("--dist-timeout", type=float, default=1800.0, metavar="SECONDS",
-                   help="process-group timeout for collectives")  # fmt: skip
+    g.add_argument(
+        "--dist-timeout", type=float, default=1800.0, metavar="SECONDS", help="process-group timeout for collectives"
+    )
 
 
 def _launch(fn: Callable[..., Any], args: argparse.Namespace, *fn_args: Any) -> None:
@@ -41,8 +42,15 @@ def _launch(fn: Callable[..., Any], args: argparse.Namespace, *fn_args: Any) -> 
 
     from .launch import launch
 
-    launch(fn, args.num_procs, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=fn_args, timeout=timedelta(seconds=args.dist_timeout))  # fmt: skip
+    launch(
+        fn,
+        args.num_procs,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=fn_args,
+        timeout=timedelta(seconds=args.dist_timeout),
+    )
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -160,9 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--save", metavar="OUT.yaml", help="also save the config (loadable with LazyConfig.load)")
-    p.add_argument("--where", nargs="?", const="", metavar="KEY",
-                   help="where KEY's value was set (file:line, command line, default, interpolation); "
-                   "without KEY: every key the overrides changed")  # fmt: skip
+    p.add_argument(
+        "--where",
+        nargs="?",
+        const="",
+        metavar="KEY",
+        help="where KEY's value was set (file:line, command line, default, interpolation); "
+        "without KEY: every key the overrides changed",
+    )
     p.set_defaults(func=cmd_config)
     return parser
 
@@ -244,7 +257,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from .engine.hook_list import build_hooks, run_settings
+    from .engine.hook_list import build_hooks
+    from .engine.run_settings import run_settings
 
     cfg = load_config(args)
     for i, hook in enumerate(build_hooks(cfg)):

@@ -274,8 +274,13 @@ def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[
     return tuple(torch.cat([t, t]) for t in example)
 
 
-def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: Mapping[str, Any],
-            opset: Optional[int], stages: Optional[Progress] = None) -> Any:  # fmt: skip
+def _export(
+    wrapper: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    spec: Mapping[str, Any],
+    opset: Optional[int],
+    stages: Optional[Progress] = None,
+) -> Any:
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise ExportError(
             f"lazytrain export uses torch.onnx.export(dynamo=True), which torch {torch.__version__} does not have.",
@@ -298,8 +303,12 @@ def _export(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: M
         if stages is not None:
             stages.step(note="captured with torch.export")
         try:
-            kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "input_names": list(spec["input_keys"]),
-                                      "output_names": list(spec["output_names"])}  # fmt: skip
+            kwargs: dict[str, Any] = {
+                "dynamo": True,
+                "verbose": False,
+                "input_names": list(spec["input_keys"]),
+                "output_names": list(spec["output_names"]),
+            }
             if opset is not None:
                 kwargs["opset_version"] = opset
             onnx_program = torch.onnx.export(program, example, **kwargs)

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO, Optional, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "os_error_in", "writes_in_progress"]
+__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "format_bytes", "os_error_in", "writes_in_progress"]
 
 TMP_PREFIX = ".tmp-"  # temp files of unfinished writes start with this; a new run may remove them
 
@@ -103,11 +103,12 @@ def describe_write_error(error: OSError, path: str, needed_bytes: Optional[int] 
         free = shutil.disk_usage(folder).free
     except OSError:
         return text
-    text += f"; {folder} has {_mb(free)} free"
+    text += f"; {folder} has {format_bytes(free)} free"
     if needed_bytes is not None:
-        text += f" and this file needs about {_mb(needed_bytes)}"
+        text += f" and this file needs about {format_bytes(needed_bytes)}"
     return text
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
+def format_bytes(n: int, decimals: int = 0) -> str:
+    """``12 MB`` from a megabyte on, else ``3 kB`` (a small file or a toy model is not "0 MB")."""
+    return f"{n / 2**20:.{decimals}f} MB" if n >= 2**20 else f"{n / 2**10:.{decimals}f} kB"

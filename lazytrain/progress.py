@@ -47,18 +47,33 @@ class Progress:
         suffix = f" ({note})" if note else ""
         if self.total:
             eta = datetime.timedelta(seconds=int(per_item * max(self.total - self.count, 0)))
-            self.logger.info("%s done %d/%d%s. %.4f s / %s. ETA %s", self.what, self.count, self.total, suffix,
-                             per_item, self.unit, eta)  # fmt: skip
+            self.logger.info(
+                "%s done %d/%d%s. %.4f s / %s. ETA %s",
+                self.what,
+                self.count,
+                self.total,
+                suffix,
+                per_item,
+                self.unit,
+                eta,
+            )
         else:
-            self.logger.info("%s done %d %s%s. %.4f s / %s.", self.what, self.count, _plural(self.unit), suffix,
-                             per_item, self.unit)  # fmt: skip
+            self.logger.info(
+                "%s done %d %s%s. %.4f s / %s.", self.what, self.count, _plural(self.unit), suffix, per_item, self.unit
+            )
 
     def done(self) -> None:
         seconds = time.perf_counter() - self.start
         if seconds >= self.every_s:  # short work needs no summary line
-            self.logger.info("%s done: %d %s in %s (%.4f s / %s)", self.what, self.count, _plural(self.unit),
-                             datetime.timedelta(seconds=int(seconds)), seconds / max(self.count, 1),
-                             self.unit)  # fmt: skip
+            self.logger.info(
+                "%s done: %d %s in %s (%.4f s / %s)",
+                self.what,
+                self.count,
+                _plural(self.unit),
+                datetime.timedelta(seconds=int(seconds)),
+                seconds / max(self.count, 1),
+                self.unit,
+            )
 
 
 def _length(total: Any) -> Optional[int]:

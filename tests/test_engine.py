@@ -443,6 +443,7 @@ def test_warnings_and_fvcore_messages_reach_log_txt_in_our_format(toy_config, tm
 
 
 def test_parameter_sizes_read_in_kb_below_a_megabyte():
-    from lazytrain.engine.build import _size
+    from lazytrain.fileio import format_bytes
 
-    assert (_size(1680), _size(3 * 2**20), _size(1536 * 2**10)) == ("1.6 kB", "3.0 MB", "1.5 MB")
+    sizes = (format_bytes(n, decimals=1) for n in (1680, 3 * 2**20, 1536 * 2**10))
+    assert tuple(sizes) == ("1.6 kB", "3.0 MB", "1.5 MB")

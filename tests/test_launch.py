@@ -16,7 +16,8 @@ import torch
 from conftest import TOY, cli_env
 from torch.distributed.distributed_c10d import Backend, BackendConfig
 
-from lazytrain.launch import _first_slurm_host, cluster_environment, process_group_backend
+from lazytrain.launch import cluster_environment, process_group_backend
+from lazytrain.launch.cluster import first_slurm_host
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -165,9 +166,9 @@ def test_resume_in_two_processes_gives_identical_losses(tmp_path, configs):
 
 
 def test_torchrun_style_environment_is_joined(tmp_path, configs):
-    from lazytrain.launch import _free_port
+    from lazytrain.launch.cluster import free_port
 
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(2):
         env = cpu_env()
@@ -196,9 +197,9 @@ def test_cluster_environment_reads_torchrun_and_slurm_variables():
 
 
 def test_first_slurm_host_forms():
-    assert _first_slurm_host("node7") == "node7"
-    assert _first_slurm_host("a[1-3],b2") == "a1"
-    assert _first_slurm_host("gpu02,gpu05") == "gpu02"
+    assert first_slurm_host("node7") == "node7"
+    assert first_slurm_host("a[1-3],b2") == "a1"
+    assert first_slurm_host("gpu02,gpu05") == "gpu02"
 
 
 def test_sigterm_to_the_launcher_stops_its_workers(tmp_path, configs):
@@ -291,13 +292,13 @@ def running(pid: int) -> bool:
 
 
 def test_a_killed_rank_is_named_even_when_its_peer_failed_in_the_same_instant(tmp_path):
-    from lazytrain.launch import _failure
+    from lazytrain.launch.error_records import failure_from_records
 
     record = {"rank": 0, "time": 1.0, "message": "RuntimeError: gloo read error", "exit_code": 1, "traceback": ""}
     (tmp_path / "rank0.json").write_text(json.dumps(record))
-    error = _failure({0: 1, 1: -9}, 0, str(tmp_path))
+    error = failure_from_records({0: 1, 1: -9}, 0, str(tmp_path))
     assert str(error).startswith("rank 1 was killed by signal SIGKILL")
-    error = _failure({0: 1}, 0, str(tmp_path))
+    error = failure_from_records({0: 1}, 0, str(tmp_path))
     assert str(error).startswith("rank 0 failed: RuntimeError: gloo read error")
 
 

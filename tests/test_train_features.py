@@ -84,6 +84,29 @@ def test_the_hook_list_shows_ema_and_best(toy_config):
     assert "BestCheckpointer(metric='accuracy', mode='max': checkpoints/model_best.pth)" in names
 
 
+@pytest.mark.parametrize(
+    ("hooks", "where"),
+    [
+        (["BestCheckpointer"], "and there is none"),
+        (["BestCheckpointer", "EvalHook"], "after it"),
+    ],
+)
+def test_a_best_checkpointer_without_an_evaluation_before_it_is_an_error_naming_the_hook(toy_config, hooks, where):
+    from lazytrain.engine import BestCheckpointer, EvalHook
+
+    made = {"BestCheckpointer": L(BestCheckpointer)(metric="score"), "EvalHook": L(EvalHook)(period=5)}
+    cfg = toy_config("train.hooks_replace=True")
+    cfg.hooks = [made[name] for name in hooks]
+    with pytest.raises(ConfigError) as info:
+        build_hooks(cfg)
+    assert str(info.value).startswith(
+        f"hooks.0: BestCheckpointer reads what EvalHook sets, so it must come after EvalHook in the hook list, but "
+        f"it is at position 0 {where}"
+    )
+    cfg.hooks = [made["EvalHook"], made["BestCheckpointer"]]
+    assert [type(h).__name__ for h in build_hooks(cfg)] == ["EvalHook", "BestCheckpointer"]
+
+
 def test_ema_is_evaluated_saved_and_used_by_eval_unless_no_ema(toy_config, tmp_path):
     cfg = toy_config("train.max_iter=20", "train.ema.enabled=True", "train.ema.decay=0.8")
     trainer = build_trainer(cfg)

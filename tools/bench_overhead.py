@@ -331,10 +331,10 @@ def _ddp_device(rank: int) -> torch.device:
 def ddp_repeats(iters: int, repeats: int) -> list[dict[str, tuple]]:
     import torch.multiprocessing as mp
 
-    from lazytrain.launch import _free_port
+    from lazytrain.launch.cluster import free_port
 
     with tempfile.TemporaryDirectory() as out:
-        url = f"tcp://127.0.0.1:{_free_port()}"
+        url = f"tcp://127.0.0.1:{free_port()}"
         mp.spawn(_ddp_worker, args=(url, iters, repeats, torch.get_num_threads(), out), nprocs=2)
         with open(os.path.join(out, "results.json")) as f:
             return json.load(f)

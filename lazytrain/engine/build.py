@@ -20,6 +20,7 @@ from ..checkpoint import Checkpointer
 from ..config import LazyConfig, instantiate
 from ..config.lazy import TARGET_KEY, locate, target_signature
 from ..errors import ConfigError, did_you_mean
+from ..fileio import format_bytes
 from .hook_list import build_hooks
 from .lr import LRMultiplier
 from .trainer import Trainer, make_grad_scaler
@@ -176,13 +177,8 @@ def log_parameter_counts(model: torch.nn.Module) -> None:
         f"{total:,}",
         f"{trainable:,}",
         f"{total - trainable:,}",
-        _size(size),
+        format_bytes(size, decimals=1),
     )
-
-
-def _size(num_bytes: int) -> str:
-    """``1.6 kB`` below a megabyte (a toy model is not "0.0 MB"), else ``12.3 MB``."""
-    return f"{num_bytes / 2**20:.1f} MB" if num_bytes >= 2**20 else f"{num_bytes / 2**10:.1f} kB"
 
 
 def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:

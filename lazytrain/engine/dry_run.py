@@ -71,8 +71,11 @@ def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, 
     if main:
         print(f"dry run passed in {sum(seconds for _, seconds, _ in rows):.1f} s", flush=True)
         if not keep:
-            print(f"deleted {out}; what the config wrote elsewhere stays (a data set written on first use, a cache: "
-                  "the log above says where)", flush=True)  # fmt: skip
+            print(
+                f"deleted {out}; what the config wrote elsewhere stays (a data set written on first use, a cache: "
+                "the log above says where)",
+                flush=True,
+            )
     return rows
 
 

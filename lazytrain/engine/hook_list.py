@@ -12,6 +12,7 @@ from .. import comm
 from ..config import LazyConfig, instantiate
 from ..errors import ConfigError
 from ..events import JSONWriter, TensorboardWriter, TerminalWriter
+from .hook_api import HookBase
 from .hooks import (
     BestCheckpointer,
     EMAHook,
@@ -23,10 +24,9 @@ from .hooks import (
 )
 from .preemption import GracefulStop
 from .profiler import ProfilerHook
-from .train_loop import HookBase
 from .watchdog import HangWatchdog
 
-__all__ = ["build_hooks", "default_hooks", "run_settings"]
+__all__ = ["build_hooks", "check_hook_order", "default_hooks", "key_settings"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
@@ -57,13 +57,26 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
     return [h for h in hooks if h is not None]
 
 
+_KEY_SETTINGS = (
+    "model._target_",
+    "optimizer._target_",
+    "optimizer.lr",
+    "optimizer.weight_decay",
+    "dataloader.train.batch_size",
+)
+
+
 def key_settings(cfg: DictConfig) -> dict[str, Any]:
     """A few settings that tell runs apart, for TensorBoard's HParams tab."""
     t = cfg.train
-    out: dict[str, Any] = {"max_iter": t.max_iter, "seed": t.seed, "amp": t.amp.dtype if t.amp.enabled else "off",
-                           "grad_accum": t.grad_accum, "ema": t.ema.decay if t.ema.enabled else "off"}  # fmt: skip
-    for key in ("model._target_", "optimizer._target_", "optimizer.lr", "optimizer.weight_decay",
-                "dataloader.train.batch_size"):  # fmt: skip
+    out: dict[str, Any] = {
+        "max_iter": t.max_iter,
+        "seed": t.seed,
+        "amp": t.amp.dtype if t.amp.enabled else "off",
+        "grad_accum": t.grad_accum,
+        "ema": t.ema.decay if t.ema.enabled else "off",
+    }
+    for key in _KEY_SETTINGS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None:
             out[key.replace("._target_", "")] = value if isinstance(value, (int, float, str, bool)) else _name(value)
@@ -74,49 +87,11 @@ def _name(target: Any) -> str:
     return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', target)}".lstrip(".")
 
 
-def run_settings(cfg: DictConfig) -> list[tuple[str, str]]:
-    """``(key, what it does)`` for the run settings that are no hook but change training (what ``lazytrain
-    hooks`` prints after the hooks): freezing (with the parameters its patterns match: the model is built,
-    on the CPU), torch.compile, the weights training starts from, and the EMA."""
-    t = cfg.train
-    rows: list[tuple[str, str]] = []
-    patterns = list(t.freeze)
-    if patterns:
-        import torch
-
-        from .build import build_model, freeze_parameters
-
-        model = build_model(cfg, torch.device("cpu"))
-        freeze_parameters(model, patterns)  # a pattern that matches nothing is a ConfigError, as in training
-        params = list(model.named_parameters())
-        frozen = [(name, p) for name, p in params if not p.requires_grad]
-        total = sum(p.numel() for _, p in params)
-        rows.append(("train.freeze", f"{patterns}: {len(frozen)} of {len(params)} parameter tensors, "
-                     f"{sum(p.numel() for _, p in frozen):,} of {total:,} parameters frozen"))  # fmt: skip
-    else:
-        rows.append(("train.freeze", "[] (every parameter trains)"))
-    c = t.compile
-    rows.append(("train.compile", f"on (mode={c.mode}, backend={c.backend!r})" if c.enabled else "off"))
-    rename = [list(pair) for pair in t.init_rename]
-    if t.init_checkpoint:
-        rows.append(("train.init_checkpoint", f"{t.init_checkpoint} (its model weights; a --resume loads all instead)"))
-        rows.append(
-            ("train.init_rename", f"{rename} (regex, replacement) on its keys" if rename else "[] (keys as they are)")
-        )
-        strict = "True (any key that does not match is an error)" if t.init_strict else "False (the tensors that fit)"
-        rows.append(("train.init_strict", strict))
-    else:
-        rows.append(("train.init_checkpoint", "'' (the model's own initialisation)"))
-        unused = " (unused without init_checkpoint)"
-        rows += [("train.init_rename", f"{rename}{unused}"), ("train.init_strict", f"{t.init_strict}{unused}")]
-    ema = f"on (decay {t.ema.decay}: EMAHook; evaluation uses the average)" if t.ema.enabled else "off"
-    rows.append(("train.ema", ema))
-    return rows
-
-
 def build_hooks(cfg: DictConfig) -> list[HookBase]:
     """Default hooks, the config's ``hooks``, then :class:`GracefulStop` (last, so that the step it stops
-    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks."""
+    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks. A hook that reads what
+    another one sets (its ``runs_after``: BestCheckpointer reads EvalHook's evaluation) must come after it: a
+    list that breaks that is a ConfigError (see :func:`check_hook_order`)."""
     user = instantiate(cfg.get("hooks") or [], key="hooks")
     if isinstance(user, dict):
         user = list(user.values())
@@ -125,4 +100,27 @@ def build_hooks(cfg: DictConfig) -> list[HookBase]:
             raise ConfigError(
                 f"a hook must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.", key=f"hooks.{i}"
             )
-    return user if cfg.train.hooks_replace else [*default_hooks(cfg), *user, GracefulStop()]
+    if cfg.train.hooks_replace:
+        check_hook_order(user, first_user_hook=0)
+        return user
+    hooks = [*default_hooks(cfg), *user, GracefulStop()]
+    check_hook_order(hooks, first_user_hook=len(hooks) - 1 - len(user))
+    return hooks
+
+
+def check_hook_order(hooks: list[HookBase], first_user_hook: int = 0) -> None:
+    """Raise a ConfigError when a hook comes before a hook it ``runs_after`` (or without one): it would read
+    nothing, silently. ``first_user_hook``: the position of the config's ``hooks[0]`` in ``hooks``, to name the
+    config key."""
+    for i, hook in enumerate(hooks):
+        for needed in hook.runs_after:
+            if any(isinstance(h, needed) for h in hooks[:i]):
+                continue
+            where = "after it" if any(isinstance(h, needed) for h in hooks[i:]) else "and there is none"
+            key = f"hooks.{i - first_user_hook}" if i >= first_user_hook else "hooks"
+            raise ConfigError(
+                f"{type(hook).__name__} reads what {needed.__name__} sets, so it must come after {needed.__name__} in "
+                f"the hook list, but it is at position {i} {where} (`lazytrain hooks CONFIG` prints the list).",
+                key=key,
+                hint=f"Put L({needed.__name__})(...) before {type(hook).__name__} in hooks.",
+            )

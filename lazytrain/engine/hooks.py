@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .. import __version__, comm
-from ..checkpoint import get_rng_state
+from ..checkpoint import Checkpointer, get_rng_state
 from ..errors import ConfigError, TrainingError, did_you_mean
 from ..evaluation import flatten_results
 from ..events import EventWriter
 from ..fileio import atomic_write, describe_write_error
-from .train_loop import HookBase
+from ..iterations import last_iteration_run
+from .hook_api import HookBase, HookTrainer
 from .trainer import unwrap_model
 
 __all__ = [
@@ -87,8 +88,9 @@ class EMAHook(HookBase):
         self.decay = decay
 
     def after_step(self) -> None:
-        trainer = self.trainer
-        trainer.ema.update_parameters(unwrap_model(trainer.model))
+        ema = self.trainer.ema
+        assert ema is not None, "EMAHook needs trainer.ema (build_trainer makes it when train.ema.enabled)"
+        ema.update_parameters(unwrap_model(self.trainer.model))
 
     def __repr__(self) -> str:
         return f"EMAHook(decay={self.decay})"
@@ -96,9 +98,8 @@ class EMAHook(HookBase):
 
 class PeriodicCheckpointer(HookBase):
     """Saves ``model_<N>.pth`` after every ``period`` iterations (``model_0000100.pth`` after 100) and
-    ``model_final.pth`` when training
-    completes, with everything an exact resume needs, and keeps the newest ``keep_last`` periodic ones (0: all).
-    Every rank joins (RNG states are gathered); rank 0 writes."""
+    ``model_final.pth`` when training completes, with everything an exact resume needs, and keeps the newest
+    ``keep_last`` periodic ones (0: all). Every rank joins (RNG states are gathered); rank 0 writes."""
 
     def __init__(self, period: int, keep_last: int = 3) -> None:
         self.period = period
@@ -114,7 +115,7 @@ class PeriodicCheckpointer(HookBase):
 
     def save(self, name: str) -> None:
         save_training_state(self.trainer, name)
-        self.trainer.checkpointer.remove_old(self.keep_last)
+        require_checkpointer(self.trainer).remove_old(self.keep_last)
 
     def __repr__(self) -> str:
         return f"PeriodicCheckpointer(period={self.period}, keep_last={self.keep_last}, and at the end)"
@@ -141,7 +142,8 @@ class EvalHook(HookBase):
         self.trainer.average_over_ranks_and_check_finite()
         results = self.trainer.test()
         if results:
-            self.trainer.storage.put_scalars(**flatten_results(results), smoothing_hint=False, group="val")
+            for name, value in flatten_results(results).items():
+                self.trainer.storage.put_scalar(name, value, smoothing_hint=False, group="val")
         pictures = getattr(self.trainer.evaluator, "pictures", None)
         if callable(pictures) and comm.is_main_process():
             for name, image in pictures().items():
@@ -157,13 +159,16 @@ class BestCheckpointer(HookBase):
     """After each evaluation, writes ``checkpoints/model_best.pth`` (and ``model_best.json`` with the metric,
     its value and the iteration: N after N iterations) when ``metric`` improved on the best so far (``mode``
     "max" or "min"). The best value is part of every checkpoint, so after ``--resume`` a worse evaluation
-    never replaces it; the file does not move ``last_checkpoint`` and keep_last never deletes it."""
+    never replaces it; the file does not move ``last_checkpoint`` and keep_last never deletes it. It reads the
+    evaluation EvalHook ran (``trainer.latest_eval``), so it comes after EvalHook in the hook list."""
+
+    runs_after = (EvalHook,)
 
     def __init__(self, metric: str, mode: str = "max") -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"train.best.mode must be 'max' or 'min', got {mode!r}.")
         self.metric, self.mode = metric, mode
-        self.best: Optional[tuple[float, int]] = None  # (value, 0-based index of its iteration)
+        self.best: Optional[tuple[float, int]] = None  # (value, index of its iteration)
         self._checked_iter: Optional[int] = None
 
     def after_step(self) -> None:
@@ -191,13 +196,13 @@ class BestCheckpointer(HookBase):
         previous = self.best
         self.best = (value, iteration)
         save_training_state(self.trainer, "model_best", tag_last=False)
-        checkpointer = self.trainer.checkpointer
+        checkpointer = require_checkpointer(self.trainer)
         if checkpointer.save_to_disk and checkpointer.save_dir:
             record = {"metric": self.metric, "mode": self.mode, "value": value, "iteration": iteration + 1}
             atomic_write(os.path.join(checkpointer.save_dir, "model_best.json"), json.dumps(record) + "\n")
         was = f" (was {previous[0]:.4f} at iteration {previous[1] + 1})" if previous is not None else ""
-        logger.info("New best %s = %.4f at iteration %d%s: wrote model_best.pth", self.metric, value,
-                    iteration + 1, was)  # fmt: skip
+        what = f"{self.metric} = {value:.4f} at iteration {iteration + 1}{was}"
+        logger.info("New best %s: wrote model_best.pth", what)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}
@@ -232,7 +237,7 @@ class PeriodicWriter(HookBase):
     def after_train(self) -> None:
         # when training stops on an error already (perhaps this same full disk), that error is the one shown:
         # each writer still gets its last write and its close, and what they raise is dropped
-        stopping = getattr(self.trainer, "failure", None) is not None
+        stopping = self.trainer.failure is not None
         errors: list[TrainingError] = []
         for method in ("write", "close"):
             for writer in self.writers:
@@ -252,7 +257,7 @@ class PeriodicWriter(HookBase):
             method(*args)
         except OSError as e:
             path = e.filename if isinstance(e.filename, str) else writer.path or os.getcwd()
-            checkpointer = getattr(self.trainer, "checkpointer", None)
+            checkpointer = getattr(self.trainer, "checkpointer", None)  # a bare TrainerBase has none
             hint = checkpointer.write_error_hint() if checkpointer is not None else "Free some space."
             raise TrainingError(describe_write_error(e, path) + ".", hint=hint) from e
 
@@ -261,19 +266,19 @@ class PeriodicWriter(HookBase):
         return f"PeriodicWriter(period={self.period}, writers=[{names}])"
 
 
-def save_training_state(trainer: Any, name: str, tag_last: bool = True) -> None:
+def save_training_state(trainer: HookTrainer, name: str, tag_last: bool = True) -> None:
     """Write ``checkpoints/<name>.pth`` with everything an exact resume needs, as of the iteration that just
     ran, hooks' own state included (those with ``state_dict``). A collective: every rank joins (losses are
-    checked, RNG states gathered); rank 0 writes. Its ``iteration`` is the 0-based index of that iteration
-    (N - 1 after N iterations), as checkpoints have always held it: a resume starts at ``iteration + 1``."""
+    checked, RNG states gathered); rank 0 writes. Its ``iteration`` is that iteration's index (see
+    :mod:`lazytrain.iterations`)."""
     trainer.average_over_ranks_and_check_finite()  # never save a diverged state
     rng_states = comm.all_gather(get_rng_state())
     hook_states = {type(h).__name__: h.state_dict() for h in trainer.hooks if hasattr(h, "state_dict")}
-    trainer.checkpointer.save(
+    require_checkpointer(trainer).save(
         name,
         tag_last=tag_last,
         hooks=hook_states,
-        iteration=min(trainer.iter, trainer.max_iter - 1),
+        iteration=last_iteration_run(trainer.iter, trainer.start_iter, trainer.max_iter),
         rng_states=rng_states,
         config=trainer.config_yaml,
         num_threads=trainer.num_threads,
@@ -281,7 +286,14 @@ def save_training_state(trainer: Any, name: str, tag_last: bool = True) -> None:
     )
 
 
-def _due_before_the_end(trainer: Any, period: int) -> bool:
+def require_checkpointer(trainer: HookTrainer) -> Checkpointer:
+    """``trainer.checkpointer``, which the hooks that save need (build_trainer always makes one)."""
+    checkpointer = trainer.checkpointer
+    assert checkpointer is not None, "the checkpoint hooks need trainer.checkpointer (build_trainer makes it)"
+    return checkpointer
+
+
+def _due_before_the_end(trainer: HookTrainer, period: int) -> bool:
     """Whether the iteration that just ran completes a ``period`` (0: never) and is not the last one (what
     happens at the end is each hook's ``after_train``)."""
     next_iter = trainer.iter + 1

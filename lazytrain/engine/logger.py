@@ -60,8 +60,9 @@ class _LogFile(logging.FileHandler):
                 super().handleError(record)
             return
         self._failed = True
-        sys.stderr.write(f"lazytrain: {describe_write_error(error, self.baseFilename)}; the log goes on in the "
-                         "terminal only.\n")  # fmt: skip
+        sys.stderr.write(
+            f"lazytrain: {describe_write_error(error, self.baseFilename)}; the log goes on in the terminal only.\n"
+        )
 
 
 def _log_warning(

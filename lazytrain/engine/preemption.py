@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any, Optional
 
@@ -17,10 +15,12 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..invocation import resume_command
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
-from .hooks import save_training_state
+from ..launch.signals import install_handlers, restore_handlers
+from .hook_api import HookBase
+from .hooks import require_checkpointer, save_training_state
 from .logger import FILE_ONLY
-from .train_loop import HookBase
 
 __all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
 
@@ -49,7 +49,7 @@ class GracefulStop(HookBase):
     Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
     one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
     without a checkpoint and without a message. When the launcher itself dies, torch's parent-death signal
-    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch.py``).
+    (SIGINT) is no request to stop here: the rank's watch of its launcher ends it (``launch/launcher_watch.py``).
     """
 
     def __init__(self, signals: Sequence[str] = ("SIGTERM", "SIGUSR1", "SIGINT")) -> None:
@@ -61,13 +61,7 @@ class GracefulStop(HookBase):
     def before_train(self) -> None:
         self._received = None
         self._vote = None
-        for name in self.signals:
-            signum = getattr(signal, name)
-            try:
-                self._previous[signum] = signal.signal(signum, self._on_signal)
-            except ValueError:  # not the main thread: signals cannot be handled here
-                logger.debug("training runs off the main thread: %s is not handled", name)
-                break
+        self._previous = install_handlers(self.signals, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -97,7 +91,7 @@ class GracefulStop(HookBase):
         self._finish_vote()
         trainer = self.trainer
         name = signal.Signals(signum).name
-        checkpointer = trainer.checkpointer
+        checkpointer = require_checkpointer(trainer)
         checkpoint = f"model_{trainer.iter + 1:07d}"
         save_training_state(trainer, checkpoint)
         comm.synchronize()  # no rank exits (and so gets its peers stopped) before rank 0 has written
@@ -106,7 +100,7 @@ class GracefulStop(HookBase):
             _requeue_slurm_job(os.environ["SLURM_JOB_ID"])
         error = Preempted(
             f"stopped by {name} after iteration {trainer.iter + 1} (of {trainer.max_iter}); checkpoint {path} written.",
-            hint=f"`{_resume_command()}` continues.",
+            hint=f"`{resume_command()}` continues.",
         )
         if comm.is_main_process():  # the terminal shows it as the closing error line
             logger.info("%s", error, extra=FILE_ONLY)
@@ -114,8 +108,7 @@ class GracefulStop(HookBase):
 
     def after_train(self) -> None:
         self._finish_vote()
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
+        restore_handlers(self._previous)
         self._previous = {}
 
     def _agreed_signal(self) -> Optional[int]:
@@ -139,15 +132,6 @@ class GracefulStop(HookBase):
 
     def __repr__(self) -> str:
         return f"GracefulStop({', '.join(self.signals)}: checkpoint, then exit {EXIT_PREEMPTED})"
-
-
-def _resume_command() -> str:
-    """The command line of this run with ``--resume``, when it was started by the lazytrain CLI."""
-    argv = list(sys.argv)
-    if len(argv) > 1 and argv[1] == "train" and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py"):
-        args = argv[1:] if "--resume" in argv else [*argv[1:], "--resume"]
-        return shlex.join(["lazytrain", *args])
-    return "lazytrain train CONFIG ... --resume"
 
 
 def _requeue_slurm_job(job_id: str) -> None:

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import torch
 
 from .. import comm
-from .train_loop import HookBase
+from .hook_api import HookBase
 
 __all__ = ["ProfilerHook"]
 

@@ -42,8 +42,7 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
             _restore_hook_states(trainer, extra.get("hooks") or {})
             report_config_changes(extra.get("config"), trainer.config_yaml)
             done = iterations_done(extra) or 0
-            logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done,
-                        done + 1)  # fmt: skip
+            logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done, done + 1)
             return done
         logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
     elif checkpointer.has_checkpoint():
@@ -165,16 +164,27 @@ def config_changes(saved_yaml: Optional[str], current_yaml: str) -> dict[str, tu
 
 # what a change of these keys means for a resumed run (the first prefix that matches)
 _CHANGE_NOTES = (
-    ("optimizer.", "the optimizer's state comes from the checkpoint, so its param groups keep the values it was "
-     "saved with; to apply new optimizer settings, start a new run with train.init_checkpoint=<the checkpoint>"),
-    ("lr_multiplier.", "the LR multiplier's state comes from the checkpoint; the new schedule applies only where "
-     "it is recomputed from the fraction of training done"),
-    ("train.max_iter", "the LR schedule follows the fraction of training done, so from here on it is stretched "
-     "over the new length (the LR jumps to the new schedule's value now)"),
-    ("dataloader.", "the batches differ from those of an uninterrupted run (an exact resume needs the same "
-     "data settings)"),
+    (
+        "optimizer.",
+        "the optimizer's state comes from the checkpoint, so its param groups keep the values it was "
+        "saved with; to apply new optimizer settings, start a new run with train.init_checkpoint=<the checkpoint>",
+    ),
+    (
+        "lr_multiplier.",
+        "the LR multiplier's state comes from the checkpoint; the new schedule applies only where "
+        "it is recomputed from the fraction of training done",
+    ),
+    (
+        "train.max_iter",
+        "the LR schedule follows the fraction of training done, so from here on it is stretched "
+        "over the new length (the LR jumps to the new schedule's value now)",
+    ),
+    (
+        "dataloader.",
+        "the batches differ from those of an uninterrupted run (an exact resume needs the same data settings)",
+    ),
     ("train.seed", "the data order and random draws differ from an uninterrupted run"),
-)  # fmt: skip
+)
 
 
 def report_config_changes(saved_yaml: Optional[str], current_yaml: str) -> None:

@@ -17,10 +17,11 @@ from ..config.lazy_config import resolved_copy
 from ..errors import ConfigError, TrainingError
 from ..evaluation import flatten_results, format_results, inference_on_dataset
 from ..fileio import describe_write_error
+from ..invocation import invoked_config_path
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
 from .resume import resume_or_load
-from .settings import check_required, invoked_config_path
+from .settings import check_required
 from .trainer import Trainer, autocast_context
 
 __all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
@@ -148,8 +149,7 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
     at = f"iteration {done}" if done is not None else "no iteration recorded"
     logger.info("Evaluation of %s (%s):\n%s", weights, at, format_results(results))
     if comm.is_main_process():
-        record = {"iteration": done, "weights": weights, "ema": extra["weights"] == "ema",
-                  **flatten_results(results)}  # fmt: skip
+        record = {"iteration": done, "weights": weights, "ema": extra["weights"] == "ema", **flatten_results(results)}
         metrics = os.path.join(cfg.train.output_dir, "metrics.jsonl")
         with open(metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

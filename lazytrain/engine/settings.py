@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Optional, Union
 
@@ -58,16 +57,6 @@ def load_run_config(
         cfg.train.output_dir = output_dir
     check_train_settings(cfg)
     return cfg
-
-
-def invoked_config_path() -> Optional[str]:
-    """The CONFIG of the ``lazytrain COMMAND CONFIG ...`` command line this process runs (spawned workers
-    keep it), for messages that show the next command; None when lazytrain was called from Python."""
-    argv = sys.argv
-    commands = ("train", "eval", "export", "analyze", "predict", "hooks", "config")  # not `python -m pytest ...`
-    if len(argv) > 2 and os.path.basename(argv[0]) in ("lazytrain", "cli.py", "__main__.py") and argv[1] in commands:
-        return next((a for a in argv[2:] if not a.startswith("-") and "=" not in a), None)
-    return None
 
 
 def add_train_defaults(cfg: DictConfig, config_path: Optional[str] = None) -> DictConfig:

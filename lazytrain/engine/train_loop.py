@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Callable, Sequence
+from typing import Optional, cast
 
 import torch
 import torch.distributed as dist
@@ -12,49 +12,21 @@ import torch.distributed as dist
 from .. import comm
 from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..events import EventStorage
+from ..iterations import last_iteration_run
+from .hook_api import HookBase, HookTrainer
 
 __all__ = ["HookBase", "TrainerBase"]
 
 logger = logging.getLogger(__name__)
 
 
-class HookBase:
-    """A hook: override any of the four methods; ``self.trainer`` is the trainer that runs it.
-
-    The trainer gives hooks ``iter``, ``max_iter``, ``model``, ``optimizer``, ``cfg`` and ``storage``.
-    ``trainer.iter`` is the 0-based index of the iteration being run (in ``after_step``, ``trainer.iter + 1``
-    iterations are done); users see iteration numbers as iterations completed (see :mod:`lazytrain.events`).
-    ``__repr__`` (shown by ``lazytrain hooks``) names the hook and its period.
-    """
-
-    trainer: Any = None
-
-    def before_train(self) -> None:
-        pass
-
-    def before_step(self) -> None:
-        pass
-
-    def after_step(self) -> None:
-        pass
-
-    def after_train(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        period = getattr(self, "period", None)
-        return f"{type(self).__name__}(period={period})" if period is not None else f"{type(self).__name__}()"
-
-
 class TrainerBase:
     """``before_train``; per iteration ``before_step`` / :meth:`run_step` / ``after_step``; ``after_train``.
 
     ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished,
-    :attr:`failure` what stopped it.
-    ``start_iter`` is the number of iterations completed before (a resumed run's), ``iter`` the 0-based index of
-    the iteration being run. An exception a hook's ``after_train`` raises while training is already
-    stopping on another one is logged, and the first stays the error shown. Subclasses implement
-    :meth:`run_step`.
+    :attr:`failure` what stopped it. ``start_iter`` and ``iter`` count as :mod:`lazytrain.iterations` says. An
+    exception a hook's ``after_train`` raises while training is already stopping on another one is logged, and
+    the first stays the error shown. Subclasses implement :meth:`run_step`.
 
     An exception a hook raises in ``before_step`` / ``after_step`` is the user's (a :class:`UserCodeError`
     naming the hook and iteration, with the user's traceback), unless the hook is one of lazytrain's own: those
@@ -68,7 +40,14 @@ class TrainerBase:
         self.max_iter = 0
         self.completed = False
         self.failure: Optional[BaseException] = None  # what stopped training, for hooks' after_train
-        self.storage: Optional[EventStorage] = None
+        self._storage: Optional[EventStorage] = None
+
+    @property
+    def storage(self) -> EventStorage:
+        """The run's event storage: opened by :meth:`train` (and kept after it, for reading)."""
+        if self._storage is None:
+            raise RuntimeError("trainer.storage exists once train() has started.")
+        return self._storage
 
     @property
     def hooks(self) -> list[HookBase]:
@@ -80,7 +59,8 @@ class TrainerBase:
                 continue
             if not isinstance(hook, HookBase):
                 raise TypeError(f"hooks must subclass lazytrain.engine.HookBase, got {type(hook).__name__}.")
-            hook.trainer = self
+            # a TrainerBase subclass gives what its own hooks read; Trainer gives all of HookTrainer
+            hook.trainer = cast(HookTrainer, self)
             self._hooks.append(hook)
 
     def train(self, start_iter: int, max_iter: int) -> None:
@@ -92,7 +72,7 @@ class TrainerBase:
         distributed = comm.get_world_size() > 1
         gather = comm.all_gather if distributed else None
         all_reduce = _all_reduce_sum if distributed else None
-        with EventStorage(start_iter, gather=gather, all_reduce_sum=all_reduce) as self.storage:
+        with EventStorage(start_iter, gather=gather, all_reduce_sum=all_reduce) as self._storage:
             try:
                 self.before_train()
                 for self.iter in range(start_iter, max_iter):
@@ -115,7 +95,6 @@ class TrainerBase:
         logged losses are those of the global batch; see :meth:`EventStorage.flush`). Then it raises if a loss
         put with ``check_finite=True`` was NaN or infinite on any rank (checked here, lazily, not with a sync
         per step): hooks call this before they save or log, so no checkpoint holds a diverged state."""
-        assert self.storage is not None
         self.storage.flush()
         if self.storage.first_nonfinite is None:
             return
@@ -135,34 +114,27 @@ class TrainerBase:
             h.before_train()
 
     def before_step(self) -> None:
-        assert self.storage is not None
         self.storage.iter = self.iter
         for h in self._hooks:
-            try:
-                h.before_step()
-            except LazytrainError:
-                raise
-            except Exception as e:
-                if _is_lazytrains(h):
-                    raise
-                raise UserCodeError.wrap(self.iter + 1, f"hook {type(h).__name__}.before_step", e) from e
+            self._call_step_hook(h, h.before_step)
 
     def after_step(self) -> None:
         for h in self._hooks:
-            try:
-                h.after_step()
-            except LazytrainError:
+            self._call_step_hook(h, h.after_step)
+
+    def _call_step_hook(self, hook: HookBase, method: Callable[[], None]) -> None:
+        try:
+            method()
+        except LazytrainError:
+            raise
+        except Exception as e:
+            if _is_lazytrains(hook):
                 raise
-            except Exception as e:
-                if _is_lazytrains(h):
-                    raise
-                raise UserCodeError.wrap(self.iter + 1, f"hook {type(h).__name__}.after_step", e) from e
+            raise UserCodeError.wrap(self.iter + 1, f"hook {type(hook).__name__}.{method.__name__}", e) from e
 
     def after_train(self) -> None:
-        assert self.storage is not None
-        # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran (the one
-        # that raised, or the last one; none ran when resumed at the end: the last one before)
-        self.storage.iter = max(min(self.iter, self.max_iter - 1), self.start_iter - 1)
+        # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran
+        self.storage.iter = last_iteration_run(self.iter, self.start_iter, self.max_iter)
         for h in self._hooks:
             if self.failure is None:
                 h.after_train()
@@ -170,8 +142,14 @@ class TrainerBase:
             try:
                 h.after_train()
             except Exception as e:  # training stops on self.failure already: that stays the error shown
-                logger.warning("%s.after_train raised %s: %s (while training was stopping on %s)",
-                               type(h).__name__, type(e).__name__, e, type(self.failure).__name__)  # fmt: skip
+                stopping_on = type(self.failure).__name__
+                logger.warning(
+                    "%s.after_train raised %s: %s (while training was stopping on %s)",
+                    type(h).__name__,
+                    type(e).__name__,
+                    e,
+                    stopping_on,
+                )
 
 
 def _is_lazytrains(hook: HookBase) -> bool:
@@ -181,5 +159,5 @@ def _is_lazytrains(hook: HookBase) -> bool:
 
 def _all_reduce_sum(tensor: torch.Tensor) -> None:
     """In place: the sum over ranks (a CPU tensor: on GPUs the group has gloo for CPU tensors beside NCCL, see
-    ``launch.process_group_backend``)."""
+    ``lazytrain.launch.process_group_backend``)."""
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)

@@ -14,6 +14,7 @@ from ..checkpoint import Checkpointer
 from ..data import describe_batch, to_device
 from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..evaluation import DatasetEvaluator, flatten_results, format_results, inference_on_dataset
+from .hook_api import HookTrainer
 from .train_loop import TrainerBase
 
 logger = logging.getLogger(__name__)
@@ -118,15 +119,15 @@ class Trainer(TrainerBase):
 
     def test(self) -> dict[str, Any]:
         """Evaluate the model (its EMA when ``ema`` is set) on the test loader with the evaluator (``{}`` when
-        the config has none); :attr:`latest_eval` becomes ``(index, flat results)``, ``index`` the 0-based
-        index of the last iteration done (-1 before any)."""
+        the config has none); :attr:`latest_eval` becomes ``(index, flat results)``, ``index`` the index
+        of the last iteration done (-1 before any; see :mod:`lazytrain.iterations`)."""
         if self.evaluator is None or self.test_loader is None:
             return {}
         model = self.eval_model()
         results = inference_on_dataset(
             model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
         )
-        index = self.storage.iter if self.storage is not None else self.start_iter - 1
+        index = self._storage.iter if self._storage is not None else self.start_iter - 1
         if results:
             weights = " (EMA weights)" if self.ema is not None else ""
             logger.info("Evaluation at iteration %d%s:\n%s", index + 1, weights, format_results(results))
@@ -185,13 +186,12 @@ class Trainer(TrainerBase):
             self.grad_scaler.unscale_(self.optimizer)
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm, self.clip_norm_type)
-            self.storage.put_scalar("grad_norm", grad_norm)  # type: ignore[union-attr]
+            self.storage.put_scalar("grad_norm", grad_norm)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
 
         storage = self.storage
-        assert storage is not None
         storage.put_scalar("data_time", data_time)
         storage.put_scalars(**logged, check_finite=True)  # type: ignore[arg-type]
 
@@ -280,3 +280,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, Mapping):
         return "an empty dict" if not value else f"a dict with keys {list(value)}"
     return f"a {type(value).__name__}"
+
+
+def _gives_hooks_their_view(trainer: Trainer) -> HookTrainer:
+    return trainer  # mypy checks here that a Trainer has everything HookTrainer promises hooks

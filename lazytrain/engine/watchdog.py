@@ -18,8 +18,9 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..launch.error_records import error_dir, record_error
+from .hook_api import HookBase
 from .logger import FILE_ONLY
-from .train_loop import HookBase
 
 __all__ = ["HangError", "HangWatchdog"]
 
@@ -96,17 +97,21 @@ class HangWatchdog(HookBase):
         error = HangError(_describe(infos, comm.get_world_size(), self.timeout))
         if rank == 0:  # log.txt gets every rank's main thread and the paragraph (the terminal has both already)
             for info in infos:
-                logger.error("rank %d made no progress for %.0f s (iteration %d); its main thread:\n%s", info["rank"],
-                             info["idle"], info["iteration"], info["stack"], extra=FILE_ONLY)  # fmt: skip
+                logger.error(
+                    "rank %d made no progress for %.0f s (iteration %d); its main thread:\n%s",
+                    info["rank"],
+                    info["idle"],
+                    info["iteration"],
+                    info["stack"],
+                    extra=FILE_ONLY,
+                )
             logger.error("%s", error, extra=FILE_ONLY)
             self._publish("lazytrain/hang/logged", "1")
         elif any(info["rank"] == 0 for info in infos):
             self._wait_for("lazytrain/hang/logged")  # rank 0 logs what this rank sent before the job is stopped
-        error_dir = os.environ.get("LAZYTRAIN_ERROR_DIR")
-        if error_dir:  # spawned by lazytrain's launcher: it reports the first error recorded, once
-            from ..launch import _record_error
-
-            _record_error(error_dir, rank, error)
+        folder = error_dir()
+        if folder:  # spawned by lazytrain's launcher: it reports the first error recorded, once
+            record_error(folder, rank, error)
         elif rank == min(info["rank"] for info in infos):  # torchrun / SLURM / one process: the lowest rank says it
             print(f"error: {error}", file=sys.stderr, flush=True)
         logging.shutdown()
@@ -185,8 +190,10 @@ def _describe(infos: list[dict[str, Any]], world_size: int, timeout: float) -> s
     stuck = [i for i in infos if not i["in_collective"]] or [min(infos, key=lambda i: i["iteration"])]
     parts = [f"rank {i['rank']} is stuck at iteration {i['iteration']} in {i['frame']}" for i in stuck]
     others = "" if len(stuck) == len(infos) else "; the other ranks waited for it in a collective"
-    return (f"{'; '.join(parts)}: no progress for {max(i['idle'] for i in stuck):.0f} s "
-            f"(train.hang_timeout={timeout:g}){others}. Every rank's Python stack is in the log above.")  # fmt: skip
+    return (
+        f"{'; '.join(parts)}: no progress for {max(i['idle'] for i in stuck):.0f} s "
+        f"(train.hang_timeout={timeout:g}){others}. Every rank's Python stack is in the log above."
+    )
 
 
 def _short(path: str) -> str:

@@ -1,0 +1,256 @@
+"""The writers that read a run's metric storage: terminal (with ETA), JSON lines, TensorBoard."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Optional
+
+import torch
+
+from ..fileio import atomic_write
+from ..images import encode_png
+from .storage import EventStorage
+
+__all__ = ["EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+
+
+def _replaced(line: str, start_iter: int) -> bool:
+    """Whether a row of metrics.jsonl belongs to an iteration after ``start_iter`` (completed before a resume)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False  # not ours to judge: keep it
+    if not isinstance(row, dict) or "weights" in row or not isinstance(row.get("iteration"), int):
+        return False
+    return bool(row["iteration"] > start_iter)
+
+
+class EventWriter:
+    """Writes what the storage holds; called by the PeriodicWriter hook. ``path``: the file it writes (for the
+    message when a write fails), None when it writes none of its own."""
+
+    path: Optional[str] = None
+
+    def open(self, start_iter: int = 0) -> None:
+        """Called before training starts, with ``start_iter`` the iterations completed before (> 0 when
+        resumed): slow set-up goes here, so it does not stall a training step."""
+
+    def write(self, storage: EventStorage) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class JSONWriter(EventWriter):
+    """One JSON object per line with ``"iteration"`` (N: after N iterations) and the exact value of each scalar
+    new since the last write (no smoothing: the file is a record). Appends, so a resumed run continues the same
+    file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = self._path = path
+        self._file: Optional[Any] = None  # opened at the first write: building a writer creates no file
+        self._written: dict[str, int] = {}  # name -> newest iteration written
+
+    def open(self, start_iter: int = 0) -> None:
+        """A run resumed after ``start_iter`` iterations replaces the iterations after it: the rows a crashed
+        or preempted run wrote for them go (rewritten atomically), so the file holds one clean history. Rows of
+        ``lazytrain eval`` (they name their ``weights``) stay."""
+        if start_iter <= 0 or not os.path.isfile(self._path):
+            return
+        with open(self._path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if not _replaced(line, start_iter)]
+        if len(kept) < len(lines):
+            atomic_write(self._path, "".join(line + "\n" for line in kept))
+            logging.getLogger(__name__).info(
+                "%s: removed %d rows of iterations after %d, which this resumed run replaces.",
+                self._path,
+                len(lines) - len(kept),
+                start_iter,
+            )
+
+    def write(self, storage: EventStorage) -> None:
+        rows: dict[int, dict[str, float]] = defaultdict(dict)
+        for name, (value, iteration) in storage.new_values(self._written).items():
+            rows[iteration][name] = value
+        if rows and self._file is None:
+            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
+            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        for iteration in sorted(rows):
+            line = json.dumps({"iteration": iteration + 1, **rows[iteration]}, sort_keys=False)
+            self._file.write(line + "\n")  # type: ignore[union-attr]
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class TensorboardWriter(EventWriter):
+    """Scalars and images to TensorBoard event files, written by tensorboard's own EventFileWriter (a background
+    thread), one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or
+    ``val/<name>`` so TensorBoard groups them, at step N for iteration N; each image
+    (:meth:`EventStorage.put_image`) as a PNG. Exact values: TensorBoard smooths in its UI. ``config_yaml``
+    becomes a text summary; at the end, ``hparams`` (a few key settings) and the final values of the ``val/``
+    scalars go to TensorBoard's HParams tab, so runs can be compared."""
+
+    def __init__(self, log_dir: str, config_yaml: str = "", hparams: Optional[dict[str, Any]] = None) -> None:
+        self.log_dir = log_dir
+        self.path = os.path.join(log_dir, "events.out.tfevents.*")  # the file's name once open() made it
+        self.config_yaml = config_yaml
+        self.hparams = dict(hparams or {})
+        self._writer: Optional[Any] = None  # made by open(): building a writer creates no file
+        self._written: dict[str, int] = {}
+        self._written_images: dict[str, int] = {}
+        self._final: dict[str, float] = {}  # the newest value of each val/ tag
+        self._step = 0
+
+    def open(self, start_iter: int = 0) -> None:
+        """Creates the event file. A run resumed after ``start_iter`` iterations starts it with a SessionLog
+        START at step ``start_iter + 1``, its first: TensorBoard then drops what earlier files hold from that
+        step on, so the curves show one history, not the lost iterations twice. The config goes at that step."""
+        # imported here, not at the top: tensorboard takes ~0.3 s to import, and the CLI must start fast
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if self._writer is None:
+            _quiet_writer_thread_errors()
+            self._writer = EventFileWriter(self.log_dir, flush_secs=30)
+            self.path = getattr(self._writer, "_file_name", self.path)
+            self._step = start_iter + 1
+            if start_iter > 0:
+                start = SessionLog(status=SessionLog.START)
+                self._writer.add_event(Event(wall_time=time.time(), step=start_iter + 1, session_log=start))
+            if self.config_yaml:
+                from torch.utils.tensorboard.summary import text
+
+                # markdown: indented by 4 spaces, the YAML shows as a code block
+                body = "\n".join("    " + line for line in self.config_yaml.splitlines())
+                self._add(text("config", body), start_iter + 1)
+
+    def _add(self, summary: Any, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        assert self._writer is not None
+        self._writer.add_event(Event(wall_time=time.time(), step=step, summary=summary))
+
+    def write(self, storage: EventStorage) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self.open()  # a no-op after the first time; a writer used outside PeriodicWriter opens here
+        by_iteration: dict[int, list[Summary.Value]] = defaultdict(list)
+        for name, (value, iteration) in storage.new_values(self._written).items():
+            tag = f"{storage.groups.get(name, 'train')}/{name}"
+            by_iteration[iteration].append(Summary.Value(tag=tag, simple_value=value))
+            if tag.startswith("val/"):
+                self._final[tag] = value
+            self._step = max(self._step, iteration + 1)
+        for name, (image, iteration) in storage.new_images(self._written_images).items():
+            height, width, channels = image.shape
+            picture = Summary.Image(
+                height=height, width=width, colorspace=channels, encoded_image_string=encode_png(image)
+            )
+            tag = f"{storage.groups.get(name, 'val')}/{name}"
+            by_iteration[iteration].append(Summary.Value(tag=tag, image=picture))
+        for iteration in sorted(by_iteration):
+            self._add(Summary(value=by_iteration[iteration]), iteration + 1)
+
+    def close(self) -> None:
+        if self._writer is None:
+            return
+        if self.hparams:
+            from torch.utils.tensorboard.summary import hparams
+
+            values = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.hparams.items()}
+            for summary in hparams(values, dict(self._final)):
+                self._add(summary, self._step)
+        self._writer.close()
+
+
+def _quiet_writer_thread_errors() -> None:
+    """tensorboard's writer thread re-raises a failed write (a full disk), so Python prints its traceback; the
+    same exception reaches the training thread at the next write, where PeriodicWriter reports it as one
+    paragraph. Keep the thread's copy quiet (an OSError from that thread only)."""
+    previous = threading.excepthook
+    if getattr(previous, "_lazytrain", False):
+        return
+
+    def hook(args: Any) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook._lazytrain = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+class TerminalWriter(EventWriter):
+    """The log line: iteration/max, ETA, each loss, step and data time, lr, peak memory.
+
+    Numbers keep one format from line to line, so columns line up: losses with 4 decimals, times in
+    seconds with 4, the lr in scientific notation with 3 (``lr: 1.000e-03``); each field is padded to the
+    widest it has been."""
+
+    def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
+        self._max_iter = max_iter
+        self._window = window
+        self._logger = logger or logging.getLogger(__name__)
+        self._last: Optional[tuple[int, float]] = None
+        self._widths: dict[str, int] = {}
+
+    def write(self, storage: EventStorage) -> None:
+        iteration = storage.iter
+        if self._last is not None and iteration <= self._last[0]:
+            return  # already printed (the final write after training repeats the last period's)
+        latest = storage.latest_with_smoothing(self._window)
+        step_time = storage.median("time", self._window) if "time" in latest else None
+        data_time = storage.median("data_time", self._window) if "data_time" in latest else None
+        eta = self._eta(iteration, step_time)
+        lr = latest.get("lr")
+        fields: list[tuple[str, str]] = [
+            ("iter", f"{iteration + 1:>{len(str(self._max_iter))}}/{self._max_iter}"),
+            ("eta", eta),
+            *((name, f"{value:.4f}") for name, (value, it) in latest.items() if "loss" in name and it == iteration),
+            ("time", f"{step_time:.4f}" if step_time is not None else ""),
+            ("data_time", f"{data_time:.4f}" if data_time is not None else ""),
+            ("lr", f"{lr[0]:.3e}" if lr else ""),
+        ]
+        parts = [f"{name}: {self._padded(name, text)}" for name, text in fields if text]
+        memory = _peak_memory()
+        if memory:
+            parts.append(memory)
+        self._logger.info("  ".join(parts))
+
+    def _padded(self, name: str, text: str) -> str:
+        width = self._widths[name] = max(self._widths.get(name, 0), len(text))
+        return text.rjust(width)
+
+    def _eta(self, iteration: int, step_time: Optional[float]) -> str:
+        now = time.perf_counter()
+        seconds = None
+        if step_time is not None and math.isfinite(step_time):
+            seconds = step_time * (self._max_iter - iteration - 1)
+        elif self._last is not None and iteration > self._last[0]:
+            seconds = (now - self._last[1]) / (iteration - self._last[0]) * (self._max_iter - iteration - 1)
+        self._last = (iteration, now)
+        return str(datetime.timedelta(seconds=int(seconds))) if seconds is not None else ""
+
+
+def _peak_memory() -> str:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return f"max_mem: {torch.cuda.max_memory_allocated() / 2**20:.0f}M"
+    try:
+        import resource
+
+        return f"max_rss: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f}M"
+    except ImportError:  # Windows
+        return ""
