@@ -21,6 +21,7 @@ from .hooks import (
     PeriodicCheckpointer,
     PeriodicWriter,
 )
+from .memory import memory_settings_rows
 from .preemption import GracefulStop
 from .profiler import ProfilerHook
 from .train_loop import HookBase
@@ -111,6 +112,7 @@ def run_settings(cfg: DictConfig) -> list[tuple[str, str]]:
         rows += [("train.init_rename", f"{rename}{unused}"), ("train.init_strict", f"{t.init_strict}{unused}")]
     ema = f"on (decay {t.ema.decay}: EMAHook; evaluation uses the average)" if t.ema.enabled else "off"
     rows.append(("train.ema", ema))
+    rows += memory_settings_rows(cfg)  # activation checkpointing, amp.modules, held norm layers
     return rows
 
 
