@@ -13,8 +13,8 @@ from .checkpoint import iterations_done, load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader, build_model, resolve_device, seed_everything
 from .engine.logger import setup_logger
-from .engine.settings import check_required
 from .engine.memory import inference_autocast
+from .engine.settings import check_required
 from .errors import ConfigError
 from .evaluation import inference_on_dataset
 

@@ -27,11 +27,11 @@ from .trainer import amp_torch_dtype, autocast_context
 
 __all__ = [
     "MemorySettings",
+    "amp_modules",
     "apply_memory_settings",
     "autocast_modules",
     "checkpoint_modules",
     "hold_frozen_norm_layers",
-    "amp_modules",
     "inference_autocast",
     "match_modules",
     "memory_settings_rows",

@@ -19,9 +19,9 @@ from ..evaluation import flatten_results, format_results, inference_on_dataset
 from ..fileio import describe_write_error
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
+from .memory import inference_autocast
 from .resume import resume_or_load
 from .settings import check_required, invoked_config_path
-from .memory import inference_autocast
 from .trainer import Trainer
 
 __all__ = ["evaluate_main", "prepare_output_dir", "train_main"]

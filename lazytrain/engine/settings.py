@@ -190,7 +190,10 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "amp.enabled": _BOOL,
     "amp.dtype": ('"bf16" or "fp16"', lambda v: v in ("bf16", "fp16", "bfloat16", "float16")),
     # None: absent from a train.amp given whole by an interpolation, as []
-    "amp.modules": ("a list of glob patterns over module names ([]: the whole step)", lambda v: v is None or _str_list(v)),
+    "amp.modules": (
+        "a list of glob patterns over module names ([]: the whole step)",
+        lambda v: v is None or _str_list(v),
+    ),
     "grad_accum": _int(1),
     "clip_grad.max_norm": ("a number > 0, or None for no clipping", _positive_float_or_none),
     "clip_grad.norm_type": ("a number > 0 (2.0: Euclidean; inf: max norm)", _positive_float_or_none),
