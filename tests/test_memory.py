@@ -34,7 +34,10 @@ def flagship(dropout: float = 0.05) -> RangeNet:
 
 def flagship_batch(seed: int = 1) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"image": torch.randn(2, 5, 8, 32, generator=g), "label_image": torch.randint(0, 20, (2, 8, 32), generator=g)}
+    return {
+        "image": torch.randn(2, 5, 8, 32, generator=g),
+        "label_image": torch.randint(0, 20, (2, 8, 32), generator=g),
+    }
 
 
 def gradients_and_stats(model: torch.nn.Module, batch: dict[str, torch.Tensor], seed: int = 5):

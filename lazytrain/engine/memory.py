@@ -280,7 +280,8 @@ def memory_settings_rows(cfg: DictConfig) -> list[tuple[str, str]]:
         rows.append(("train.activation_checkpointing", "[] (every activation kept for backward)"))
     patterns = amp_modules(cfg)
     if not t.amp.enabled:
-        rows.append(("train.amp.modules", f"{patterns} (unused: train.amp.enabled=False, all in fp32)"))
+        off = f"{patterns} (unused: train.amp.enabled=False)" if patterns else "[] (train.amp.enabled=False: all fp32)"
+        rows.append(("train.amp.modules", off))
     elif patterns:
         rows.append(("train.amp.modules", f"{patterns}: {t.amp.dtype} autocast inside {_names(done.autocast)}; "
                      "the rest in fp32"))  # fmt: skip
