@@ -58,6 +58,7 @@ def test_patterns_match_the_outermost_modules_in_the_models_order():
     model = flagship()
     assert match_modules(model, ["down.*", "stem"], "train.activation_checkpointing") == ["stem", "down.0", "down.1"]
     assert match_modules(model, ["down.1.*"], "k") == ["down.1.0", "down.1.1"]
+    assert match_modules(model, ["down"], "k") == ["down.0", "down.1"]  # a ModuleList is never called itself
 
 
 @pytest.mark.parametrize("key", ["train.activation_checkpointing", "train.amp.modules"])

@@ -98,7 +98,8 @@ def match_modules(
 ) -> list[str]:
     """The names of the submodules of ``model`` matched by a glob of ``patterns`` (``fnmatch``: ``*`` crosses
     dots), outermost only (a module inside a matched one runs as part of it), in the model's order. A pattern
-    that matches no submodule name is a ConfigError at ``key.<i>`` with the close names."""
+    that matches no submodule name is a ConfigError at ``key.<i>`` with the close names. A matched container
+    that is never called itself (``down``, a ModuleList) stands for the modules in it."""
     names = [name for name, _ in model.named_modules() if name]  # "" is the model itself: not a choice
     matched: set[str] = set()
     for i, pattern in enumerate(patterns):
@@ -106,7 +107,16 @@ def match_modules(
         if not hits:
             raise _no_match(model, names, pattern, f"{key}.{i}", where)
         matched.update(hits)
-    return [name for name in names if name in matched and not _inside_one_of(name, matched)]
+    modules = dict(model.named_modules())
+    outermost = [name for name in names if name in matched and not _inside_one_of(name, matched)]
+    return [name for top in outermost for name in _callable_modules(top, modules[top])]
+
+
+def _callable_modules(name: str, module: nn.Module) -> list[str]:
+    """``[name]``, or for a container that is never called (a ModuleList, a ModuleDict) the modules in it."""
+    if type(module).forward is not nn.Module.forward:
+        return [name]
+    return [found for child, sub in module.named_children() for found in _callable_modules(f"{name}.{child}", sub)]
 
 
 def _inside_one_of(name: str, names: set[str]) -> bool:
