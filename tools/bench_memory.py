@@ -34,9 +34,8 @@ sys.path.insert(0, REPO)
 FLAGSHIP = os.path.join(REPO, "configs", "kitti_seg.py")
 DEFAULT_CASES = [
     ("flagship (kitti_seg.py)", FLAGSHIP, []),
-    ("width 32, depth 4, 64x2048", FLAGSHIP,
-     ["model.width=32", "model.depth=4", "dataset.projection.width=2048"]),
-]  # fmt: skip
+    ("width 32, depth 4, 64x2048", FLAGSHIP, ["model.width=32", "model.depth=4", "dataset.projection.width=2048"]),
+]
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -132,8 +131,12 @@ def run_case(config: str, overrides: list[str], patterns: list[str] | None, chec
     """:func:`measure` in a fresh process."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([REPO, env.get("PYTHONPATH", "")])
-    args = [sys.executable, os.path.abspath(__file__), "--child", json.dumps([config, overrides, patterns,
-            checkpointing, steps])]  # fmt: skip
+    args = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        json.dumps([config, overrides, patterns, checkpointing, steps]),
+    ]
     r = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO)
     if r.returncode != 0:
         raise SystemExit(f"{config} {' '.join(overrides)} failed:\n{r.stderr[-3000:]}")
@@ -146,8 +149,12 @@ def mib(n: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", nargs="+", metavar=("CFG", "OVERRIDE"),
-                        help="one config and its overrides (default: the flagship and its wide model)")  # fmt: skip
+    parser.add_argument(
+        "--config",
+        nargs="+",
+        metavar=("CFG", "OVERRIDE"),
+        help="one config and its overrides (default: the flagship and its wide model)",
+    )
     parser.add_argument("--patterns", nargs="+", help="train.activation_checkpointing globs to measure")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (median)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -156,8 +163,10 @@ def main() -> int:
         print(json.dumps(measure(*json.loads(args.child))))
         return 0
     cases = [("", args.config[0], args.config[1:])] if args.config else DEFAULT_CASES
-    print("| case | input (B, C, H, W) | checkpointed modules | peak off | peak on | step peak off | step peak on "
-          "| step time off | step time on |")  # fmt: skip
+    print(
+        "| case | input (B, C, H, W) | checkpointed modules | peak off | peak on | step peak off | step peak on "
+        "| step time off | step time on |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     device = ""
     for name, config, overrides in cases:
@@ -167,11 +176,15 @@ def main() -> int:
         step_off, step_on = off["peak"] - off["before"], on["peak"] - on["before"]
         label = name or " ".join([os.path.relpath(config, REPO), *overrides])
         shown = ", ".join(on["checkpointed"][:4]) + (" ..." if len(on["checkpointed"]) > 4 else "")
-        print(f"| {label} | {tuple(off['input'] or ())} | {len(on['checkpointed'])} ({shown}) | {mib(off['peak'])} "
-              f"| {mib(on['peak'])} | {mib(step_off)} | {mib(step_on)} ({step_on / step_off:.0%}) "
-              f"| {off['step_s']:.3f} s | {on['step_s']:.3f} s ({on['step_s'] / off['step_s']:.2f}x) |")  # fmt: skip
-    print(f"\ndevice: {device}; peak: resident set (CPU) or max_memory_allocated (GPU); step time: median of "
-          f"{args.steps} steps")  # fmt: skip
+        print(
+            f"| {label} | {tuple(off['input'] or ())} | {len(on['checkpointed'])} ({shown}) | {mib(off['peak'])} "
+            f"| {mib(on['peak'])} | {mib(step_off)} | {mib(step_on)} ({step_on / step_off:.0%}) "
+            f"| {off['step_s']:.3f} s | {on['step_s']:.3f} s ({on['step_s'] / off['step_s']:.2f}x) |"
+        )
+    print(
+        f"\ndevice: {device}; peak: resident set (CPU) or max_memory_allocated (GPU); step time: median of "
+        f"{args.steps} steps"
+    )
     return 0
 
 

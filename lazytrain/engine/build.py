@@ -184,9 +184,11 @@ def log_parameter_counts(model: torch.nn.Module) -> None:
 
 
 def log_memory_settings(memory: MemorySettings) -> None:
-    for names, what in ((memory.checkpointed, "Activation checkpointing (recomputed in backward)"),
-                        (memory.autocast, "Autocast inside (the rest in fp32)"),
-                        (memory.held_norm_layers, "Norm layers of frozen modules held in eval mode")):  # fmt: skip
+    for names, what in (
+        (memory.checkpointed, "Activation checkpointing (recomputed in backward)"),
+        (memory.autocast, "Autocast inside (the rest in fp32)"),
+        (memory.held_norm_layers, "Norm layers of frozen modules held in eval mode"),
+    ):
         if names:
             logger.info("%s: %s", what, ", ".join(names))
 

@@ -284,8 +284,9 @@ def memory_settings_rows(cfg: DictConfig) -> list[tuple[str, str]]:
     rows = []
     patterns = list(t.activation_checkpointing)
     if patterns:
-        rows.append(("train.activation_checkpointing", f"{patterns}: {_names(done.checkpointed)} recomputed in "
-                     "backward"))  # fmt: skip
+        rows.append(
+            ("train.activation_checkpointing", f"{patterns}: {_names(done.checkpointed)} recomputed in backward")
+        )
     else:
         rows.append(("train.activation_checkpointing", "[] (every activation kept for backward)"))
     patterns = amp_modules(cfg)
@@ -293,15 +294,24 @@ def memory_settings_rows(cfg: DictConfig) -> list[tuple[str, str]]:
         off = f"{patterns} (unused: train.amp.enabled=False)" if patterns else "[] (train.amp.enabled=False: all fp32)"
         rows.append(("train.amp.modules", off))
     elif patterns:
-        rows.append(("train.amp.modules", f"{patterns}: {t.amp.dtype} autocast inside {_names(done.autocast)}; "
-                     "the rest in fp32"))  # fmt: skip
+        rows.append(
+            (
+                "train.amp.modules",
+                f"{patterns}: {t.amp.dtype} autocast inside {_names(done.autocast)}; the rest in fp32",
+            )
+        )
     else:
         rows.append(("train.amp.modules", f"[] ({t.amp.dtype} autocast over the whole step)"))
     if not t.freeze_norm_eval:
         rows.append(("train.freeze_norm_eval", "False (norm layers of frozen modules train: their statistics move)"))
     elif done.held_norm_layers:
-        rows.append(("train.freeze_norm_eval", f"True: {_names(done.held_norm_layers, 'norm layer')} of frozen "
-                     "modules held in eval mode (statistics kept)"))  # fmt: skip
+        rows.append(
+            (
+                "train.freeze_norm_eval",
+                f"True: {_names(done.held_norm_layers, 'norm layer')} of frozen "
+                "modules held in eval mode (statistics kept)",
+            )
+        )
     else:
         rows.append(("train.freeze_norm_eval", "True (no frozen norm layer)"))
     return rows
