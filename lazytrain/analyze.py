@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import load_inference_weights
 from .data import describe_batch, to_device
 from .engine.build import build_loader, build_model, freeze_parameters, resolve_device, seed_everything
-from .engine.trainer import autocast_context
+from .engine.memory import inference_autocast
 from .errors import ConfigError, LazytrainError, TrainingError, UserCodeError, from_worker
 
 with warnings.catch_warnings():  # fvcore.nn scripts its focal losses on import, which torch now deprecates
@@ -48,7 +48,7 @@ def analyze_model(cfg: DictConfig, weights: Optional[str] = None, runs: int = 10
     loaded = load_inference_weights(model, weights)["weights"] if weights else None
     model.eval()
     batch, source = _one_batch(cfg, device)
-    autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
+    autocast = inference_autocast(model, cfg, device)  # train.amp, or inside train.amp.modules
     speed = _time_forward(model, batch, device, runs, autocast)  # before the tracing: its memory is not ours
     flops, activations = _fvcore_counts(model, batch)
     modules = _module_table(model, flops.by_module(), activations.by_module(), depth)

@@ -13,8 +13,8 @@ from .checkpoint import iterations_done, load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader, build_model, resolve_device, seed_everything
 from .engine.logger import setup_logger
+from .engine.memory import inference_autocast
 from .engine.settings import check_required
-from .engine.trainer import autocast_context
 from .errors import ConfigError
 from .evaluation import inference_on_dataset
 
@@ -104,6 +104,6 @@ def predict_main(
         os.path.abspath(out_dir),
     )
     writer.begin(out_dir, pictures=pictures)
-    autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
+    autocast = inference_autocast(model, cfg, device)  # train.amp, or inside train.amp.modules
     inference_on_dataset(model, loader, _WriterAsEvaluator(writer), device=device, autocast=autocast, what="Prediction")
     return writer.end()

@@ -93,7 +93,8 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
     ]
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
     assert [line.split()[0] for line in settings.splitlines()] == [
-        "train.freeze", "train.compile", "train.init_checkpoint", "train.init_rename", "train.init_strict", "train.ema"
+        "train.freeze", "train.compile", "train.init_checkpoint", "train.init_rename", "train.init_strict", "train.ema",
+        "train.activation_checkpointing", "train.amp.modules", "train.freeze_norm_eval",
     ]  # fmt: skip
 
 
@@ -109,12 +110,15 @@ def test_hooks_command_names_the_settings_that_change_training(tmp_path):
     assert r.returncode == 0, r.stderr
     settings = r.stdout.split("settings (no hooks, but they change training):\n")[1]
     assert settings.splitlines() == [
-        "    train.freeze           ['net.0.*']: 2 of 4 parameter tensors, 288 of 420 parameters frozen",
-        "    train.compile          on (mode=None, backend='inductor')",
-        f"    train.init_checkpoint  {weights} (its model weights; a --resume loads all instead)",
-        "    train.init_rename      [['^backbone', 'net']] (regex, replacement) on its keys",
-        "    train.init_strict      False (the tensors that fit)",
-        "    train.ema              on (decay 0.9998: EMAHook; evaluation uses the average)",
+        "    train.freeze                    ['net.0.*']: 2 of 4 parameter tensors, 288 of 420 parameters frozen",
+        "    train.compile                   on (mode=None, backend='inductor')",
+        f"    train.init_checkpoint           {weights} (its model weights; a --resume loads all instead)",
+        "    train.init_rename               [['^backbone', 'net']] (regex, replacement) on its keys",
+        "    train.init_strict               False (the tensors that fit)",
+        "    train.ema                       on (decay 0.9998: EMAHook; evaluation uses the average)",
+        "    train.activation_checkpointing  [] (every activation kept for backward)",
+        "    train.amp.modules               [] (train.amp.enabled=False: all fp32)",
+        "    train.freeze_norm_eval          True (no frozen norm layer)",
     ]
 
 

@@ -26,8 +26,14 @@ from lazytrain.engine import train_main
         ("train.amp.dtype=fp32", 'train.amp.dtype: must be "bf16" or "fp16", got \'fp32\' (str).'),
         ("train.amp.enabled=1", "train.amp.enabled: must be true or false, got 1 (int)."),
         ("train.clip_grad.max_norm=0", "train.clip_grad.max_norm: must be a number > 0, or None"),
+        (
+            "train.activation_checkpointing=stem",
+            "train.activation_checkpointing: must be a list of glob patterns over module names, got 'stem' (str).",
+        ),
+        ("train.amp.modules=[1]", "train.amp.modules: must be a list of glob patterns over module names"),
+        ("train.freeze_norm_eval=1", "train.freeze_norm_eval: must be true or false, got 1 (int)."),
         # a dict setting replaced by a scalar
-        ("train.amp=true", "train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool)."),
+        ("train.amp=true", "train.amp: must be a dict (amp.enabled, amp.dtype, amp.modules), got True (bool)."),
         ("train.ema=5", "train.ema: must be a dict (ema.enabled, ema.decay), got 5 (int)."),
         ("train.clip_grad=1.0", "train.clip_grad: must be a dict (clip_grad.max_norm, clip_grad.norm_type), got 1.0"),
         ("train.best=null", "train.best: must be a dict (best.metric, best.mode), got None (NoneType)."),
@@ -88,7 +94,9 @@ def test_a_dict_setting_replaced_in_a_file_and_train_itself_not_a_dict_exit_2_in
     for command in (["config"], ["train", "--dry-run"]):
         r = cli(*command, str(tmp_path / "exp.py"), cwd=tmp_path)
         assert r.returncode == 2, r.stderr
-        assert r.stderr == "error: exp.py:3: train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool).\n"
+        assert r.stderr == (
+            "error: exp.py:3: train.amp: must be a dict (amp.enabled, amp.dtype, amp.modules), got True (bool).\n"
+        )
     (tmp_path / "plain.py").write_text("train = dict(max_iter=3)\n")
     r = cli("config", str(tmp_path / "plain.py"), "train=5", cwd=tmp_path)
     assert (r.returncode, r.stderr) == (2, "error: command line: train: must be a dict of run settings, got 5 (int).\n")
@@ -151,8 +159,8 @@ def test_a_dict_setting_may_come_from_an_interpolation_that_gives_a_dict(tmp_pat
     (tmp_path / "exp.py").write_text(body.replace("'${amp}'", "'${flag}'"))
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "exp.py")
-    assert str(info.value).endswith("exp.py:5: train.amp: must be a dict (amp.enabled, amp.dtype), got True (bool) "
-                                    "(from '${flag}').")  # fmt: skip
+    assert str(info.value).endswith("exp.py:5: train.amp: must be a dict (amp.enabled, amp.dtype, amp.modules), "
+                                    "got True (bool) (from '${flag}').")  # fmt: skip
 
 
 def test_the_required_max_iter_can_be_set_by_an_override(tmp_path):

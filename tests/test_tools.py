@@ -53,6 +53,15 @@ def test_bench_exit_times_a_case():
     assert "time from the fault to the launcher's exit" in out and "a rank raises (FailAt), 2 processes" in out
 
 
+def test_bench_memory_prints_each_case_with_and_without_checkpointing(tmp_path):
+    out = tool("tools/bench_memory.py", "--config", "configs/kitti_seg.py", f"dataset.root={tmp_path}",
+               "dataset.synthetic_scans=1", "dataset.projection.width=64", "dataset.projection.height=16",
+               "model.width=4", "model.depth=2", "dataloader.train.batch_size=2", "--steps", "1")  # fmt: skip
+    row = next(line for line in out.splitlines() if line.startswith("| configs/kitti_seg.py"))
+    assert "| (2, 5, 16, 64) | 6 (stem, down.0, down.1, up.0 ...) |" in row and row.count(" MiB") == 4
+    assert "device: cpu" in out
+
+
 class Sleeper:
     """A stand-in for the hand-written loop whose step takes a known time."""
 

@@ -23,6 +23,7 @@ from ..errors import ConfigError, did_you_mean
 from ..fileio import format_bytes
 from .hook_list import build_hooks
 from .lr import LRMultiplier
+from .memory import MemorySettings, apply_memory_settings
 from .trainer import Trainer, make_grad_scaler
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     device = resolve_device(t.device)
     model = build_model(cfg, device)
     freeze_parameters(model, list(t.freeze))  # before DDP and the optimizer: they see trainable ones only
+    memory = apply_memory_settings(model, cfg, device)  # before DDP and compile; state-dict keys unchanged
     log_parameter_counts(model)
+    log_memory_settings(memory)
     train_model: torch.nn.Module = model
     if comm.get_world_size() > 1:
         train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
@@ -81,7 +84,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
         train_loader,
         optimizer,
         device=device,
-        amp_enabled=t.amp.enabled,
+        amp_enabled=t.amp.enabled and not memory.autocast,  # with amp.modules, autocast is inside those only
         amp_dtype=t.amp.dtype,
         grad_accum=t.grad_accum,
         clip_max_norm=t.clip_grad.max_norm,
@@ -179,6 +182,16 @@ def log_parameter_counts(model: torch.nn.Module) -> None:
         f"{total - trainable:,}",
         format_bytes(size, decimals=1),
     )
+
+
+def log_memory_settings(memory: MemorySettings) -> None:
+    for names, what in (
+        (memory.checkpointed, "Activation checkpointing (recomputed in backward)"),
+        (memory.autocast, "Autocast inside (the rest in fp32)"),
+        (memory.held_norm_layers, "Norm layers of frozen modules held in eval mode"),
+    ):
+        if names:
+            logger.info("%s: %s", what, ", ".join(names))
 
 
 def build_ema(model: torch.nn.Module, decay: float) -> AveragedModel:

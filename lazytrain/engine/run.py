@@ -20,9 +20,10 @@ from ..fileio import describe_write_error
 from ..invocation import invoked_config_path
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .logger import setup_logger
+from .memory import inference_autocast
 from .resume import resume_or_load
 from .settings import check_required
-from .trainer import Trainer, autocast_context
+from .trainer import Trainer
 
 __all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
 
@@ -143,7 +144,7 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
     extra = load_inference_weights(model, weights, use_ema)
     evaluator, test_loader = build_evaluation(cfg, device)
     assert evaluator is not None and test_loader is not None
-    autocast = autocast_context(device, cfg.train.amp.enabled, cfg.train.amp.dtype)
+    autocast = inference_autocast(model, cfg, device)  # train.amp, or inside train.amp.modules
     results = inference_on_dataset(model, test_loader, evaluator, device=device, autocast=autocast)
     done = iterations_done(extra)
     at = f"iteration {done}" if done is not None else "no iteration recorded"

@@ -6,6 +6,7 @@ import torch
 from omegaconf import DictConfig
 
 from .build import build_model, freeze_parameters
+from .memory import amp_modules, apply_memory_settings
 
 __all__ = ["run_settings"]
 
@@ -43,4 +44,53 @@ def run_settings(cfg: DictConfig) -> list[tuple[str, str]]:
         rows += [("train.init_rename", f"{rename}{unused}"), ("train.init_strict", f"{t.init_strict}{unused}")]
     ema = f"on (decay {t.ema.decay}: EMAHook; evaluation uses the average)" if t.ema.enabled else "off"
     rows.append(("train.ema", ema))
+    rows += memory_settings_rows(cfg)  # activation checkpointing, amp.modules, held norm layers
     return rows
+
+
+def memory_settings_rows(cfg: DictConfig) -> list[tuple[str, str]]:
+    """``(key, what it does)`` for ``lazytrain hooks``: the modules each setting matches (the model is built
+    on the CPU, with ``train.freeze`` applied, as training builds it)."""
+    t = cfg.train
+    model = build_model(cfg, torch.device("cpu"))
+    freeze_parameters(model, list(t.freeze))
+    done = apply_memory_settings(model, cfg, torch.device("cpu"))
+    rows = []
+    patterns = list(t.activation_checkpointing)
+    if patterns:
+        rows.append(
+            ("train.activation_checkpointing", f"{patterns}: {_counted(done.checkpointed)} recomputed in backward")
+        )
+    else:
+        rows.append(("train.activation_checkpointing", "[] (every activation kept for backward)"))
+    patterns = amp_modules(cfg)
+    if not t.amp.enabled:
+        off = f"{patterns} (unused: train.amp.enabled=False)" if patterns else "[] (train.amp.enabled=False: all fp32)"
+        rows.append(("train.amp.modules", off))
+    elif patterns:
+        rows.append(
+            (
+                "train.amp.modules",
+                f"{patterns}: {t.amp.dtype} autocast inside {_counted(done.autocast)}; the rest in fp32",
+            )
+        )
+    else:
+        rows.append(("train.amp.modules", f"[] ({t.amp.dtype} autocast over the whole step)"))
+    if not t.freeze_norm_eval:
+        rows.append(("train.freeze_norm_eval", "False (norm layers of frozen modules train: their statistics move)"))
+    elif done.held_norm_layers:
+        rows.append(
+            (
+                "train.freeze_norm_eval",
+                f"True: {_counted(done.held_norm_layers, 'norm layer')} of frozen "
+                "modules held in eval mode (statistics kept)",
+            )
+        )
+    else:
+        rows.append(("train.freeze_norm_eval", "True (no frozen norm layer)"))
+    return rows
+
+
+def _counted(names: list[str], what: str = "module", shown: int = 6) -> str:
+    listed = ", ".join(names[:shown]) + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+    return f"{len(names)} {what}{'s' if len(names) != 1 else ''} ({listed})"

@@ -21,7 +21,8 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     max_iter="???",
     seed=0,
     device="auto",
-    amp=dict(enabled=False, dtype="bf16"),
+    # modules: glob patterns over module names; autocast inside them only, the rest in fp32 ([]: the whole step)
+    amp=dict(enabled=False, dtype="bf16", modules=[]),
     grad_accum=1,
     clip_grad=dict(max_norm=None, norm_type=2.0),
     log_period=20,
@@ -35,6 +36,8 @@ TRAIN_DEFAULTS: dict[str, Any] = dict(
     best=dict(metric=None, mode="max"),  # metric: a name the evaluator returns; None: no model_best.pth
     ema=dict(enabled=False, decay=0.9998),
     freeze=[],  # glob patterns over parameter names: no gradients, not in the optimizer
+    freeze_norm_eval=True,  # the norm layers of frozen modules in eval mode: their running statistics kept
+    activation_checkpointing=[],  # glob patterns over module names: forward recomputed in backward
     init_rename=[],  # [[regex, replacement], ...] applied to init_checkpoint's keys before loading
     init_strict=False,  # True: any missing / unexpected / mismatched key of init_checkpoint is an error
     compile=dict(enabled=False, mode=None, backend="inductor"),  # torch.compile of the train step's model
@@ -174,6 +177,11 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "device": _STR,
     "amp.enabled": _BOOL,
     "amp.dtype": ('"bf16" or "fp16"', lambda v: v in ("bf16", "fp16", "bfloat16", "float16")),
+    # None: absent from a train.amp given whole by an interpolation, as []
+    "amp.modules": (
+        "a list of glob patterns over module names ([]: the whole step)",
+        lambda v: v is None or _str_list(v),
+    ),
     "grad_accum": _int(1),
     "clip_grad.max_norm": ("a number > 0, or None for no clipping", _positive_float_or_none),
     "clip_grad.norm_type": ("a number > 0 (2.0: Euclidean; inf: max norm)", _positive_float_or_none),
@@ -194,6 +202,8 @@ _SETTING_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
         lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
     ),
     "freeze": ("a list of glob patterns over parameter names", lambda v: _str_list(v)),
+    "freeze_norm_eval": _BOOL,
+    "activation_checkpointing": ("a list of glob patterns over module names", lambda v: _str_list(v)),
     "init_rename": ("a list of [regex, replacement] pairs", lambda v: _pair_list(v)),
     "init_strict": _BOOL,
     "compile.enabled": _BOOL,
