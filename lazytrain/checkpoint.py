@@ -8,7 +8,7 @@ import logging
 import os
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import numpy as np
@@ -27,6 +27,7 @@ __all__ = [
     "load_inference_weights",
     "load_init_weights",
     "read_checkpoint",
+    "read_model_weights",
     "set_rng_state",
 ]
 
@@ -141,20 +142,104 @@ class Checkpointer(_FvcoreCheckpointer):
 
 def read_checkpoint(f: str) -> dict[str, Any]:
     """The dict a checkpoint file holds (a bare state_dict becomes ``{"model": ...}``), on the CPU; a file
-    that cannot be read is a TrainingError naming it."""
+    that cannot be read, or that holds no state dict, is a TrainingError naming it."""
+    data = _torch_load(f)
+    checkpoint = _as_checkpoint(data)
+    if checkpoint is None:
+        raise TrainingError(_unknown_format(f, _what_file_holds(data)))
+    return checkpoint
+
+
+def _torch_load(f: str) -> Any:
     try:
         # our own checkpoints hold RNG states and the config, which weights_only cannot load
-        data = torch.load(f, map_location="cpu", weights_only=False)
+        return torch.load(f, map_location="cpu", weights_only=False)
     except Exception as e:
         raise TrainingError(
             f"cannot read checkpoint '{f}': {type(e).__name__}: {e}",
             hint="The file is truncated or not a PyTorch checkpoint; use another one.",
         ) from e
-    if isinstance(data, dict) and "model" not in data and all(isinstance(v, torch.Tensor) for v in data.values()):
-        data = {"model": data}  # a bare state_dict
-    if not isinstance(data, dict) or "model" not in data:
-        raise TrainingError(f"checkpoint '{f}' holds no 'model' state dict.")
-    return data
+
+
+def _as_checkpoint(data: Any) -> Optional[dict[str, Any]]:
+    """``data`` as lazytrain's checkpoint dict (a bare state_dict becomes ``{"model": ...}``); None when it is
+    neither."""
+    if (
+        isinstance(data, dict)
+        and "model" not in data
+        and data
+        and all(isinstance(v, torch.Tensor) for v in data.values())
+    ):
+        return {"model": data}
+    return data if isinstance(data, dict) and "model" in data else None
+
+
+RELEASE = "release"  # the key of read_model_weights's answer naming the reader of an authors' release
+
+
+def read_model_weights(model: torch.nn.Module, path: str, key: Optional[str] = None) -> dict[str, Any]:
+    """The weights at ``path`` for ``model`` as ``{"model": state_dict, ...}``, whatever their format.
+
+    First the authors' release format of the model's class: ``read_release_weights(path)``, a classmethod
+    that a model class may define (the class is found inside DDP's, torch.compile's and EMA's wrappers), returns
+    the state dict in the model's own key names, or None when ``path`` is not in that format; the answer then
+    also holds ``"release"``: the reader's name. Else a lazytrain checkpoint (or a bare state dict). A path that
+    does not exist, or one in no known format, is one paragraph naming what it holds and the formats accepted
+    (a ConfigError naming ``key`` when given, e.g. ``train.init_checkpoint``)."""
+    hint = None if key else "Check the path given to --weights."
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint '{path}' does not exist.", key=key, hint=hint)
+    reader = release_reader(model)
+    if reader is not None:
+        state = reader(path)
+        if state is not None:
+            return {"model": state, RELEASE: reader.__qualname__}
+    if os.path.isdir(path):
+        names = sorted(os.listdir(path))
+        found = f"a folder holding {_few(names, 6)}" if names else "an empty folder"
+        raise ConfigError(_unknown_format(path, found, reader), key=key, hint=hint)
+    data = _torch_load(path)
+    checkpoint = _as_checkpoint(data)
+    if checkpoint is None:
+        raise ConfigError(_unknown_format(path, _what_file_holds(data), reader), key=key, hint=hint)
+    return checkpoint
+
+
+def release_reader(model: torch.nn.Module) -> Optional[Callable[[str], Optional[dict[str, torch.Tensor]]]]:
+    """The ``read_release_weights`` classmethod of the model's class (inside DDP's, torch.compile's and EMA's
+    wrappers), or None when the class has none."""
+    reader = getattr(type(_plain_module(model)), "read_release_weights", None)
+    return reader if callable(reader) else None
+
+
+def _plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside DDP (``module``), torch.compile (``_orig_mod``) and EMA (``AveragedModel.module``)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.optim.swa_utils.AveragedModel)):
+            inner = model.module
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def _what_file_holds(data: Any) -> str:
+    if isinstance(data, dict):
+        keys = [repr(k) for k in data][:50]
+        return f"a dict with the top-level keys {_few(keys, 6)}" if keys else "an empty dict"
+    return f"a {type(data).__name__}, not a dict"
+
+
+def _unknown_format(path: str, found: str, reader: Optional[Callable[..., Any]] = None) -> str:
+    """One paragraph: ``path`` holds ``found``, which is in none of the formats accepted (listed)."""
+    accepted = "a lazytrain checkpoint (a dict with 'model', as lazytrain train writes it) or a bare state dict"
+    if reader is not None:
+        doc = (reader.__doc__ or "").strip().split("\n\n")[0]
+        what = " ".join(doc.split()) or "the format it reads"
+        accepted += f", or what {reader.__qualname__} reads: {what}"
+    return f"'{path}' is in no weights format lazytrain knows: it is {found}. Accepted: {accepted}" + (
+        "" if accepted.endswith(".") else "."
+    )
 
 
 class ShapeMismatchError(TrainingError):
@@ -182,9 +267,8 @@ def load_init_weights(
     first); tensors of another shape are skipped with a warning. Returns ``{"loaded", "missing",
     "unexpected", "mismatched"}`` key lists and logs them as a short table. ``strict``: any key not loaded is
     a ConfigError naming them. A checkpoint that shares no key with the model is a ConfigError too."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint '{path}' does not exist.", key="train.init_checkpoint")
-    state = read_checkpoint(path)["model"]
+    state = read_model_weights(model, path, key="train.init_checkpoint")["model"]
+    model = _plain_module(model)  # a release's keys are the plain model's
     renamed: dict[str, Any] = {}
     for key, value in state.items():
         key = key[len("module.") :] if key.startswith("module.") else key
@@ -235,9 +319,18 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
     """Load ``path``'s weights into ``model`` for evaluation, export or prediction: its EMA of the weights
     when the checkpoint has one (``train.ema``) and ``use_ema``, else the trained weights. Returns what else
     the checkpoint holds (``iteration``, ``config``, ...) plus ``"weights": "ema" | "model"``."""
-    extra = Checkpointer(model, save_to_disk=False).load(path, checkpointables=[])  # map_location=cpu
-    ema = extra.pop("ema", None)
+    extra = read_model_weights(model, path)  # map_location=cpu
     log = logging.getLogger(__name__)
+    if RELEASE in extra:
+        _load_release(_plain_module(model), path, extra.pop("model"))
+        log.info("Loaded the authors' release %s (read by %s).", path, extra[RELEASE])
+        return {**extra, "weights": "model"}
+    checkpointer = Checkpointer(model, save_to_disk=False)
+    log.info("Loading weights from %s", path)
+    incompatible = checkpointer._load_model(extra)  # pops "model"
+    if incompatible is not None:
+        checkpointer._log_incompatible_keys(incompatible)
+    ema = extra.pop("ema", None)
     if ema is not None and use_ema:
         model.load_state_dict({k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")})
         log.info("Using the EMA weights of %s (--no-ema: the trained weights).", path)
@@ -245,6 +338,28 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
     else:
         extra["weights"] = "model"
     return extra
+
+
+def _load_release(model: torch.nn.Module, path: str, state: dict[str, torch.Tensor]) -> None:
+    """Load an authors' release into ``model`` exactly: every key, every shape, or one paragraph naming the
+    differences (a release for another variant of the model: depth, number of classes)."""
+    own = model.state_dict()
+    problems = []
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    mismatched = [f"{k}: {tuple(v.shape)} in the release, {tuple(own[k].shape)} in the model"
+                  for k, v in sorted(state.items()) if k in own and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+    for name, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)):
+        if keys:
+            problems.append(f"{len(keys)} {name} ({_few(keys)})")
+    if problems:
+        raise ConfigError(
+            f"the authors' release '{path}' does not fit the model {type(model).__name__}: weights "
+            + "; ".join(problems)
+            + ".",
+            hint="It was trained for another variant (depth, number of classes): set the model's config to match.",
+        )
+    model.load_state_dict(state)
 
 
 def iterations_done(extra: dict[str, Any]) -> Optional[int]:

@@ -1,6 +1,7 @@
 """LiDAR semantic segmentation on SemanticKITTI: the flagship example. It uses the engine; the engine never
 imports it."""
 
+from .darknet import RangeNetPP
 from .dataset import ClassWeightsFromLabels, SemanticKittiDataset, collate_scans, compute_class_weights
 from .evaluator import SemanticKittiEvaluator, accuracy_from_confusion, iou_from_confusion, knn_postprocess
 from .model import RangeNet
@@ -28,6 +29,7 @@ __all__ = [
     "OFFICIAL_SPLIT",
     "ClassWeightsFromLabels",
     "RangeNet",
+    "RangeNetPP",
     "RangeProjection",
     "SemanticKittiDataset",
     "SemanticKittiEvaluator",

@@ -34,17 +34,26 @@ class SemanticKittiSubmission:
     order: the raw SemanticKITTI id of the predicted class (``learning_map_inv``), instance bits 0.
 
     Every point gets a label, also the points whose pixel shows a closer point: with ``knn`` RangeNet++'s KNN
-    post-processing (settings as ``SemanticKittiEvaluator``'s ``knn``), else their pixel's prediction. Class 0
-    (unlabeled) is never predicted: the benchmark counts it as a miss of the point's class. Reads ``outputs``
+    post-processing (settings as ``SemanticKittiEvaluator``'s ``knn``), else their pixel's prediction. By
+    default class 0 (unlabeled) is never predicted: the benchmark counts it as a miss of the point's class. Reads
+    ``outputs``
     (B, C, H, W logits) and the batch's ``sequence``, ``frame``, ``proj_v``, ``proj_u`` (and for KNN or
     pictures ``range_image``, ``point_range``, ``mask``), as ``SemanticKittiDataset(return_points=True)``
     gives them. With ``pictures`` (``lazytrain predict --png``), ``<out>/pictures/<SS>_<NNNNNN>.png`` shows
     each scan as the evaluator's pictures do (range, ground truth, prediction and error where the scan has
     labels; else range and prediction).
+
+    ``predict_unlabeled=True`` writes what the authors' inference scripts write (lidar-bonnetal's infer.py,
+    SalsaNext's, CENet's): the plain argmax over every class, so a pixel whose best class is 0 is written as 0
+    (unlabeled), and with ``knn`` their KNN votes from those pixel classes (a vote for 0 is dropped, as theirs).
+    Use it to compare with their predictions label for label; the benchmark counts a 0 as a miss.
     """
 
-    def __init__(self, num_classes: int = 20, knn: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self, num_classes: int = 20, knn: Optional[Mapping[str, Any]] = None, predict_unlabeled: bool = False
+    ) -> None:
         self.num_classes = num_classes
+        self.predict_unlabeled = predict_unlabeled
         self.knn = _knn_settings(knn)
         self.out_dir = ""
         self.pictures = False
@@ -55,7 +64,8 @@ class SemanticKittiSubmission:
         os.makedirs(os.path.join(out_dir, "sequences"), exist_ok=True)
 
     def write(self, batch: Mapping[str, Any], outputs: torch.Tensor) -> None:
-        pred_images = pixel_classes(outputs)  # never class 0, as the evaluator scores them
+        # never class 0, as the evaluator scores them, unless asked for the authors' plain argmax
+        pred_images = outputs.argmax(dim=1) if self.predict_unlabeled else pixel_classes(outputs)
         for i in range(pred_images.shape[0]):
             sequence, frame = str(batch["sequence"][i]), str(batch["frame"][i])
             pred = point_classes(batch, i, pred_images[i], self.num_classes, self.knn)
