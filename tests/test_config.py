@@ -392,6 +392,21 @@ def test_a_missing_value_inside_a_call_is_a_one_paragraph_error(tmp_path):
     assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / "exp.py:3: m: "))
 
 
+def test_messages_show_a_config_outside_the_working_directory_by_its_absolute_path(tmp_path, monkeypatch):
+    # a clone at /tmp/x runs its tests with configs in /tmp/pytest-of-...: '../pytest-of-...' named them before
+    text = "import torch\nfrom lazytrain.config import L\nm = L(torch.nn.Conv2d)(1, 2, kernel_size=(1, '???'))\n"
+    path = write(tmp_path / "configs", "exp.py", text)
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load(str(path))
+    assert str(info.value).startswith(f"{path}:3: m: ")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        LazyConfig.load("configs/exp.py")
+    assert str(info.value).startswith(os.path.join("configs", "exp.py") + ":3: m: ")
+
+
 def test_an_omegaconf_error_while_a_config_file_runs_is_one_paragraph(tmp_path):
     path = write(tmp_path, "exp.py", "from lazytrain.config import L\nmodel = L(dict)(a=1)\nmodel.head.width = 3\n")
     with pytest.raises(ConfigError) as info:

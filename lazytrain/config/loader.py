@@ -269,9 +269,14 @@ def _module_name(path: str) -> str:
 
 
 def shown_path(path: str) -> str:
-    """Paths in messages are relative to the working directory when that is shorter."""
+    """Paths in messages: relative to the working directory when the file is inside it, else absolute.
+
+    A path that climbs out of the working directory (``../x.py``) would read differently from every other
+    directory, so it is shown whole.
+    """
+    absolute = os.path.abspath(path)
     try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return path
-    return rel if not rel.startswith("../../") else path
+        rel = os.path.relpath(absolute)
+    except ValueError:  # another drive on Windows
+        return absolute
+    return absolute if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
