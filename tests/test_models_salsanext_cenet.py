@@ -188,3 +188,49 @@ def test_the_authors_release_loads_through_weights_and_init_checkpoint(name, loa
     getattr(checkpoint, loader)(model, path)
     expected = own_keys(authors_state(name))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+
+
+SMALL = ["dataset.projection.height=16", "dataset.projection.width=32", "dataset.synthetic_scans=1",
+         "dataloader.train.dataset.sequences=['00']", "dataloader.test.dataset.sequences=['08']",
+         "dataloader.train.batch_size=2", "dataloader.test.batch_size=2", "dataloader.train.num_workers=0",
+         "dataloader.test.num_workers=0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("config", ["kitti_salsanext.py", "kitti_cenet.py"])
+def test_each_paper_config_passes_the_dry_run_on_the_cpu(config, tmp_path):
+    """Builds, trains 2 iterations, evaluates (with the paper's KNN), round-trips a checkpoint and exports with
+    the onnxruntime check, at a small size."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    cmd = [sys.executable, "-m", "lazytrain.cli", "train", str(REPO / "configs" / config), "--dry-run",
+           f"dataset.root={tmp_path / 'data'}", f"model.loss.{'' if config == 'kitti_salsanext.py' else 'losses.'}"
+           f"terms.nll.class_weights.cache_dir={tmp_path / 'cache'}", *SMALL]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "train 2 steps" in r.stdout and "export check (onnxruntime)" in r.stdout
+    assert "dry run passed" in r.stdout
+
+
+def test_the_cenet_stages_go_512_1024_2048_each_from_the_last_ones_best_weights():
+    from conftest import load_config
+    from omegaconf import OmegaConf
+
+    from lazytrain.config import instantiate
+
+    stages = [load_config(REPO / "configs" / f"kitti_cenet{s}.py") for s in ("", "_1024", "_2048")]
+    assert [c.dataset.projection.width for c in stages] == [512, 1024, 2048]
+    assert [c.train.max_iter for c in stages] == [100 * 3188, 30 * 3188, 30 * 3188]
+    assert stages[0].train.init_checkpoint == ""
+    for before, after in zip(stages, stages[1:]):
+        assert after.train.init_checkpoint == f"{before.train.output_dir}/checkpoints/model_best.pth"
+    for cfg in stages:
+        assert OmegaConf.to_container(cfg.evaluator.knn) == {"knn": 7, "search": 7, "sigma": 1.0, "cutoff": 2.0}
+        assert list(cfg.dataloader.test.dataset.means) == [11.71279, -0.1023471, 0.4952, -1.0545, 0.2877]
+    # the authors' CosineAnnealingWarmUpRestarts: 0.0001 -> 0.01 over 1 epoch, cosine to 0.0001 per cycle
+    first, later = instantiate(stages[0].lr_multiplier), instantiate(stages[1].lr_multiplier)
+    assert first(0.0) == pytest.approx(0.01) and first(0.01) == pytest.approx(1.0)
+    assert first(0.5 - 1e-9) == pytest.approx(0.01, abs=1e-6) and first(0.51) == pytest.approx(1.0)
+    assert later(1 / 30) == pytest.approx(1.0) and later(1.0 - 1e-9) == pytest.approx(0.01, abs=1e-6)
