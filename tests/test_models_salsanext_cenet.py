@@ -4,6 +4,7 @@ losses for seeded weights on a seeded input, all against facts recorded once fro
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -123,7 +124,7 @@ def test_cenet_losses_over_the_main_and_auxiliary_heads_equal_the_authors():
 def test_train_mode_returns_the_papers_loss_terms_and_eval_mode_the_main_scores(name):
     torch.manual_seed(0)
     model = MODELS[name]()
-    batch = {"image": torch.randn(1, 5, 16, 16), "label_image": torch.randint(0, 20, (1, 16, 16))}
+    batch = {"image": torch.randn(1, 5, 32, 32), "label_image": torch.randint(0, 20, (1, 32, 32))}
     losses = model(batch)
     expected = {"salsanext": ["loss_lovasz", "loss_nll"],
                 "cenet": sorted(f"loss_{h}{t}" for h in ("", "aux1_", "aux2_", "aux3_")
@@ -133,7 +134,7 @@ def test_train_mode_returns_the_papers_loss_terms_and_eval_mode_the_main_scores(
     assert all(p.grad is not None for p in model.parameters())
     model.eval()
     with torch.no_grad():
-        assert model(batch).shape == (1, 20, 16, 16)
+        assert model(batch).shape == (1, 20, 32, 32)
 
 
 def test_salsanext_refuses_an_image_it_cannot_halve_four_times():
@@ -224,7 +225,7 @@ def test_the_cenet_stages_go_512_1024_2048_each_from_the_last_ones_best_weights(
     assert [c.dataset.projection.width for c in stages] == [512, 1024, 2048]
     assert [c.train.max_iter for c in stages] == [100 * 3188, 30 * 3188, 30 * 3188]
     assert stages[0].train.init_checkpoint == ""
-    for before, after in zip(stages, stages[1:]):
+    for before, after in itertools.pairwise(stages):
         assert after.train.init_checkpoint == f"{before.train.output_dir}/checkpoints/model_best.pth"
     for cfg in stages:
         assert OmegaConf.to_container(cfg.evaluator.knn) == {"knn": 7, "search": 7, "sigma": 1.0, "cutoff": 2.0}
