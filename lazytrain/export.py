@@ -35,6 +35,22 @@ __all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_on
 logger = logging.getLogger(__name__)
 
 RTOL, ATOL = 1e-3, 1e-4
+
+
+def within_tolerance(expected: np.ndarray, got: np.ndarray) -> tuple[bool, float]:
+    """Whether onnxruntime's ``got`` matches torch's ``expected`` within rtol=1e-3 and an atol of 1e-4 times the
+    output's root-mean-square (at least 1e-4); returns the verdict and that atol.
+
+    The atol follows the output's scale because float32 rounding in a deep network grows with the size of the
+    values summed, not with each output value: an element near zero among logits of RMS 60 inherits their
+    rounding. (RangeNet++ Darknet53 with random weights at 64 x 512: logits RMS 59, torch's float32 result is
+    itself 2.1e-4 from float64 and onnxruntime's 1.9e-4, yet 9 elements in a million were beyond a fixed 1e-4.)
+    A wrong op moves outputs by a sizeable part of their RMS, far beyond this."""
+    scale = float(np.sqrt(np.mean(np.square(expected, dtype=np.float64)))) if expected.size else 0.0
+    atol = ATOL * max(1.0, scale)
+    return bool(np.allclose(got, expected, rtol=RTOL, atol=atol)), atol
+
+
 _EXPORT_EXAMPLE = "export = dict(input_keys=['image'], output_names=['logits'], dynamic_batch=True)"
 
 
@@ -115,7 +131,7 @@ def export_onnx(
 
 def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4, use_ema: bool = True) -> dict[str, Any]:
     """Compare the ONNX model at ``path`` with the config's model and ``weights`` on test batches (and on a
-    batch of another size); an ExportError (exit 1) beyond rtol=1e-3 / atol=1e-4."""
+    batch of another size); an ExportError (exit 1) beyond the tolerance of :func:`within_tolerance`."""
     spec = _export_spec(cfg)
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
     report = {"model": os.path.abspath(path), "weights": os.path.abspath(weights), "ema_weights": which == "ema"}
@@ -161,9 +177,11 @@ def _write_report(model_path: str, report: dict[str, Any]) -> str:
     path = report_path(model_path)
     atomic_write(path, json.dumps(report, indent=2) + "\n")
     if report.get("checked") and not report["passed"]:
+        atol = report["atol"].get(report["worst_output"], ATOL)
         raise ExportError(
             f"the ONNX model differs from the torch model: max abs diff {report['max_abs_diff']:.3g} on output "
-            f"'{report['worst_output']}' (allowed: rtol={RTOL}, atol={ATOL}); argmax agreement "
+            f"'{report['worst_output']}' (allowed: rtol={RTOL}, atol={atol:.3g}: 1e-4 times the output's RMS); "
+            "argmax agreement "
             f"{report['argmax_agreement']:.4f}. Report: {path}.",
             hint="Check for ops whose ONNX version computes differently (the report lists each batch).",
         )
@@ -185,6 +203,7 @@ def check_onnx(
         other = tuple(t[:1] for t in checks[0]) if 1 not in sizes else tuple(torch.cat([t, t]) for t in checks[0])
         checks.append(other)
     per_batch, worst, worst_name, agree, total, passed = [], 0.0, "", 0, 0, True
+    atols: dict[str, float] = {}  # the atol each output was held to (its largest over the batches)
     progress = Progress("Export check (onnxruntime vs torch)", checks, unit="batch", logger=logger)
     for batch in checks:
         with torch.inference_mode():
@@ -196,7 +215,9 @@ def check_onnx(
             diffs.append(diff)
             if diff > worst:
                 worst, worst_name = diff, name
-            passed &= bool(np.allclose(g, e, rtol=RTOL, atol=ATOL))
+            ok, atol = within_tolerance(e, g)
+            passed &= ok
+            atols[name] = max(atols.get(name, 0.0), atol)
             if e.ndim >= 2:
                 agree += int((e.argmax(1) == g.argmax(1)).sum())
                 total += e.argmax(1).size
@@ -211,7 +232,7 @@ def check_onnx(
         "argmax_agreement": agree / total if total else 1.0,
         "batches": per_batch,
         "rtol": RTOL,
-        "atol": ATOL,
+        "atol": atols,
         "onnxruntime": ort.__version__,
         "torch": torch.__version__,
     }

@@ -13,7 +13,7 @@ from conftest import DEVICES, REPO, TOY, cli_env, load_config
 
 from lazytrain.checkpoint import Checkpointer
 from lazytrain.config import ConfigError, L, instantiate
-from lazytrain.export import ExportError, export_onnx, verify_onnx
+from lazytrain.export import ExportError, export_onnx, verify_onnx, within_tolerance
 
 
 def save_weights(cfg, folder) -> str:
@@ -90,6 +90,21 @@ def test_the_check_fails_when_the_onnx_file_is_tampered_with(toy, tmp_path):
         info.value
     )
     assert json.loads((tmp_path / "toy.report.json").read_text())["passed"] is False
+
+
+def test_rounding_of_large_logits_passes_and_a_wrong_value_fails():
+    # Deep networks give logits of RMS ~60 whose float32 rounding (a few 1e-4) lands on elements near zero too:
+    # that is not a mismatch. A value off by a part of the output's scale is, whatever the scale.
+    rng = np.random.default_rng(0)
+    logits = (60 * rng.standard_normal(100_000)).astype(np.float32)
+    logits[:10] = 1e-3  # elements near zero among large ones
+    rounded = logits + rng.uniform(-3e-4, 3e-4, logits.shape).astype(np.float32)
+    assert within_tolerance(logits, rounded)[0]
+    wrong = logits.copy()
+    wrong[5] += 0.5
+    assert not within_tolerance(logits, wrong)[0]
+    small = rng.standard_normal(1000).astype(np.float32) * 0.1  # outputs of scale < 1 keep the plain 1e-4
+    assert within_tolerance(small, small + 5e-5)[0] and not within_tolerance(small, small + np.float32(5e-4))[0]
 
 
 def test_missing_export_section_says_what_to_add(toy, tmp_path):
