@@ -5,12 +5,15 @@ RangeNet++'s loss weights from the label frequencies of a split."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
-from typing import Any, Optional, Union
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, ParamSpec, TypeVar, Union
 
 import numpy as np
 import torch
@@ -34,6 +37,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 POINT_KEYS = ("point_labels", "proj_v", "proj_u", "point_range", "sequence", "frame")
 
@@ -251,78 +256,80 @@ def collate_scans(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def compute_class_weights(
-    root: str,
-    num_classes: int,
-    split: str = "train",
-    sequences: Optional[Sequence[str]] = None,
-    max_scans: Optional[int] = None,
-    cache_dir: Optional[str] = None,
-) -> list[float]:
+@dataclasses.dataclass(repr=False)
+class ClassWeightsFromLabels:
     """RangeNet++'s loss weights ``1 / (f_c + 0.001)`` from the class frequencies of the labels of the whole
     split (every label file; with ``max_scans``, that many spread evenly over the split), 0 for the ignored
-    class 0. Reads labels only: the scans must be there. Cached per root, sequences and label files (their
-    sizes and times) in ``cache_dir`` (default ``~/.cache/lazytrain``), so the files are read once."""
-    sequences = [f"{int(s):02d}" for s in (sequences or OFFICIAL_SPLIT[split])]
-    chosen = evenly_spread(list_scans(root, sequences), max_scans)
-    label_paths = [str(s.label_path) for s in chosen]  # list_scans(labels=True) gives every scan one
-    stats = [(os.path.getsize(p), os.path.getmtime(p)) for p in label_paths]
-    key_text = json.dumps([os.path.abspath(root), sequences, label_paths, stats, num_classes])
-    key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
-    cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "lazytrain")
-    cache = os.path.join(cache_dir, f"class_weights_{key}.json")
-    if os.path.exists(cache):
-        with open(cache, encoding="utf-8") as f:
-            return json.load(f)
-    logger.info(
-        "Class weights from the labels of %d scans of sequences %s under '%s' (read once, then cached in %s).",
-        len(label_paths),
-        " ".join(sequences),
-        os.path.abspath(root),
-        cache_dir,
-    )
-    counts = np.zeros(num_classes, dtype=np.int64)
-    progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)
-    for path in label_paths:
-        labels = map_labels(read_labels(path), path)
-        counts += np.bincount(labels, minlength=num_classes)[:num_classes]
-        progress.step()
-    progress.done()
-    weights = class_weights_from_counts(counts)
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        atomic_write(cache, json.dumps(weights))  # several ranks may write it at once
-    except OSError as e:
-        logger.warning("Could not cache the class weights in %s (%s); they are computed again next time.", cache, e)
-    return weights
+    class 0, computed when called: building one reads nothing. A model given one
+    (``RangeNet(class_weights=...)``) calls it at its first training step unless a checkpoint already gave it
+    the weights, so evaluating or exporting a model never touches the training split.
 
+    Calling it reads labels only: the scans must be there. The result is cached per root, sequences and label
+    files (their sizes and times) in ``cache_dir`` (default ``~/.cache/lazytrain``), so the files are read once.
+    ``compute_class_weights(...)`` takes the same arguments and computes at once."""
 
-class ClassWeightsFromLabels:
-    """A deferred ``compute_class_weights``: building it reads nothing; calling it reads the labels. A model
-    given one (``RangeNet(class_weights=...)``) calls it at its first training step unless a checkpoint
-    already gave it the weights, so evaluating or exporting a model never touches the training split."""
-
-    def __init__(
-        self,
-        root: str,
-        num_classes: int,
-        split: str = "train",
-        sequences: Optional[Sequence[str]] = None,
-        max_scans: Optional[int] = None,
-        cache_dir: Optional[str] = None,
-    ) -> None:
-        self.root, self.num_classes, self.split = root, num_classes, split
-        self.sequences = list(sequences) if sequences is not None else None
-        self.max_scans, self.cache_dir = max_scans, cache_dir
+    root: str
+    num_classes: int
+    split: str = "train"
+    sequences: Optional[Sequence[str]] = None
+    max_scans: Optional[int] = None
+    cache_dir: Optional[str] = None
 
     def __call__(self) -> list[float]:
-        return compute_class_weights(
-            self.root, self.num_classes, self.split, self.sequences, self.max_scans, self.cache_dir
+        sequences = [f"{int(s):02d}" for s in (self.sequences or OFFICIAL_SPLIT[self.split])]
+        chosen = evenly_spread(list_scans(self.root, sequences), self.max_scans)
+        label_paths = [str(s.label_path) for s in chosen]  # list_scans(labels=True) gives every scan one
+        stats = [(os.path.getsize(p), os.path.getmtime(p)) for p in label_paths]
+        key_text = json.dumps([os.path.abspath(self.root), sequences, label_paths, stats, self.num_classes])
+        key = hashlib.sha1(key_text.encode()).hexdigest()[:16]
+        cache_dir = self.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "lazytrain")
+        cache = os.path.join(cache_dir, f"class_weights_{key}.json")
+        if os.path.exists(cache):
+            with open(cache, encoding="utf-8") as f:
+                return json.load(f)
+        logger.info(
+            "Class weights from the labels of %d scans of sequences %s under '%s' (read once, then cached in %s).",
+            len(label_paths),
+            " ".join(sequences),
+            os.path.abspath(self.root),
+            cache_dir,
         )
+        counts = np.zeros(self.num_classes, dtype=np.int64)
+        progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)
+        for path in label_paths:
+            labels = map_labels(read_labels(path), path)
+            counts += np.bincount(labels, minlength=self.num_classes)[: self.num_classes]
+            progress.step()
+        progress.done()
+        weights = class_weights_from_counts(counts)
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            atomic_write(cache, json.dumps(weights))  # several ranks may write it at once
+        except OSError as e:
+            logger.warning("Could not cache the class weights in %s (%s); they are computed again next time.", cache, e)
+        return weights
 
     def __repr__(self) -> str:
-        which = f"sequences={self.sequences}" if self.sequences is not None else f"split={self.split!r}"
+        which = f"sequences={list(self.sequences)}" if self.sequences is not None else f"split={self.split!r}"
         return f"ClassWeightsFromLabels(root={self.root!r}, {which})"
+
+
+def _called(deferred: Callable[P, Callable[[], R]]) -> Callable[P, R]:
+    """The function that builds ``deferred(...)`` and calls it at once: one signature for both."""
+
+    @functools.wraps(deferred, assigned=("__module__",))
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return deferred(*args, **kwargs)()
+
+    returns = inspect.signature(deferred.__call__).return_annotation  # type: ignore[operator]
+    call.__signature__ = inspect.signature(deferred).replace(return_annotation=returns)  # type: ignore[attr-defined]
+    return call
+
+
+compute_class_weights = _called(ClassWeightsFromLabels)
+compute_class_weights.__name__ = compute_class_weights.__qualname__ = "compute_class_weights"
+compute_class_weights.__doc__ = """``ClassWeightsFromLabels(...)()``: RangeNet++'s loss weights from the labels of
+the split, computed now (and cached): see :class:`ClassWeightsFromLabels` for the arguments."""
 
 
 def class_weights_from_counts(counts: Union[np.ndarray, Sequence[int]]) -> list[float]:
