@@ -17,6 +17,7 @@ from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 
 from .errors import ConfigError, TrainingError
 from .fileio import TMP_PREFIX, atomic_write, describe_write_error, os_error_in
+from .weights_fit import check_weights_fit
 
 __all__ = [
     "Checkpointer",
@@ -318,7 +319,9 @@ def load_init_weights(
 def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = True) -> dict[str, Any]:
     """Load ``path``'s weights into ``model`` for evaluation, export or prediction: its EMA of the weights
     when the checkpoint has one (``train.ema``) and ``use_ema``, else the trained weights. Returns what else
-    the checkpoint holds (``iteration``, ``config``, ...) plus ``"weights": "ema" | "model"``."""
+    the checkpoint holds (``iteration``, ``config``, ...) plus ``"weights": "ema" | "model"``. Weights that
+    do not fit the model (missing, unexpected, of another shape) are a ConfigError naming them; keys the
+    model's class lists in ``optional_weight_keys`` may be absent."""
     extra = read_model_weights(model, path)  # map_location=cpu
     log = logging.getLogger(__name__)
     if RELEASE in extra:
@@ -327,9 +330,8 @@ def load_inference_weights(model: torch.nn.Module, path: str, use_ema: bool = Tr
         return {**extra, "weights": "model"}
     checkpointer = Checkpointer(model, save_to_disk=False)
     log.info("Loading weights from %s", path)
-    incompatible = checkpointer._load_model(extra)  # pops "model"
-    if incompatible is not None:
-        checkpointer._log_incompatible_keys(incompatible)
+    fit = checkpointer._load_model(extra)  # pops "model"; a mis-shaped tensor is skipped, so check all
+    check_weights_fit(_plain_module(model), path, fit.missing_keys, fit.unexpected_keys, fit.incorrect_shapes)
     ema = extra.pop("ema", None)
     if ema is not None and use_ema:
         model.load_state_dict({k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")})

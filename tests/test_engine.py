@@ -345,7 +345,7 @@ def test_a_run_starts_with_versions_device_data_and_ends_saying_where_things_are
     assert r.returncode == 0, r.stderr
     head = r.stdout.split("Starting training")[0]
     assert "lazytrain 0." in head and f"torch {torch.__version__}" in head
-    assert "Device cpu (" in head and f"config saved to {tmp_path / 'run' / 'config.yaml'}" in head
+    assert "Device cpu (" in head and f"Config saved to {tmp_path / 'run' / 'config.yaml'}" in head
     assert "Data: train 512 samples, test 256 samples" in head
     assert "Model MLPClassifier: 420 parameters (420 trainable, 0 frozen)" in head
     tail = r.stdout.split("Training done. Where things are:")[1]

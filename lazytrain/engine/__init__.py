@@ -20,7 +20,7 @@ from .lr import LRMultiplier, WarmupParamScheduler
 from .preemption import EXIT_PREEMPTED, GracefulStop, Preempted
 from .profiler import ProfilerHook
 from .resume import resume_or_load
-from .run import evaluate_main, prepare_output_dir, train_main
+from .run import evaluate_main, prepare_output_dir, save_run_config, train_main
 from .settings import TRAIN_DEFAULTS, add_train_defaults, load_run_config
 from .train_loop import HookBase, TrainerBase
 from .trainer import Trainer
@@ -51,5 +51,6 @@ __all__ = [
     "load_run_config",
     "prepare_output_dir",
     "resume_or_load",
+    "save_run_config",
     "train_main",
 ]

@@ -19,7 +19,7 @@ from ..errors import TrainingError
 from ..evaluation import flatten_results
 from .build import build_trainer
 from .resume import resume_or_load
-from .run import prepare_output_dir
+from .run import prepare_output_dir, save_run_config
 from .settings import check_required
 from .trainer import Trainer
 
@@ -47,6 +47,7 @@ def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, 
         with _stage(rows, "build", main):
             prepare_output_dir(cfg)
             trainer = build_trainer(cfg)
+            save_run_config(cfg)
             trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
         with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
             trainer.train(0, STEPS)

@@ -25,27 +25,43 @@ from .resume import resume_or_load
 from .settings import check_required
 from .trainer import Trainer
 
-__all__ = ["evaluate_main", "prepare_output_dir", "train_main"]
+__all__ = ["evaluate_main", "prepare_output_dir", "save_run_config", "train_main"]
 
 logger = logging.getLogger(__name__)
 
 
 def prepare_output_dir(cfg: DictConfig) -> None:
-    """Create ``output_dir``, the logger (rank 0 writes log.txt) and the resolved ``config.yaml``."""
+    """Create ``output_dir`` and the logger (rank 0 writes log.txt). The run's ``config.yaml`` is written
+    by :func:`save_run_config` once training has started, never by eval, predict, export or analyze."""
     out = cfg.train.output_dir
-    path = os.path.join(out, "config.yaml")
     try:
         if comm.is_main_process():
             os.makedirs(out, exist_ok=True)
         setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
-        if comm.is_main_process():
-            LazyConfig.save(resolved_copy(cfg), path)
+    except OSError as e:
+        raise TrainingError(
+            describe_write_error(e, out) + ".",
+            key="train.output_dir",
+            hint="Free some space, or choose another folder with --output-dir.",
+        ) from e
+
+
+def save_run_config(cfg: DictConfig) -> None:
+    """Write the resolved config to ``output_dir/config.yaml`` (atomically, rank 0): the record of how the
+    run was trained. Called only after the trainer was built and its weights loaded, so a run that fails at
+    start-up (a wrong ``dataset.root``, a checkpoint of another config) leaves the earlier record as it was."""
+    if not comm.is_main_process():
+        return
+    path = os.path.join(cfg.train.output_dir, "config.yaml")
+    try:
+        LazyConfig.save(resolved_copy(cfg), path)
     except OSError as e:
         raise TrainingError(
             describe_write_error(e, path) + ".",
             key="train.output_dir",
             hint="Free some space, or choose another folder with --output-dir.",
         ) from e
+    logger.info("Config saved to %s", path)
 
 
 def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
@@ -63,6 +79,7 @@ def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -
             logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
         trainer.iter = trainer.start_iter = start_iter
         return trainer.test()
+    save_run_config(cfg)
     trainer.train(start_iter, cfg.train.max_iter)
     if comm.is_main_process():
         _log_where_things_are(cfg)
@@ -93,7 +110,7 @@ def _log_run(cfg: DictConfig, trainer: Trainer) -> None:
     else:
         where = f"cpu ({torch.get_num_threads()} threads)"
     out = cfg.train.output_dir
-    logger.info("Device %s; output in %s (config saved to %s)", where, out, os.path.join(out, "config.yaml"))
+    logger.info("Device %s; output in %s", where, out)
     loaders = (("train", trainer.data_loader), ("test", trainer.test_loader))
     sizes = [f"{name} {_size(loader)}" for name, loader in loaders if loader is not None]
     logger.info("Data: %s", ", ".join(sizes))

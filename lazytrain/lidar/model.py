@@ -58,6 +58,10 @@ class RangeNet(nn.Module):
     that loads a checkpoint holding them does not compute them again.
     """
 
+    # only the loss uses the class weights: a checkpoint trained without them (or with) still fits for
+    # evaluation, prediction and export (see lazytrain.weights_fit)
+    optional_weight_keys = ("class_weights",)
+
     def __init__(
         self,
         in_channels: int = 5,
