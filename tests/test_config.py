@@ -309,6 +309,23 @@ def test_cli_config_prints_resolved_yaml_and_saves(tmp_path):
     assert LazyConfig.load(out).model.out_features == 9
 
 
+def test_a_directory_given_as_the_config_is_named_a_directory(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    for name in ("b.py", "a.py", "__init__.py", "notes.txt"):
+        (folder / name).write_text("")
+    r = run_cli("train", str(folder), "train.max_iter=2")
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        f"error: config file '{folder}' is a directory, not a config file. Give one of the 2 config files in it, "
+        f"such as {folder / 'a.py'} or {folder / 'b.py'}."
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = run_cli("config", str(empty))
+    assert r.returncode == 2 and "is a directory" in r.stderr and r.stderr.count("\n") == 1
+
+
 def test_cli_config_error_is_one_paragraph_with_exit_code_2(tmp_path):
     path = write(tmp_path, "exp.py", BASE)
     r = run_cli("config", str(path), "optimizer.lrr=1")

@@ -71,6 +71,27 @@ def test_cli_run_writes_every_output_file(tmp_path):
     assert LazyConfig.load(out / "config.yaml").model.num_classes == 4
 
 
+def test_the_terminal_speaks_from_step_1_and_each_iter_line_comes_before_its_evaluation(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(TOY / "configs" / "toy.py"), "train.max_iter=6",
+         "train.log_period=3", "train.eval_period=3", f"--output-dir={out}"],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr + r.stdout
+    log = (out / "log.txt").read_text()
+    lines = [line for line in log.splitlines() if "iter: " in line or "Evaluation at iteration" in line]
+    assert [line.split("]: ")[1].split("  ")[0] for line in lines] == [
+        "iter: 1/6", "iter: 3/6", "Evaluation at iteration 3:", "iter: 6/6", "Evaluation at iteration 6:",
+    ]  # fmt: skip
+    assert lines[0].endswith("(first step includes start-up)") and "eta:" not in lines[0]
+    assert "eta:" in lines[1] and "start-up" not in lines[1]
+    # the files keep one row per log period, the evaluation's results in its iteration's row
+    rows = read_metrics(out / "metrics.jsonl")
+    assert [row["iteration"] for row in rows] == [3, 6, 6]
+    assert "accuracy" in rows[0] and "total_loss" in rows[0]
+
+
 def test_hooks_command_prints_the_list_in_order_with_periods():
     r = subprocess.run(
         [sys.executable, "-m", "lazytrain.cli", "hooks", str(TOY / "configs" / "toy.py"), "train.log_period=7"],
@@ -85,9 +106,10 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         "HangWatchdog",
         "IterationTimer",
         "LRScheduler",
+        "PeriodicWriter",  # the terminal's, before the evaluation table of its iteration
         "EvalHook",
         "PeriodicCheckpointer",
-        "PeriodicWriter",
+        "PeriodicWriter",  # metrics.jsonl and TensorBoard, with that evaluation's results
         "ParamNormLogger",
         "GracefulStop",
     ]

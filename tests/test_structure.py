@@ -26,6 +26,34 @@ def test_engine_does_not_import_the_lidar_package():
     assert r.stdout.strip() == "[]"
 
 
+def test_lidar_modules_run_with_python_m_without_runpy_warning():
+    # runpy warns when importing the package already imported the module it is about to run as __main__
+    r = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", "lazytrain.lidar.predictions", "--help"],
+        capture_output=True, text=True, env=cli_env(),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "RuntimeWarning" not in r.stderr and "usage:" in r.stdout
+
+
+def test_lidar_package_names_load_on_first_use():
+    r = python(
+        "import sys\n"
+        "import lazytrain.lidar as lidar\n"
+        "before = sorted(m for m in sys.modules if m.startswith('lazytrain.lidar.'))\n"
+        "from lazytrain.lidar import RangeNet, SemanticKittiSubmission\n"
+        "assert RangeNet.__module__ == 'lazytrain.lidar.model', RangeNet.__module__\n"
+        "assert all(hasattr(lidar, name) for name in lidar.__all__) and set(lidar.__all__) <= set(dir(lidar))\n"
+        "try:\n"
+        "    lidar.NoSuchName\n"
+        "except AttributeError as e:\n"
+        "    print(e)\n"
+        "print(before)"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["module 'lazytrain.lidar' has no attribute 'NoSuchName'", "[]"]
+
+
 def test_cli_help_imports_neither_torch_nor_omegaconf():
     r = python(
         "import sys, contextlib, io\n"

@@ -51,6 +51,8 @@ class LazyConfig:
         to add keys or apply overrides first, then call :meth:`check`. Any file name works (``my-exp.py``).
         """
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ConfigError(f"config file '{path}' is a directory, not a config file.", hint=_configs_in(path))
         if not os.path.isfile(path):
             raise ConfigError(f"config file '{path}' does not exist.", hint="Check the path.")
         if path.endswith((".yaml", ".yml")):
@@ -270,3 +272,14 @@ def _check_override_key(cfg: DictConfig, key: str) -> None:
         key=key,
         hint=(hint or "Run `lazytrain config CONFIG` to see the keys.") + " Prefix it with '+' to add a new key.",
     )
+
+
+def _configs_in(directory: str) -> str:
+    """The hint for a directory given as the config: a few of the configs it holds."""
+    names = sorted(n for n in os.listdir(directory) if n.endswith((".py", ".yaml", ".yml")) and n != "__init__.py")
+    if not names:
+        return "Give the path of a .py or .yaml config file."
+    shown = [os.path.join(directory, n) for n in names[:3]]
+    if len(names) == 1:
+        return f"Give the config file in it: {shown[0]}."
+    return f"Give one of the {len(names)} config files in it, such as {', '.join(shown[:-1])} or {shown[-1]}."

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import comm
 from ..config import LazyConfig, instantiate
 from ..errors import ConfigError
-from ..events import JSONWriter, TensorboardWriter, TerminalWriter
+from ..events import EventWriter, JSONWriter, TensorboardWriter, TerminalWriter
 from .hook_api import HookBase
 from .hooks import (
     BestCheckpointer,
@@ -30,14 +30,16 @@ __all__ = ["build_hooks", "check_hook_order", "default_hooks", "key_settings"]
 
 
 def default_hooks(cfg: DictConfig) -> list[HookBase]:
-    """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, evaluation,
-    best checkpoint (``train.best``), checkpoints, writers (rank 0 alone gets writers), profiler
+    """The standard hooks for the ``train`` settings: timer, EMA (``train.ema``), LR schedule, the terminal
+    writer, evaluation, best checkpoint (``train.best``), checkpoints, the file writers (metrics.jsonl and
+    TensorBoard; rank 0 alone gets writers), profiler
     (``train.profile``)."""
     t = cfg.train
-    writers = []
+    terminal: list[EventWriter] = []
+    files: list[EventWriter] = []
     if comm.is_main_process():
-        writers = [
-            TerminalWriter(t.max_iter, window=t.log_period),
+        terminal = [TerminalWriter(t.max_iter, window=t.log_period)]
+        files = [
             JSONWriter(os.path.join(t.output_dir, "metrics.jsonl")),
             TensorboardWriter(t.output_dir, LazyConfig.to_yaml(cfg, resolve=True), key_settings(cfg)),
         ]
@@ -46,12 +48,15 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         IterationTimer(),
         EMAHook(t.ema.decay) if t.ema.enabled else None,
         LRScheduler(),
+        # the terminal line before the evaluation of its iteration (which prints the results table), and after
+        # the first step as well; the files after evaluation, so metrics.jsonl has one row per iteration
+        PeriodicWriter(terminal, period=t.log_period, first_step=True),
         # evaluation before the periodic checkpoint: a checkpoint taken at an evaluation's iteration holds the
         # best value that evaluation set, so a resume from it never lets a worse score replace model_best.pth
         EvalHook(t.eval_period),
         BestCheckpointer(t.best.metric, t.best.mode) if t.best.metric else None,
         PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
-        PeriodicWriter(writers, period=t.log_period),
+        PeriodicWriter(files, period=t.log_period),
         ProfilerHook(t.profile.start_iter, t.profile.num_iters, t.output_dir) if t.profile.enabled else None,
     ]
     return [h for h in hooks if h is not None]

@@ -216,12 +216,14 @@ class BestCheckpointer(HookBase):
 
 class PeriodicWriter(HookBase):
     """Calls each writer every ``period`` iterations and at the end (other ranks than 0 get no writers, but
-    still check their losses at each period). A write that fails (a full disk) stops training with one
+    still check their losses at each period); with ``first_step=True`` also after the run's first step (the
+    terminal's, so that a run speaks from step 1). A write that fails (a full disk) stops training with one
     paragraph naming the file, the free space and the checkpoint to resume from."""
 
-    def __init__(self, writers: Sequence[EventWriter], period: int = 20) -> None:
+    def __init__(self, writers: Sequence[EventWriter], period: int = 20, first_step: bool = False) -> None:
         self.writers = list(writers)
         self.period = period
+        self.first_step = first_step
 
     def before_train(self) -> None:
         for writer in self.writers:
@@ -229,7 +231,8 @@ class PeriodicWriter(HookBase):
 
     def after_step(self) -> None:
         next_iter = self.trainer.iter + 1
-        if next_iter % self.period == 0 or next_iter == self.trainer.max_iter:
+        first = self.first_step and self.trainer.iter == self.trainer.start_iter
+        if first or next_iter % self.period == 0 or next_iter == self.trainer.max_iter:
             # the one collective per log period: logged values are means over ranks; a diverged loss stops here
             self.trainer.average_over_ranks_and_check_finite()
             self._write()
@@ -263,7 +266,8 @@ class PeriodicWriter(HookBase):
 
     def __repr__(self) -> str:
         names = ", ".join(type(w).__name__ for w in self.writers)
-        return f"PeriodicWriter(period={self.period}, writers=[{names}])"
+        first = ", and after the first step" if self.first_step else ""
+        return f"PeriodicWriter(period={self.period}{first}, writers=[{names}])"
 
 
 def save_training_state(trainer: HookTrainer, name: str, tag_last: bool = True) -> None:

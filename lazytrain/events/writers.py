@@ -198,7 +198,10 @@ class TerminalWriter(EventWriter):
 
     Numbers keep one format from line to line, so columns line up: losses with 4 decimals, times in
     seconds with 4, the lr in scientific notation with 3 (``lr: 1.000e-03``); each field is padded to the
-    widest it has been."""
+    widest it has been.
+
+    The line of a run's first step (after :meth:`open`) says that its time includes the start-up (data loader
+    workers, first allocations) and shows no ETA, which that time would overstate."""
 
     def __init__(self, max_iter: int, window: int = 20, logger: Optional[logging.Logger] = None) -> None:
         self._max_iter = max_iter
@@ -206,6 +209,10 @@ class TerminalWriter(EventWriter):
         self._logger = logger or logging.getLogger(__name__)
         self._last: Optional[tuple[int, float]] = None
         self._widths: dict[str, int] = {}
+        self._first_iter: Optional[int] = None  # the index of this run's first step, once opened
+
+    def open(self, start_iter: int = 0) -> None:
+        self._first_iter = start_iter
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
@@ -215,6 +222,9 @@ class TerminalWriter(EventWriter):
         step_time = storage.median("time", self._window) if "time" in latest else None
         data_time = storage.median("data_time", self._window) if "data_time" in latest else None
         eta = self._eta(iteration, step_time)
+        first = iteration == self._first_iter
+        if first:
+            eta = ""
         lr = latest.get("lr")
         fields: list[tuple[str, str]] = [
             ("iter", f"{iteration + 1:>{len(str(self._max_iter))}}/{self._max_iter}"),
@@ -228,6 +238,8 @@ class TerminalWriter(EventWriter):
         memory = _peak_memory()
         if memory:
             parts.append(memory)
+        if first:
+            parts.append("(first step includes start-up)")
         self._logger.info("  ".join(parts))
 
     def _padded(self, name: str, text: str) -> str:
