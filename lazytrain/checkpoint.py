@@ -1,17 +1,15 @@
 """Checkpoints that survive crashes: fvcore's Checkpointer with atomic writes, keep-last-N and clear errors;
-RNG state capture for exact resume."""
+the weights of a checkpoint or an authors' release loaded for fine-tuning or inference."""
 
 from __future__ import annotations
 
 import glob
 import logging
 import os
-import random
 import re
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from fvcore.common.checkpoint import Checkpointer as _FvcoreCheckpointer
 
@@ -23,13 +21,11 @@ __all__ = [
     "Checkpointer",
     "ShapeMismatchError",
     "atomic_save",
-    "get_rng_state",
     "iterations_done",
     "load_inference_weights",
     "load_init_weights",
     "read_checkpoint",
     "read_model_weights",
-    "set_rng_state",
 ]
 
 
@@ -385,30 +381,3 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v) for v in obj)
     return 0
-
-
-def get_rng_state() -> dict[str, Any]:
-    """The Python, NumPy, torch and CUDA RNG states of this process. CUDA: the state of this process's own
-    device only (a rank uses one GPU), so a resume on a machine with another number of GPUs works."""
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.random.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.random.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available():
-        if isinstance(cuda, (list, tuple)):  # an earlier layout: the states of every visible GPU
-            index = torch.cuda.current_device()
-            if index >= len(cuda):
-                return
-            cuda = cuda[index]
-        torch.cuda.set_rng_state(cuda)

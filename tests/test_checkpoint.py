@@ -107,7 +107,7 @@ def test_saved_rng_state_repeats_the_same_draws(device):
 
     import numpy as np
 
-    from lazytrain.checkpoint import get_rng_state, set_rng_state
+    from lazytrain.rng import get_rng_state, set_rng_state
 
     torch.rand(1, device=device)  # CUDA: its RNG state is saved once CUDA is in use
 
@@ -446,9 +446,9 @@ def test_resume_with_another_number_of_processes_says_the_global_batch_size_chan
     import logging
 
     from lazytrain import comm
-    from lazytrain.checkpoint import get_rng_state
     from lazytrain.config import LazyConfig
     from lazytrain.engine import resume
+    from lazytrain.rng import get_rng_state
 
     cfg = toy_config()
     extra = {"rng_states": [get_rng_state()], "config": LazyConfig.to_yaml(cfg, resolve=True)}  # one process

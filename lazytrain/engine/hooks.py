@@ -16,12 +16,13 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from .. import __version__, comm
-from ..checkpoint import Checkpointer, get_rng_state
+from ..checkpoint import Checkpointer
 from ..errors import ConfigError, TrainingError, did_you_mean
 from ..evaluation import flatten_results
 from ..events import EventWriter
 from ..fileio import atomic_write, describe_write_error
 from ..iterations import last_iteration_run
+from ..rng import get_rng_state
 from .hook_api import HookBase, HookTrainer
 from .trainer import unwrap_model
 

@@ -12,8 +12,9 @@ import yaml
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import Checkpointer, ShapeMismatchError, iterations_done, load_init_weights, set_rng_state
+from ..checkpoint import Checkpointer, ShapeMismatchError, iterations_done, load_init_weights
 from ..errors import ConfigError, TrainingError
+from ..rng import set_rng_state
 from .trainer import Trainer
 
 __all__ = ["config_changes", "report_config_changes", "resume_or_load"]
