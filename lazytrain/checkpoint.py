@@ -345,8 +345,11 @@ def _load_release(model: torch.nn.Module, path: str, state: dict[str, torch.Tens
     problems = []
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
-    mismatched = [f"{k}: {tuple(v.shape)} in the release, {tuple(own[k].shape)} in the model"
-                  for k, v in sorted(state.items()) if k in own and tuple(v.shape) != tuple(own[k].shape)]  # fmt: skip
+    mismatched = [
+        f"{k}: {tuple(v.shape)} in the release, {tuple(own[k].shape)} in the model"
+        for k, v in sorted(state.items())
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     for name, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", mismatched)):
         if keys:
             problems.append(f"{len(keys)} {name} ({_few(keys)})")

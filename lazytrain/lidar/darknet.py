@@ -50,8 +50,9 @@ class DarknetBlock(nn.Module):
         return self.relu2(self.bn2(self.conv2(out))) + x
 
 
-def _stage(first: tuple[str, nn.Module], channels: int, middle: int, blocks: Sequence[str], bn_momentum: float
-           ) -> nn.Sequential:  # fmt: skip
+def _stage(
+    first: tuple[str, nn.Module], channels: int, middle: int, blocks: Sequence[str], bn_momentum: float
+) -> nn.Sequential:
     """``first`` (a named convolution to ``channels``), batch norm, leaky ReLU, then a Darknet block (with
     ``middle`` channels inside) under each name of ``blocks``."""
     layers: list[tuple[str, nn.Module]] = [
@@ -77,8 +78,15 @@ class DarknetBackbone(nn.Module):
     (1, 2) or 1) doubling the channels and Darknet blocks, with dropout after each stage. ``forward`` returns the
     features and the inputs of the stages that halve the width (the skips, finest first)."""
 
-    def __init__(self, in_channels: int, width: int, blocks: Sequence[int], strides: Sequence[int],
-                 dropout: float, bn_momentum: float) -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int,
+        width: int,
+        blocks: Sequence[int],
+        strides: Sequence[int],
+        dropout: float,
+        bn_momentum: float,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width, momentum=bn_momentum)
@@ -268,8 +276,10 @@ def _check_arch(arch: dict[str, Any], path: str) -> None:
         name, layers, inputs = backbone["name"], backbone["extra"]["layers"], backbone["input_depth"]
         crf = bool(arch.get("post", {}).get("CRF", {}).get("use", False))
     except (KeyError, TypeError) as e:
-        raise ConfigError(f"'{path}' of the RangeNet++ release lacks the key {e} (backbone.name, .extra.layers, "
-                          ".input_depth, decoder.name).") from e  # fmt: skip
+        raise ConfigError(
+            f"'{path}' of the RangeNet++ release lacks the key {e} (backbone.name, .extra.layers, "
+            ".input_depth, decoder.name)."
+        ) from e
     problems = []
     if name != "darknet" or decoder.get("name") != "darknet":
         problems.append(f"its backbone/decoder is {name!r}/{decoder.get('name')!r}; lazytrain has Darknet only")

@@ -109,6 +109,11 @@ class RangeProjection:
         image = values.take(pixel_point, axis=1)
         shape = (self.height, self.width)
         return Projection(
-            image.reshape(5, *shape), pixel_point.reshape(shape) >= 0, range_image.reshape(shape), v, u,
-            pixel_point.reshape(shape), r,
-        )  # fmt: skip
+            image.reshape(5, *shape),
+            pixel_point.reshape(shape) >= 0,
+            range_image.reshape(shape),
+            v,
+            u,
+            pixel_point.reshape(shape),
+            r,
+        )

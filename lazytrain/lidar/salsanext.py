@@ -50,8 +50,9 @@ class ResBlock(nn.Module):
     1x1, plus a 1x1 shortcut; then dropout (``drop_out``) and, with ``pooling``, 3x3 average pooling of stride 2.
     With pooling it returns (pooled, before dropout and pooling: the skip), without it the one tensor."""
 
-    def __init__(self, in_filters: int, out_filters: int, dropout_rate: float, pooling: bool = True,
-                 drop_out: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, in_filters: int, out_filters: int, dropout_rate: float, pooling: bool = True, drop_out: bool = True
+    ) -> None:
         super().__init__()
         self.pooling, self.drop_out = pooling, drop_out
         self.conv1 = nn.Conv2d(in_filters, out_filters, kernel_size=1)
