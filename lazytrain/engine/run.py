@@ -167,7 +167,13 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
     at = f"iteration {done}" if done is not None else "no iteration recorded"
     logger.info("Evaluation of %s (%s):\n%s", weights, at, format_results(results))
     if comm.is_main_process():
-        record = {"iteration": done, "weights": weights, "ema": extra["weights"] == "ema", **flatten_results(results)}
+        record = {
+            "iteration": done,
+            "kind": "eval",
+            "weights": weights,
+            "ema": extra["weights"] == "ema",
+            **flatten_results(results),
+        }
         metrics = os.path.join(cfg.train.output_dir, "metrics.jsonl")
         with open(metrics, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")

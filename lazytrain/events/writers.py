@@ -18,7 +18,9 @@ from ..fileio import atomic_write
 from ..images import encode_png
 from .storage import EventStorage
 
-__all__ = ["EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+__all__ = ["ROW_KINDS", "EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+
+ROW_KINDS = ("train", "eval")  # metrics.jsonl's "kind" of a row: training scalars, or evaluation results
 
 
 def _replaced(line: str, start_iter: int) -> bool:
@@ -50,9 +52,11 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """One JSON object per line with ``"iteration"`` (N: after N iterations) and the exact value of each scalar
-    new since the last write (no smoothing: the file is a record). Appends, so a resumed run continues the same
-    file."""
+    """One JSON object per line with ``"iteration"`` (N: after N iterations), its ``"kind"`` and the exact value
+    of each scalar new since the last write (no smoothing: the file is a record). Two kinds: a ``"train"`` row
+    per logged iteration holds the training scalars (losses, lr, times, what hooks put), an ``"eval"`` row
+    holds the evaluation results at that iteration (the scalars put with ``group="val"``), after the train row
+    of the same iteration. Appends, so a resumed run continues the same file."""
 
     def __init__(self, path: str) -> None:
         self.path = self._path = path
@@ -78,15 +82,15 @@ class JSONWriter(EventWriter):
             )
 
     def write(self, storage: EventStorage) -> None:
-        rows: dict[int, dict[str, float]] = defaultdict(dict)
+        rows: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)  # (iteration, 0 train / 1 eval)
         for name, (value, iteration) in storage.new_values(self._written).items():
-            rows[iteration][name] = value
+            rows[(iteration, int(storage.groups.get(name) == "val"))][name] = value
         if rows and self._file is None:
             os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
             self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
-        for iteration in sorted(rows):
-            line = json.dumps({"iteration": iteration + 1, **rows[iteration]}, sort_keys=False)
-            self._file.write(line + "\n")  # type: ignore[union-attr]
+        for iteration, is_eval in sorted(rows):
+            row = {"iteration": iteration + 1, "kind": ROW_KINDS[is_eval], **rows[(iteration, is_eval)]}
+            self._file.write(json.dumps(row) + "\n")  # type: ignore[union-attr]
         if self._file is not None:
             self._file.flush()
 
