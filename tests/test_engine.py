@@ -338,8 +338,8 @@ def test_eval_command_evaluates_a_checkpoint(toy_config, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and f"Evaluation of {weights} (iteration 30):" in r.stdout
-    assert f"Appended these results to {tmp_path / 'ev' / 'metrics.jsonl'}" in r.stdout
-    row = read_metrics(tmp_path / "ev" / "metrics.jsonl")[-1]
+    assert r.stdout.splitlines()[-1] == f"results: {tmp_path / 'ev' / 'eval' / 'metrics.jsonl'}"
+    row = read_metrics(tmp_path / "ev" / "eval" / "metrics.jsonl")[-1]
     assert row["iteration"] == 30 and row["kind"] == "eval" and row["accuracy"] > 0.5
 
 
