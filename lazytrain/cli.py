@@ -101,7 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
-    p.add_argument("--output-dir", help="where log.txt and metrics.jsonl go (train.output_dir)")
+    p.add_argument(
+        "--output-dir",
+        help="results (metrics.jsonl, config.yaml, log.txt) go to its eval/ (default: the eval/ of the run the "
+        "weights are in, else of train.output_dir)",
+    )
     p.add_argument("--no-ema", action="store_true", help="evaluate the trained weights, not their EMA (train.ema)")
     _launch_args(p)
     p.set_defaults(func=cmd_eval)
@@ -205,9 +209,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.eval_record import eval_destination
     from .engine.run import evaluate_main
 
-    _launch(evaluate_main, args, load_config(args), args.weights, not args.no_ema)
+    cfg = load_config(args)
+    destination = eval_destination(args.weights, cfg.train.output_dir, explicit_output_dir=bool(args.output_dir))
+    _launch(evaluate_main, args, cfg, args.weights, not args.no_ema, destination)
+    print(f"results: {destination.metrics}")
     return 0
 
 

@@ -86,10 +86,10 @@ def test_the_terminal_speaks_from_step_1_and_each_iter_line_comes_before_its_eva
     ]  # fmt: skip
     assert lines[0].endswith("(first step includes start-up)") and "eta:" not in lines[0]
     assert "eta:" in lines[1] and "start-up" not in lines[1]
-    # the files keep one row per log period, the evaluation's results in its iteration's row
+    # the files keep one train row per log period, each evaluation's results in an eval row after it
     rows = read_metrics(out / "metrics.jsonl")
-    assert [row["iteration"] for row in rows] == [3, 6, 6]
-    assert "accuracy" in rows[0] and "total_loss" in rows[0]
+    assert [(row["iteration"], row["kind"]) for row in rows] == [(3, "train"), (3, "eval"), (6, "train"), (6, "eval")]
+    assert "total_loss" in rows[0] and "accuracy" in rows[1]
 
 
 def test_hooks_command_prints_the_list_in_order_with_periods():
@@ -109,8 +109,8 @@ def test_hooks_command_prints_the_list_in_order_with_periods():
         "PeriodicWriter",  # the terminal's, before the evaluation table of its iteration
         "EvalHook",
         "PeriodicCheckpointer",
+        "ParamNormLogger",  # the config's hooks: before the file writers, so their values are in the same row
         "PeriodicWriter",  # metrics.jsonl and TensorBoard, with that evaluation's results
-        "ParamNormLogger",
         "GracefulStop",
     ]
     assert "PeriodicWriter(period=7" in r.stdout and "PeriodicCheckpointer(period=100" in r.stdout
@@ -338,9 +338,9 @@ def test_eval_command_evaluates_a_checkpoint(toy_config, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "accuracy" in r.stdout and f"Evaluation of {weights} (iteration 30):" in r.stdout
-    assert f"Appended these results to {tmp_path / 'ev' / 'metrics.jsonl'}" in r.stdout
-    row = read_metrics(tmp_path / "ev" / "metrics.jsonl")[-1]
-    assert row["iteration"] == 30 and row["accuracy"] > 0.5
+    assert r.stdout.splitlines()[-1] == f"results: {tmp_path / 'ev' / 'eval' / 'metrics.jsonl'}"
+    row = read_metrics(tmp_path / "ev" / "eval" / "metrics.jsonl")[-1]
+    assert row["iteration"] == 30 and row["kind"] == "eval" and row["accuracy"] > 0.5
 
 
 def test_eval_only_uses_resumed_weights(toy_config, tmp_path):

@@ -72,7 +72,7 @@ def test_two_processes_train_and_the_checkpoint_evaluates_the_same_in_one_and_tw
         r = lazytrain("eval", configs / "toy.py", "--weights", weights, "--num-procs", procs,
                       f"--output-dir={tmp_path / f'eval{procs}'}")  # fmt: skip
         assert r.returncode == 0, r.stderr
-        results[procs] = metrics(tmp_path / f"eval{procs}")[-1]
+        results[procs] = metrics(tmp_path / f"eval{procs}" / "eval")[-1]
     assert results[1]["num_samples"] == results[2]["num_samples"] == 256  # each test sample exactly once
     assert results[1]["accuracy"] == results[2]["accuracy"]
 
@@ -103,7 +103,7 @@ def test_two_gpus_train_over_nccl_and_evaluate_like_one(tmp_path, configs):
         r = lazytrain("eval", configs / "toy.py", "--weights", out / "checkpoints" / "model_final.pth",
                       "--num-procs", procs, f"--output-dir={tmp_path / f'eval{procs}'}", gpus=True)  # fmt: skip
         assert r.returncode == 0, r.stderr
-        results[procs] = metrics(tmp_path / f"eval{procs}")[-1]
+        results[procs] = metrics(tmp_path / f"eval{procs}" / "eval")[-1]
     assert results[1]["num_samples"] == results[2]["num_samples"] == 256
     assert results[1]["accuracy"] == results[2]["accuracy"]
 

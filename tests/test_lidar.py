@@ -363,4 +363,4 @@ def test_eval_of_the_flagship_reads_only_the_validation_split(flagship_run, tmp_
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]
     assert sorted(os.listdir(data / "dataset" / "sequences")) == ["08"]  # no training sequence written or read
     assert "not found in the checkpoint" not in r.stdout + r.stderr  # the class weights came with it
-    assert "mIoU" in (tmp_path / "eval" / "metrics.jsonl").read_text()
+    assert "mIoU" in (tmp_path / "eval" / "eval" / "metrics.jsonl").read_text()

@@ -34,6 +34,14 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
     writer, evaluation, best checkpoint (``train.best``), checkpoints, the file writers (metrics.jsonl and
     TensorBoard; rank 0 alone gets writers), profiler
     (``train.profile``)."""
+    before_files, files_on = _default_hooks_around_the_files(cfg)
+    return [*before_files, *files_on]
+
+
+def _default_hooks_around_the_files(cfg: DictConfig) -> tuple[list[HookBase], list[HookBase]]:
+    """The default hooks split before the file writers' PeriodicWriter: a config's hooks go between, so what
+    they put at an iteration is in that iteration's row of metrics.jsonl (after the writer, it came one log
+    period late, as a second row of an iteration already written)."""
     t = cfg.train
     terminal: list[EventWriter] = []
     files: list[EventWriter] = []
@@ -56,10 +64,12 @@ def default_hooks(cfg: DictConfig) -> list[HookBase]:
         EvalHook(t.eval_period),
         BestCheckpointer(t.best.metric, t.best.mode) if t.best.metric else None,
         PeriodicCheckpointer(t.checkpoint_period, keep_last=t.keep_last),
+    ]
+    files_on: list[Optional[HookBase]] = [
         PeriodicWriter(files, period=t.log_period),
         ProfilerHook(t.profile.start_iter, t.profile.num_iters, t.output_dir) if t.profile.enabled else None,
     ]
-    return [h for h in hooks if h is not None]
+    return [h for h in hooks if h is not None], [h for h in files_on if h is not None]
 
 
 _KEY_SETTINGS = (
@@ -93,10 +103,11 @@ def _name(target: Any) -> str:
 
 
 def build_hooks(cfg: DictConfig) -> list[HookBase]:
-    """Default hooks, the config's ``hooks``, then :class:`GracefulStop` (last, so that the step it stops
-    after has run every hook); with ``train.hooks_replace=True`` only the config's hooks. A hook that reads what
-    another one sets (its ``runs_after``: BestCheckpointer reads EvalHook's evaluation) must come after it: a
-    list that breaks that is a ConfigError (see :func:`check_hook_order`)."""
+    """Default hooks with the config's ``hooks`` before the file writers (metrics.jsonl, TensorBoard) and the
+    profiler, then :class:`GracefulStop` (last, so that the step it stops after has run every hook); with
+    ``train.hooks_replace=True`` only the config's hooks. A hook that reads what another one sets (its
+    ``runs_after``: BestCheckpointer reads EvalHook's evaluation) must come after it: a list that breaks that
+    is a ConfigError (see :func:`check_hook_order`)."""
     user = instantiate(cfg.get("hooks") or [], key="hooks")
     if isinstance(user, dict):
         user = list(user.values())
@@ -108,8 +119,9 @@ def build_hooks(cfg: DictConfig) -> list[HookBase]:
     if cfg.train.hooks_replace:
         check_hook_order(user, first_user_hook=0)
         return user
-    hooks = [*default_hooks(cfg), *user, GracefulStop()]
-    check_hook_order(hooks, first_user_hook=len(hooks) - 1 - len(user))
+    before_files, files_on = _default_hooks_around_the_files(cfg)
+    hooks = [*before_files, *user, *files_on, GracefulStop()]
+    check_hook_order(hooks, first_user_hook=len(before_files))
     return hooks
 
 

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig
 
@@ -19,6 +19,7 @@ from ..evaluation import flatten_results, format_results, inference_on_dataset
 from ..fileio import describe_write_error
 from ..invocation import invoked_config_path
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
+from .eval_record import EvalDestination, eval_destination, write_eval_record
 from .logger import setup_logger
 from .memory import inference_autocast
 from .resume import resume_or_load
@@ -148,13 +149,21 @@ def _log_where_things_are(cfg: DictConfig) -> None:
     logger.info("Training done. Where things are:\n%s", "\n".join(lines))
 
 
-def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[str, Any]:
+def evaluate_main(
+    cfg: DictConfig, weights: str, use_ema: bool = True, destination: Optional[EvalDestination] = None
+) -> dict[str, Any]:
     """Load ``weights`` (their EMA when the checkpoint has one and ``use_ema``) into the config's model and
-    evaluate it; results go to the log and metrics.jsonl."""
+    evaluate it; results go to the log and to ``destination`` (default: the ``eval/`` folder of the run the
+    weights came from, else of ``train.output_dir``: see :func:`eval_destination`), with its log.txt and the
+    eval command's config.yaml. Nothing is written in ``train.output_dir`` otherwise, nor over a run's record."""
     check_required(cfg, ("model",))
     if cfg.get("evaluator") is None:
         raise ConfigError("this config has no evaluator.", key="evaluator", hint="Add evaluator = L(MyEvaluator)(...).")
-    prepare_output_dir(cfg)
+    if destination is None:
+        destination = eval_destination(weights, cfg.train.output_dir)
+    cfg = copy.deepcopy(cfg)
+    cfg.train.output_dir = destination.folder  # what the config writes (${train.output_dir}) goes there too
+    _prepare_eval_dir(destination.folder)
     seed_everything(cfg.train.seed + comm.get_rank(), cfg.train.deterministic)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg, device)
@@ -167,9 +176,21 @@ def evaluate_main(cfg: DictConfig, weights: str, use_ema: bool = True) -> dict[s
     at = f"iteration {done}" if done is not None else "no iteration recorded"
     logger.info("Evaluation of %s (%s):\n%s", weights, at, format_results(results))
     if comm.is_main_process():
-        record = {"iteration": done, "weights": weights, "ema": extra["weights"] == "ema", **flatten_results(results)}
-        metrics = os.path.join(cfg.train.output_dir, "metrics.jsonl")
-        with open(metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        logger.info("Appended these results to %s", metrics)
+        ema = extra["weights"] == "ema"
+        row = {"iteration": done, "kind": "eval", "weights": weights, "ema": ema, **flatten_results(results)}
+        write_eval_record(destination, cfg, row)
+        logger.info("Appended these results to %s (%s)", destination.metrics, destination.reason)
     return results
+
+
+def _prepare_eval_dir(folder: str) -> None:
+    """Create the evaluation's folder and the logger (rank 0 writes its log.txt)."""
+    try:
+        if comm.is_main_process():
+            os.makedirs(folder, exist_ok=True)
+        setup_logger(folder if comm.is_main_process() else None, rank=comm.get_rank())
+    except OSError as e:
+        raise TrainingError(
+            describe_write_error(e, folder) + ".",
+            hint="Free some space, or name another folder with --output-dir (the results go to its eval/).",
+        ) from e

@@ -16,9 +16,12 @@ import torch
 
 from ..fileio import atomic_write
 from ..images import encode_png
+from .jsonl import append_whole, encode_rows, open_for_append, repair_torn_last_line
 from .storage import EventStorage
 
-__all__ = ["EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+__all__ = ["ROW_KINDS", "EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+
+ROW_KINDS = ("train", "eval")  # metrics.jsonl's "kind" of a row: training scalars, or evaluation results
 
 
 def _replaced(line: str, start_iter: int) -> bool:
@@ -50,19 +53,26 @@ class EventWriter:
 
 
 class JSONWriter(EventWriter):
-    """One JSON object per line with ``"iteration"`` (N: after N iterations) and the exact value of each scalar
-    new since the last write (no smoothing: the file is a record). Appends, so a resumed run continues the same
-    file."""
+    """One JSON object per line with ``"iteration"`` (N: after N iterations), its ``"kind"`` and the exact value
+    of each scalar new since the last write (no smoothing: the file is a record). Two kinds: a ``"train"`` row
+    per logged iteration holds the training scalars (losses, lr, times, what hooks put), an ``"eval"`` row
+    holds the evaluation results at that iteration (the scalars put with ``group="val"``), after the train row
+    of the same iteration. Appends, so a resumed run continues the same file.
+
+    The rows of a write go to the file in one piece: a full disk leaves the file as it was before them (and
+    raises), never half a row; a torn last line left by an earlier run is cut off at :meth:`open`."""
 
     def __init__(self, path: str) -> None:
         self.path = self._path = path
-        self._file: Optional[Any] = None  # opened at the first write: building a writer creates no file
+        self._fd: Optional[int] = None  # opened at the first write: building a writer creates no file
         self._written: dict[str, int] = {}  # name -> newest iteration written
 
     def open(self, start_iter: int = 0) -> None:
-        """A run resumed after ``start_iter`` iterations replaces the iterations after it: the rows a crashed
+        """A torn last line (a run stopped mid-write) is cut off, so the rows to come start on a line of their
+        own. A run resumed after ``start_iter`` iterations replaces the iterations after it: the rows a crashed
         or preempted run wrote for them go (rewritten atomically), so the file holds one clean history. Rows of
         ``lazytrain eval`` (they name their ``weights``) stay."""
+        repair_torn_last_line(self._path)
         if start_iter <= 0 or not os.path.isfile(self._path):
             return
         with open(self._path, encoding="utf-8") as f:
@@ -78,21 +88,23 @@ class JSONWriter(EventWriter):
             )
 
     def write(self, storage: EventStorage) -> None:
-        rows: dict[int, dict[str, float]] = defaultdict(dict)
+        rows: dict[tuple[int, int], dict[str, float]] = defaultdict(dict)  # (iteration, 0 train / 1 eval)
         for name, (value, iteration) in storage.new_values(self._written).items():
-            rows[iteration][name] = value
-        if rows and self._file is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self._path)), exist_ok=True)
-            self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - open for the whole run
-        for iteration in sorted(rows):
-            line = json.dumps({"iteration": iteration + 1, **rows[iteration]}, sort_keys=False)
-            self._file.write(line + "\n")  # type: ignore[union-attr]
-        if self._file is not None:
-            self._file.flush()
+            rows[(iteration, int(storage.groups.get(name) == "val"))][name] = value
+        if not rows:
+            return
+        if self._fd is None:
+            self._fd = open_for_append(self._path)
+        data = encode_rows(
+            {"iteration": iteration + 1, "kind": ROW_KINDS[is_eval], **rows[(iteration, is_eval)]}
+            for iteration, is_eval in sorted(rows)
+        )
+        append_whole(self._fd, data, self._path)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class TensorboardWriter(EventWriter):
