@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 __all__ = [
     "all_gather",
+    "broadcast_from_main",
     "get_backend",
     "get_local_rank",
     "get_rank",
@@ -61,6 +62,15 @@ def all_gather(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` (any picklable object), on every rank; ``obj`` itself with one process."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

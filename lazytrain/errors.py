@@ -103,10 +103,16 @@ class UserCodeError(LazytrainError):
     @classmethod
     def wrap(cls, iteration: int, who: str, error: BaseException, batch: Optional[str] = None) -> UserCodeError:
         """``iteration``: the iteration being run, as users count them (1 for the first)."""
+        return cls.raised_in(f"iteration {iteration}", who, error, batch)
+
+    @classmethod
+    def raised_in(cls, where: str, who: str, error: BaseException, batch: Optional[str] = None) -> UserCodeError:
+        """``"<where>: <who> raised <Type>: <message> (batch: ...)"``, with ``error``'s traceback as details;
+        ``where`` is the step users can find (``"iteration 4"``, ``"evaluation at iteration 20, batch 3"``)."""
         message = str(error).strip()
         if "Original Traceback" in message:  # raised in a DataLoader worker: torch put its traceback inside
             message = message.splitlines()[-1].split(": ", 1)[-1]
-        text = f"iteration {iteration}: {who} raised {type(error).__name__}: {message}"
+        text = f"{where}: {who} raised {type(error).__name__}: {message}"
         if batch is not None:
             text += f" (batch: {batch})"
         wrapped = cls(text)

@@ -52,3 +52,30 @@ class HangAt(HookBase):
             print(f"rank {self.rank} hangs at iteration {self.iteration}", flush=True)
             while True:
                 time.sleep(0.05)
+
+
+class PutNonFiniteFloatAt(HookBase):
+    """At ``iteration`` on ``rank``: puts a float loss that is NaN, with ``check_finite=True`` (a loss computed
+    in Python by a user's hook)."""
+
+    def __init__(self, iteration: int, rank: int) -> None:
+        self.iteration, self.rank = iteration, rank
+
+    def after_step(self) -> None:
+        bad = self.trainer.iter == self.iteration and comm.get_rank() == self.rank
+        self.trainer.storage.put_scalar("loss_python", float("nan") if bad else 1.0, check_finite=True)
+
+
+class SlowOnRank1(torch.utils.data.Dataset):
+    """Blobs whose samples take ``seconds`` each to load on rank 1 only (a rank with a slow disk)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, seconds: float) -> None:
+        self.dataset, self.seconds = dataset, seconds
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> object:
+        if comm.get_rank() == 1:
+            time.sleep(self.seconds)
+        return self.dataset[i]

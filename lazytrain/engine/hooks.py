@@ -144,7 +144,8 @@ class EvalHook(HookBase):
         results = self.trainer.test()
         if results:
             for name, value in flatten_results(results).items():
-                self.trainer.storage.put_scalar(name, value, smoothing_hint=False, group="val")
+                # every rank has rank 0's results (inference_on_dataset): nothing to average
+                self.trainer.storage.put_scalar(name, value, smoothing_hint=False, group="val", same_on_every_rank=True)
         pictures = getattr(self.trainer.evaluator, "pictures", None)
         if callable(pictures) and comm.is_main_process():
             for name, image in pictures().items():

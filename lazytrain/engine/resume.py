@@ -41,6 +41,7 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
                 )
             _restore_rng(extra, cfg)
             _restore_hook_states(trainer, extra.get("hooks") or {})
+            _warn_if_the_loader_keeps_no_position(trainer.data_loader)
             report_config_changes(extra.get("config"), trainer.config_yaml)
             done = iterations_done(extra) or 0
             logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done, done + 1)
@@ -92,6 +93,21 @@ def _load_for_resume(checkpointer: Checkpointer, trainer: Trainer) -> Optional[t
             hint="Start without --resume (or from weights with train.init_checkpoint=...).",
         )
     return None
+
+
+def _warn_if_the_loader_keeps_no_position(loader: Any) -> None:
+    """A loader without ``state_dict`` / ``load_state_dict`` (a plain DataLoader) is not in the checkpoint: it
+    starts a new pass, so the resume is not exact. Said once, by rank 0 (the same on every rank)."""
+    if hasattr(loader, "state_dict") and hasattr(loader, "load_state_dict"):
+        return
+    if comm.is_main_process():
+        logger.warning(
+            "--resume: the train loader (%s) keeps no position in checkpoints: it starts a new pass over the "
+            "data (a new shuffle, epoch 0), so the batches differ from an uninterrupted run. For an exact resume, "
+            "use lazytrain.data.build_train_loader (dataloader.train = L(build_train_loader)(dataset=..., "
+            "batch_size=...)) or give the loader state_dict() and load_state_dict().",
+            type(loader).__name__,
+        )
 
 
 def _restore_hook_states(trainer: Trainer, states: dict[str, Any]) -> None:

@@ -100,11 +100,13 @@ class TrainerBase:
             return
         iteration, terms = self.storage.first_nonfinite
         values = ", ".join(f"{name}={value}" for name, value in terms.items())
-        raise TrainingError(
+        error = TrainingError(
             f"non-finite loss at iteration {iteration + 1}: {values}. Training stopped; no checkpoint of this state "
             "was written.",
             hint="Lower optimizer.lr, clip gradients (train.clip_grad.max_norm=1.0), or check the inputs.",
         )
+        error.speaks_for_the_job = True  # the values are means over ranks: every rank raises this, together
+        raise error
 
     def run_step(self) -> None:
         raise NotImplementedError

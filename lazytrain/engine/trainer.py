@@ -124,10 +124,15 @@ class Trainer(TrainerBase):
         if self.evaluator is None or self.test_loader is None:
             return {}
         model = self.eval_model()
-        results = inference_on_dataset(
-            model, self.test_loader, self.evaluator, device=self.device, autocast=self.autocast()
-        )
         index = self._storage.iter if self._storage is not None else self.start_iter - 1
+        results = inference_on_dataset(
+            model,
+            self.test_loader,
+            self.evaluator,
+            device=self.device,
+            autocast=self.autocast(),
+            where=f"evaluation at iteration {index + 1}" if index >= 0 else "evaluation",
+        )
         if results:
             weights = " (EMA weights)" if self.ema is not None else ""
             logger.info("Evaluation at iteration %d%s:\n%s", index + 1, weights, format_results(results))

@@ -12,7 +12,7 @@ import statistics
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ class EventStorage:
         self._latest: dict[str, tuple[float, int]] = {}
         self._smoothing: dict[str, bool] = {}
         self.groups: dict[str, str] = {}  # name -> "train" / "val"
-        self._pending: list[tuple[str, torch.Tensor, int, bool]] = []
+        self._pending: list[tuple[str, torch.Tensor | float, int, bool]] = []
         self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
         self.last_progress = time.monotonic()  # see beat(): a finished step or evaluation batch
         self._images: dict[str, tuple[np.ndarray, int]] = {}  # name -> (newest image, iteration)
@@ -77,15 +77,27 @@ class EventStorage:
         self.last_progress = time.monotonic()
 
     def put_scalar(
-        self, name: str, value: Number, smoothing_hint: bool = True, check_finite: bool = False, group: str = "train"
+        self,
+        name: str,
+        value: Number,
+        smoothing_hint: bool = True,
+        check_finite: bool = False,
+        group: str = "train",
+        same_on_every_rank: bool = False,
     ) -> None:
         """Record ``value`` for ``name`` at the current iteration; tensors are converted later, in bulk.
-        ``group`` ("train", "val") is the TensorBoard section the scalar goes to (``val/mIoU``)."""
+        ``group`` ("train", "val") is the TensorBoard section the scalar goes to (``val/mIoU``). In a process
+        group every value, float or tensor, waits for the next :meth:`flush` and becomes the mean over the
+        ranks (checked there with ``check_finite``), unless ``same_on_every_rank`` (an evaluation result):
+        then it is recorded as put."""
         self._smoothing.setdefault(name, smoothing_hint)
         self.groups.setdefault(name, group)
         if isinstance(value, torch.Tensor):
             value = value.detach()
             self._pending.append((name, value if value.dim() == 0 else value.reshape(()), self.iter, check_finite))
+        elif self.gather is not None and not same_on_every_rank:
+            # a step's time or a float loss is this rank's: averaged, and checked, where every rank takes part
+            self._pending.append((name, float(value), self.iter, check_finite))
         else:
             self._record([(name, float(value), self.iter, check_finite)])
 
@@ -120,11 +132,14 @@ class EventStorage:
             return
         pending, self._pending = self._pending, []
         groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
-        for i, (_, tensor, _, _) in enumerate(pending):
-            groups[(tensor.device, tensor.dtype)].append(i)
         values: list[float] = [0.0] * len(pending)
+        for i, (_, tensor, _, _) in enumerate(pending):
+            if isinstance(tensor, torch.Tensor):
+                groups[(tensor.device, tensor.dtype)].append(i)
+            else:
+                values[i] = tensor
         for indices in groups.values():
-            stacked = torch.stack([pending[i][1] for i in indices]).cpu().tolist()
+            stacked = torch.stack([cast(torch.Tensor, pending[i][1]) for i in indices]).cpu().tolist()
             for i, v in zip(indices, stacked):
                 values[i] = float(v)
         entries = [(name, value, iteration, check) for (name, _, iteration, check), value in zip(pending, values)]

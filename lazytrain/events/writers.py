@@ -73,6 +73,7 @@ class JSONWriter(EventWriter):
         or preempted run wrote for them go (rewritten atomically), so the file holds one clean history. Rows of
         ``lazytrain eval`` (they name their ``weights``) stay."""
         repair_torn_last_line(self._path)
+        self._written = {}  # a new train() writes its iterations, even ones an earlier call wrote
         if start_iter <= 0 or not os.path.isfile(self._path):
             return
         with open(self._path, encoding="utf-8") as f:
@@ -104,7 +105,7 @@ class JSONWriter(EventWriter):
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd = None
+            self._fd = None  # a second train() reopens it
 
 
 class TensorboardWriter(EventWriter):
@@ -135,6 +136,7 @@ class TensorboardWriter(EventWriter):
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         if self._writer is None:
+            self._written, self._written_images = {}, {}  # a new event file: a second train() starts one
             _quiet_writer_thread_errors()
             self._writer = EventFileWriter(self.log_dir, flush_secs=30)
             self.path = getattr(self._writer, "_file_name", self.path)
@@ -186,6 +188,7 @@ class TensorboardWriter(EventWriter):
             for summary in hparams(values, dict(self._final)):
                 self._add(summary, self._step)
         self._writer.close()
+        self._writer = None  # a second train() opens a new event file
 
 
 def _quiet_writer_thread_errors() -> None:
@@ -225,6 +228,7 @@ class TerminalWriter(EventWriter):
 
     def open(self, start_iter: int = 0) -> None:
         self._first_iter = start_iter
+        self._last = None  # a second train() may start before the iteration the last one printed
 
     def write(self, storage: EventStorage) -> None:
         iteration = storage.iter
