@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO, cli_env
+
+from lazytrain.lidar import SemanticKittiDataset, SemanticKittiEvaluator, collate_scans, write_synthetic_kitti
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +53,30 @@ def test_custom_scalars_tab_has_one_chart_of_all_per_class_ious(flagship_events)
     iou = next(chart for title, chart in charts.items() if "IoU" in title)
     assert list(iou.multiline.tag) == [r"val_IoU/.*"]
     assert any("loss" in title for title in charts)
+
+
+def test_validation_loss_grad_norm_and_throughput_are_curves(flagship_events):
+    scalars = flagship_events.Tags()["scalars"]
+    assert [e.step for e in flagship_events.Scalars("val/loss")] == [2, 4]  # at each evaluation
+    assert all(e.value > 0 for e in flagship_events.Scalars("val/loss"))
+    assert "train/grad_norm" in scalars  # the flagship clips nothing: logged all the same
+    assert flagship_events.Scalars("train/samples_per_second")[-1].value > 0
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_validation_loss_is_the_cross_entropy_of_the_labelled_pixels_over_the_split(tmp_path, weighted):
+    write_synthetic_kitti(str(tmp_path), ["08"], scans=3, seed=1, columns=64)
+    data = SemanticKittiDataset(str(tmp_path), split="valid", width=64, return_points=True)
+    weights = [0.0] + [1.0 + c / 10 for c in range(1, 20)] if weighted else None
+    evaluator = SemanticKittiEvaluator(picture_scans=0, class_weights=weights)
+    torch.manual_seed(0)
+    batches = [collate_scans([data[0], data[1]]), collate_scans([data[2]])]
+    logits = [torch.randn(len(b["index"]), 20, *b["label_image"].shape[1:]) for b in batches]
+    for batch, output in zip(batches, logits):
+        evaluator.process(batch, output)
+    every_pixel = torch.cat([x.permute(0, 2, 3, 1).reshape(-1, 20) for x in logits])
+    labels = torch.cat([b["label_image"].reshape(-1) for b in batches])
+    expected = torch.nn.functional.cross_entropy(
+        every_pixel, labels, weight=None if weights is None else torch.tensor(weights), ignore_index=0
+    )
+    assert evaluator.evaluate()["loss"] == pytest.approx(float(expected), rel=1e-5)
