@@ -80,3 +80,12 @@ def test_validation_loss_is_the_cross_entropy_of_the_labelled_pixels_over_the_sp
         every_pixel, labels, weight=None if weights is None else torch.tensor(weights), ignore_index=0
     )
     assert evaluator.evaluate()["loss"] == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_learning_rate_is_also_logged_as_its_log10_so_a_small_lr_does_not_read_zero(flagship_events):
+    import math
+
+    lr = {e.step: e.value for e in flagship_events.Scalars("train/lr")}
+    lr_log10 = {e.step: e.value for e in flagship_events.Scalars("train/lr_log10")}
+    assert lr_log10.keys() == lr.keys()
+    assert all(lr_log10[step] == pytest.approx(math.log10(lr[step]), rel=1e-6) for step in lr)
