@@ -248,6 +248,17 @@ def test_clipping_bounds_the_update_norm():
     assert trainer.storage.history("grad_norm")[0][0] > 0.5  # the norm before clipping was larger
 
 
+def test_grad_norm_is_logged_without_clipping_too_and_equals_the_clipping_norm():
+    torch.manual_seed(0)
+    a, b = Recorder(), Recorder()
+    b.load_state_dict(a.state_dict())
+    data = [{"x": torch.randn(8, 4), "y": torch.randn(8, 1)}]
+    plain = run_trainer(Trainer(a, data, torch.optim.SGD(a.parameters(), lr=0.1)), 1)
+    clipped = run_trainer(Trainer(b, data, torch.optim.SGD(b.parameters(), lr=0.1), clip_max_norm=1e9), 1)
+    norm = plain.storage.history("grad_norm")[0][0]
+    assert norm > 0 and norm == pytest.approx(clipped.storage.history("grad_norm")[0][0], rel=1e-6)
+
+
 class NaNAt(torch.nn.Module):
     def __init__(self, at: int = 5):
         super().__init__()

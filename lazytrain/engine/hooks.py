@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 
 class IterationTimer(HookBase):
-    """Puts the wall time of each step as ``time``; logs the total at the end (the steps that finished: all of
+    """Puts the wall time of each step as ``time`` and the throughput as ``samples_per_second`` (batch size x
+    gradient accumulation x world size / step time); logs the total at the end (the steps that finished: all of
     them, or those before a stop)."""
 
     _train_start: Optional[float] = None  # None: training stopped before this hook's before_train ran
@@ -54,8 +55,19 @@ class IterationTimer(HookBase):
         self._step_start = time.perf_counter()
 
     def after_step(self) -> None:
-        self.trainer.storage.put_scalar("time", time.perf_counter() - self._step_start)
+        seconds = time.perf_counter() - self._step_start
+        self.trainer.storage.put_scalar("time", seconds)
+        samples = self._samples_per_step()
+        if samples and seconds > 0:
+            self.trainer.storage.put_scalar("samples_per_second", samples / seconds)
         self._done += 1  # a step that finished (a stop requested after it, as on SIGTERM, still counts)
+
+    def _samples_per_step(self) -> int:
+        """Samples in one optimizer step over all ranks (0: the loader has no batch size to tell)."""
+        batch_size = getattr(self.trainer.data_loader, "batch_size", None)
+        if not isinstance(batch_size, int):
+            return 0
+        return batch_size * int(getattr(self.trainer, "grad_accum", 1)) * comm.get_world_size()
 
     def after_train(self) -> None:
         done = self._done

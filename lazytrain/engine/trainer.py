@@ -187,11 +187,15 @@ class Trainer(TrainerBase):
             for name, value in terms.items():
                 logged[name] = logged[name] + value if name in logged else value
 
+        # grad_norm is logged with or without clipping (a spike before a divergence shows); unscaled first, so it
+        # is the norm of the true gradients under AMP too
+        self.grad_scaler.unscale_(self.optimizer)
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
         if self.clip_max_norm is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_max_norm, self.clip_norm_type)
-            self.storage.put_scalar("grad_norm", grad_norm)
+        else:
+            grad_norm = _total_norm([p.grad for p in params if p.grad is not None], self.clip_norm_type)
+        self.storage.put_scalar("grad_norm", grad_norm)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -289,3 +293,11 @@ def _describe(value: Any) -> str:
 
 def _gives_hooks_their_view(trainer: Trainer) -> HookTrainer:
     return trainer  # mypy checks here that a Trainer has everything HookTrainer promises hooks
+
+
+def _total_norm(grads: list[torch.Tensor], norm_type: float) -> torch.Tensor:
+    """The norm of all ``grads`` together, as ``clip_grad_norm_`` computes it, without changing them."""
+    if not grads:
+        return torch.zeros(())
+    norms = [torch.linalg.vector_norm(g.detach(), norm_type) for g in grads]
+    return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]), norm_type)

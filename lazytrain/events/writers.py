@@ -19,7 +19,7 @@ from ..images import encode_png
 from .jsonl import append_whole, encode_rows, open_for_append, repair_torn_last_line
 from .storage import EventStorage
 
-__all__ = ["ROW_KINDS", "EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter"]
+__all__ = ["ROW_KINDS", "EventWriter", "JSONWriter", "TensorboardWriter", "TerminalWriter", "scalar_tag"]
 
 ROW_KINDS = ("train", "eval")  # metrics.jsonl's "kind" of a row: training scalars, or evaluation results
 
@@ -108,13 +108,23 @@ class JSONWriter(EventWriter):
             self._fd = None  # a second train() reopens it
 
 
+def scalar_tag(group: str, name: str) -> str:
+    """The TensorBoard tag of scalar ``name`` of ``group``: ``val/mIoU``; a nested name (``IoU/car``) goes to a
+    group of its own, ``val_IoU/car``. TensorBoard sorts cards by tag, so the headline metrics (``val/mIoU``,
+    ``val/accuracy``, the losses) are the first cards, not after the 19 per-class IoUs."""
+    family, slash, rest = name.partition("/")
+    return f"{group}_{family}/{rest}" if slash else f"{group}/{name}"
+
+
 class TensorboardWriter(EventWriter):
     """Scalars and images to TensorBoard event files, written by tensorboard's own EventFileWriter (a background
-    thread), one event per iteration holding all of that iteration's scalars, tagged ``train/<name>`` or
-    ``val/<name>`` so TensorBoard groups them, at step N for iteration N; each image
-    (:meth:`EventStorage.put_image`) as a PNG. Exact values: TensorBoard smooths in its UI. ``config_yaml``
-    becomes a text summary; at the end, ``hparams`` (a few key settings) and the final values of the ``val/``
-    scalars go to TensorBoard's HParams tab, so runs can be compared."""
+    thread), one event per iteration holding all of that iteration's scalars, tagged as :func:`scalar_tag` says
+    (``train/<name>``, ``val/<name>``, ``val_IoU/<class>``) so TensorBoard groups them, at step N for iteration
+    N; each image (:meth:`EventStorage.put_image`) as a PNG. Exact values: TensorBoard smooths in its UI.
+    ``config_yaml`` becomes a text summary. The Custom Scalars tab gets one multi-line chart per nested group
+    (all per-class IoUs in one chart) and one of the losses. ``lr`` is also ``train/lr_log10``: TensorBoard's
+    axis shows 2.3e-05 as 0, its log10 (-4.6) shows a warm-up. At the end, ``hparams`` (a few key settings) and
+    the final values of the ``val/`` scalars go to TensorBoard's HParams tab, so runs can be compared."""
 
     def __init__(self, log_dir: str, config_yaml: str = "", hparams: Optional[dict[str, Any]] = None) -> None:
         self.log_dir = log_dir
@@ -125,6 +135,7 @@ class TensorboardWriter(EventWriter):
         self._written: dict[str, int] = {}
         self._written_images: dict[str, int] = {}
         self._final: dict[str, float] = {}  # the newest value of each val/ tag
+        self._charted: set[str] = set()  # the groups the Custom Scalars layout written so far charts
         self._step = 0
 
     def open(self, start_iter: int = 0) -> None:
@@ -163,11 +174,14 @@ class TensorboardWriter(EventWriter):
         self.open()  # a no-op after the first time; a writer used outside PeriodicWriter opens here
         by_iteration: dict[int, list[Summary.Value]] = defaultdict(list)
         for name, (value, iteration) in storage.new_values(self._written).items():
-            tag = f"{storage.groups.get(name, 'train')}/{name}"
+            tag = scalar_tag(storage.groups.get(name, "train"), name)
             by_iteration[iteration].append(Summary.Value(tag=tag, simple_value=value))
+            if name == "lr" and value > 0:
+                by_iteration[iteration].append(Summary.Value(tag="train/lr_log10", simple_value=math.log10(value)))
             if tag.startswith("val/"):
                 self._final[tag] = value
             self._step = max(self._step, iteration + 1)
+        self._write_layout([value.tag for values in by_iteration.values() for value in values])
         for name, (image, iteration) in storage.new_images(self._written_images).items():
             height, width, channels = image.shape
             picture = Summary.Image(
@@ -177,6 +191,23 @@ class TensorboardWriter(EventWriter):
             by_iteration[iteration].append(Summary.Value(tag=tag, image=picture))
         for iteration in sorted(by_iteration):
             self._add(Summary(value=by_iteration[iteration]), iteration + 1)
+
+    def _write_layout(self, tags: list[str]) -> None:
+        """The Custom Scalars layout, again whenever a new group appears (the tab shows the newest layout)."""
+        groups = {tag.split("/", 1)[0] for tag in tags if "_" in tag.split("/", 1)[0]}
+        losses = any("loss" in tag for tag in tags)
+        if groups <= self._charted and (not losses or "loss" in self._charted):
+            return
+        from torch.utils.tensorboard.summary import custom_scalars
+
+        self._charted |= groups | ({"loss"} if losses else set())
+        charts: dict[str, dict[str, list[Any]]] = {}
+        if "loss" in self._charted:
+            charts["losses"] = {"train and val losses": ["Multiline", [r"(train|val)/.*loss.*"]]}
+        for group in sorted(self._charted - {"loss"}):
+            parent, family = group.split("_", 1)
+            charts.setdefault(parent, {})[f"{family} per class ({group}/*)"] = ["Multiline", [rf"{group}/.*"]]
+        self._add(custom_scalars(charts), self._step)
 
     def close(self) -> None:
         if self._writer is None:

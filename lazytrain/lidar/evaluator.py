@@ -196,6 +196,12 @@ class SemanticKittiEvaluator:
     ``knn``, ``search``, ``sigma``, ``cutoff`` (defaults: RangeNet++'s 5, 5, 1.0, 1.0); None: each point
     takes its pixel's prediction.
 
+    ``loss``: the cross-entropy of the logits against the batch's ``label_image`` over the labelled pixels (not
+    ``ignore_index``), the mean over the split, so a validation curve shows overfitting next to the training
+    loss. ``class_weights`` (``num_classes`` numbers) weighs it per class as the training loss does; None (the
+    default, as ``lazytrain eval`` must read no training labels) weighs all classes the same, so its level is
+    not the training loss's (RangeNet++'s weights favour rare classes): compare the trends.
+
     ``picture_scans``: the first that many scans of the test set (by the batch's ``index``) are drawn at each
     evaluation (:func:`scan_picture`: range, ground truth, prediction, error mask), and ``pictures()`` returns
     them as ``scans/<sequence>_<frame>`` with the ``confusion_matrix`` and ``IoU`` pictures (the EvalHook
@@ -210,6 +216,7 @@ class SemanticKittiEvaluator:
         knn: Optional[Mapping[str, Any]] = None,
         skip_absent_classes: bool = False,
         picture_scans: int = 3,
+        class_weights: Optional[Sequence[float]] = None,
     ) -> None:
         names = list(class_names) if class_names is not None else list(CLASS_NAMES[:num_classes])
         if len(names) != num_classes:
@@ -218,11 +225,17 @@ class SemanticKittiEvaluator:
         self.knn = _knn_settings(knn)
         self.skip_absent_classes = skip_absent_classes
         self.picture_scans = picture_scans
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ConfigError(
+                f"class_weights has {len(class_weights)} entries for {num_classes} classes.", key="class_weights"
+            )
+        self.class_weights = None if class_weights is None else torch.tensor(list(class_weights), dtype=torch.float32)
         self._pictures: dict[str, np.ndarray] = {}
         self.reset()
 
     def reset(self) -> None:
         self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
+        self._loss = torch.zeros(2, dtype=torch.float64)  # the summed weighted loss, the summed weights
         self._scan_pictures: dict[str, np.ndarray] = {}
 
     def pictures(self) -> dict[str, np.ndarray]:
@@ -231,6 +244,8 @@ class SemanticKittiEvaluator:
         return dict(self._pictures)
 
     def process(self, batch: dict[str, Any], outputs: torch.Tensor) -> None:
+        if "label_image" in batch:
+            self._add_loss(outputs, batch["label_image"].to(outputs.device))
         pred_images = pixel_classes(outputs, self.ignore_index)
         for i in range(pred_images.shape[0]):
             pred = point_classes(batch, i, pred_images[i], self.num_classes, self.knn)
@@ -240,6 +255,15 @@ class SemanticKittiEvaluator:
                 self._scan_pictures[name] = scan_picture(
                     batch["range_image"][i], pred_images[i], batch["label_image"][i], batch["mask"][i]
                 )
+
+    def _add_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
+        labelled = labels != self.ignore_index
+        pixel_weights = labelled.double() if weight is None else weight[labels].double() * labelled
+        total = F.cross_entropy(
+            logits.float(), labels.long(), weight=weight, ignore_index=self.ignore_index, reduction="sum"
+        )
+        self._loss += torch.stack([total.double(), pixel_weights.sum()]).cpu()
 
     def add(self, labels: torch.Tensor, pred: torch.Tensor) -> None:
         """Count points with ground truth ``labels`` predicted as ``pred`` (ignored-class points skipped)."""
@@ -260,6 +284,9 @@ class SemanticKittiEvaluator:
                 "IoU": iou_picture(iou, ignore_index=self.ignore_index),
             }
         results: dict[str, Any] = {"mIoU": miou, "accuracy": accuracy_from_confusion(confusion, self.ignore_index)}
+        loss_sum, weight_sum = reduce_sum(self._loss).tolist()
+        if weight_sum > 0:
+            results["loss"] = loss_sum / weight_sum
         in_ground_truth, predicted = confusion.sum(1), confusion.sum(0)
         absent = []
         for c, name in enumerate(self.class_names):
