@@ -191,12 +191,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         import tempfile
 
-        from .engine.dry_run import dry_run_main
+        from .engine.dry_run import dry_run_main, process_started_at
 
         cfg = load_config(args)
         if not args.output_dir:  # a folder of its own, the same for every rank, deleted afterwards
             cfg.train.output_dir = tempfile.mkdtemp(prefix="lazytrain-dry-run-")
-        _launch(dry_run_main, args, cfg, bool(args.output_dir))
+        _launch(dry_run_main, args, cfg, bool(args.output_dir), process_started_at())
         return 0
     from .engine.run import train_main
 

@@ -12,11 +12,13 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, TextIO
 
 from ..fileio import describe_write_error
 
-__all__ = ["FILE_ONLY", "setup_logger"]
+__all__ = ["FILE_ONLY", "setup_logger", "terminal_warnings_only"]
 
 _OURS = "_lazytrain_handler"
 
@@ -116,3 +118,21 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
             logger.addHandler(handler)
     warnings.showwarning = _log_warning
     return logging.getLogger(name)
+
+
+@contextmanager
+def terminal_warnings_only() -> Iterator[None]:
+    """While inside, the terminal shows only warnings and errors of our loggers (log.txt keeps everything): a
+    command that prints its own summary lines (the dry run) is not buried in the run's info lines."""
+    changed: list[tuple[logging.Handler, int]] = []
+    for logger_name in ("lazytrain", "fvcore", "py.warnings"):
+        for handler in logging.getLogger(logger_name).handlers:
+            terminal = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if getattr(handler, _OURS, False) and terminal and handler.level < logging.WARNING:
+                changed.append((handler, handler.level))
+                handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in changed:
+            handler.setLevel(level)

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from ..errors import DataError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, outside_run
 from ..progress import Progress
 from ..warn import warn_once
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
@@ -104,6 +104,7 @@ def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, 
             " ".join(missing),
             os.path.abspath(root),
             synthetic_scans,
+            extra=outside_run(root, "synthetic data set, written on first use"),
         )
         # the test sequences of the real data set have no labels: neither do synthetic ones
         labelled = [s for s in missing if s not in OFFICIAL_SPLIT["test"]]
@@ -293,6 +294,7 @@ class ClassWeightsFromLabels:
             " ".join(sequences),
             os.path.abspath(self.root),
             cache_dir,
+            extra=outside_run(cache_dir, "class-weight cache"),
         )
         counts = np.zeros(self.num_classes, dtype=np.int64)
         progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)
