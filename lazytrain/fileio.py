@@ -112,9 +112,16 @@ def describe_write_error(error: OSError, path: str, needed_bytes: Optional[int] 
         free = shutil.disk_usage(folder).free
     except OSError:
         return text
-    text += f"; {folder} has {format_bytes(free)} free"
+    if needed_bytes is not None and needed_bytes > free:
+        return text + f"; {folder} has {format_bytes(free)} free and this file needs about {format_bytes(needed_bytes)}"
+    # free space measured after the failed write let go of its partial file can exceed what the file needs:
+    # saying "needs 3 MB" beside "12 MB free" reads as a contradiction, so say what happened instead
+    text += f"; {folder} has {format_bytes(free)} free now"
     if needed_bytes is not None:
-        text += f" and this file needs about {format_bytes(needed_bytes)}"
+        text += (
+            ", after the partial file was removed (the disk filled up while it was written: another program "
+            "writing there, or a quota)"
+        )
     return text
 
 
