@@ -18,13 +18,24 @@ from typing import Any, Optional, TextIO
 
 from ..fileio import describe_write_error
 
-__all__ = ["FILE_ONLY", "setup_logger", "terminal_warnings_only"]
+__all__ = ["FILE_ONLY", "log_closing_error", "setup_logger", "terminal_warnings_only"]
 
 _OURS = "_lazytrain_handler"
 
 # ``logger.info(..., extra=FILE_ONLY)``: a record for log.txt only, when the terminal shows it another way (the
 # closing ``error:`` line on stderr, a stack faulthandler dumped there)
 FILE_ONLY = {"lazytrain_file_only": True}
+
+
+def log_closing_error(error: BaseException, level: int = logging.ERROR) -> None:
+    """Put the error the terminal shows as the closing ``error:`` line into log.txt too (where this process
+    writes one), once: the log of a failed run then says why it ended. Whoever logs it first marks it."""
+    if getattr(error, "lazytrain_logged", False):
+        return
+    error.lazytrain_logged = True  # type: ignore[attr-defined]
+    logger = logging.getLogger("lazytrain")
+    if any(isinstance(h, logging.FileHandler) for h in logger.handlers):  # else logging's last resort would print
+        logger.log(level, "%s", error, extra=FILE_ONLY)
 
 
 class _NotFileOnly(logging.Filter):

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..fileio import atomic_write, outside_run
 from ..progress import Progress
 from ..warn import warn_once
@@ -115,7 +115,7 @@ def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, 
         where = os.path.abspath(root)
         layout = os.path.join("dataset", "sequences", "<SS>", "velodyne")
         state = "does not exist" if not os.path.exists(where) else f"holds no {layout} folder"
-        raise DataError(
+        raise ConfigError(  # a setting to fix (exit 2), not a broken file
             f"no SemanticKITTI scans under '{where}': it {state} (looked for sequences {', '.join(sequences)}).",
             hint="Set dataset.root to the folder that holds dataset/sequences/ of the data set (is there a typo?), "
             "or opt in to a synthetic set written there with dataset.synthetic_scans=N.",
