@@ -52,19 +52,43 @@ def analyze_model(cfg: DictConfig, weights: Optional[str] = None, runs: int = 10
     speed = _time_forward(model, batch, device, runs, autocast)  # before the tracing: its memory is not ours
     flops, activations = _fvcore_counts(model, batch)
     modules = _module_table(model, flops.by_module(), activations.by_module(), depth)
+    samples = _samples_in(batch)
     return {
         "model": type(model).__name__,
         "weights": weights,
         "weights_used": loaded,  # "ema" | "model" | None (freshly initialised)
         "device": str(device),
         "autocast": cfg.train.amp.dtype if cfg.train.amp.enabled else None,
-        "batch": {"source": source, "structure": describe_batch(batch)},
+        "batch": {"source": source, "structure": describe_batch(batch), "samples": samples},
         "parameters": {key: modules[0][key] for key in ("parameters", "trainable", "frozen")},
         "modules": modules,
-        "flops": {"total": _int(flops.total()), "not_counted": dict(flops.unsupported_ops())},
-        "activations": {"total": _int(activations.total()), "not_counted": dict(activations.unsupported_ops())},
+        "flops": {
+            "total": _int(flops.total()),
+            "per_sample": _int(flops.total() / samples) if samples else None,
+            **_uncounted(flops.unsupported_ops()),
+        },
+        "activations": {"total": _int(activations.total()), **_uncounted(activations.unsupported_ops())},
         **speed,
     }
+
+
+def _samples_in(batch: Any) -> Optional[int]:
+    """The batch size: the first dimension of the batch's first tensor (None when it holds no tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        samples = _samples_in(value)
+        if samples:
+            return samples
+    return None
+
+
+def _uncounted(ops: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """fvcore's ops without a counter, less those that are exactly 0 in inference (dropout in all its forms is
+    the identity there): listing those as "not counted" would contradict "dropout counts 0"."""
+    zero = {op: n for op, n in ops.items() if "dropout" in op}
+    return {"not_counted": {op: n for op, n in ops.items() if op not in zero}, "zero_in_inference": zero}
 
 
 def _one_batch(cfg: DictConfig, device: torch.device) -> tuple[Any, str]:
@@ -216,19 +240,12 @@ def format_report(report: Mapping[str, Any]) -> str:
         "",
         *_table(report),
         "",
-        f"FLOPs: {_si(report['flops']['total'])} on this batch "
-        "(fvcore: a multiply-add is one flop; shape ops, relu and dropout count 0 by design)",
+        _flops_line(report),
         f"activations: {_si(report['activations']['total'])}",
         f"not counted in FLOPs: {_ops(report['flops']['not_counted'])}",
         f"not counted in activations: {_ops(report['activations']['not_counted'])}",
     ]
-    latency = report["latency_ms"]
-    precision = f"autocast {report['autocast']}" if report["autocast"] else "fp32"
-    lines.append(
-        f"latency: median {latency['median']:.3g} ms of {latency['runs']} forward passes (min {latency['min']:.3g}, "
-        f"max {latency['max']:.3g}) after {latency['warmup']} warm-up, torch.inference_mode, {precision}, "
-        f"on {report['device']}"
-    )
+    lines += _latency_lines(report)
     memory = report["memory"]
     if memory["kind"] == "cuda_max_memory_allocated":
         lines.append(
@@ -241,6 +258,43 @@ def format_report(report: Mapping[str, Any]) -> str:
             f"{_mib(memory['peak_bytes'])} in all (CPU: ru_maxrss, blind below an earlier peak)"
         )
     return "\n".join(lines)
+
+
+def _flops_line(report: Mapping[str, Any]) -> str:
+    flops, samples = report["flops"], report["batch"]["samples"]
+    per_sample = f", {_si(flops['per_sample'])} per sample" if samples and samples > 1 else ""
+    batch = f"on this batch of {samples} sample{'' if samples == 1 else 's'}" if samples else "on this batch"
+    return (
+        f"FLOPs: {_si(flops['total'])} {batch}{per_sample} "
+        "(fvcore: a multiply-add is one flop; shape ops, relu and dropout count 0 by design)"
+    )
+
+
+# runs this far apart measured the machine's load more than the model: the median is not a number to quote
+DISAGREEMENT = 2.0
+
+
+def _latency_lines(report: Mapping[str, Any]) -> list[str]:
+    latency = report["latency_ms"]
+    precision = f"autocast {report['autocast']}" if report["autocast"] else "fp32"
+    lines = [
+        f"latency: median {_ms(latency['median'])} of {latency['runs']} forward passes "
+        f"(min {_ms(latency['min'])}, max {_ms(latency['max'])}) after {latency['warmup']} warm-up, "
+        f"torch.inference_mode, {precision}, on {report['device']}"
+    ]
+    if latency["min"] > 0 and latency["max"] / latency["min"] > DISAGREEMENT:
+        lines.append(
+            f"warning: the forward passes disagree by {latency['max'] / latency['min']:.1f}x (min "
+            f"{_ms(latency['min'])}, max {_ms(latency['max'])}): something else was using the machine, or the "
+            "warm-up was too short; measure again on an idle machine, with more --runs"
+        )
+    return lines
+
+
+def _ms(value: float) -> str:
+    """``1270 ms``, ``12.3 ms``, ``0.412 ms``: three significant digits, never in powers of ten."""
+    decimals = 0 if value >= 100 else 1 if value >= 10 else 2 if value >= 1 else 3
+    return f"{value:.{decimals}f} ms"
 
 
 def _table(report: Mapping[str, Any]) -> list[str]:

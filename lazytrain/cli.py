@@ -195,12 +195,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:
         import tempfile
 
-        from .engine.dry_run import dry_run_main
+        from .engine.dry_run import dry_run_main, process_started_at
 
         cfg = load_config(args)
         if not args.output_dir:  # a folder of its own, the same for every rank, deleted afterwards
             cfg.train.output_dir = tempfile.mkdtemp(prefix="lazytrain-dry-run-")
-        _launch(dry_run_main, args, cfg, bool(args.output_dir))
+        _launch(dry_run_main, args, cfg, bool(args.output_dir), process_started_at())
         return 0
     from .engine.run import train_main
 
@@ -220,21 +220,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine.logger import setup_logger
+    import logging
+
+    from .engine.logger import FILE_ONLY, setup_logger
     from .export import export_onnx
 
     cfg = load_config(args)
-    setup_logger(None)  # progress, and which weights were loaded (the EMA's, say), on the terminal
     output = args.output or os.path.join(cfg.train.output_dir, "model.onnx")
+    # the stages and which weights were loaded (the EMA's, say) on the terminal; with the result, in the
+    # log.txt beside the model (the run's, by default): what was exported stays on record
+    setup_logger(os.path.dirname(os.path.abspath(output)))
     report = export_onnx(cfg, args.weights, output, opset=args.opset, check=not args.no_check, use_ema=not args.no_ema)
     if report["checked"]:
-        print(
+        result = (
             f"wrote {output} (opset {report['opset']}): matches torch on {len(report['batches'])} batches, "
             f"max abs diff {report['max_abs_diff']:.2e}, argmax agreement {report['argmax_agreement']:.4f}"
         )
     else:
-        print(f"wrote {output} (opset {report['opset']}), not checked (--no-check)")
-    print(f"report: {report['report']}")
+        result = f"wrote {output} (opset {report['opset']}), not checked (--no-check)"
+    for line in (result, f"report: {report['report']}"):
+        print(line)  # plain, the command's answer; log.txt gets it in the log's format
+        logging.getLogger("lazytrain.export").info(line, extra=FILE_ONLY)
     return 0
 
 
@@ -345,6 +351,8 @@ def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_trace
         if e.details and (show_traceback or e.show_details):
             print(e.details, file=sys.stderr)  # e.g. the traceback of user code, or of a worker
         print(f"error: {e}", file=sys.stderr)
+        if "lazytrain.engine.logger" in sys.modules:  # else no log.txt was opened (and torch stays unloaded)
+            sys.modules["lazytrain.engine.logger"].log_closing_error(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

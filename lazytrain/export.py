@@ -84,13 +84,14 @@ def export_onnx(
 ) -> dict[str, Any]:
     """Export the config's model with ``weights`` to ``output``; unless ``check`` is False, verify it (see
     :func:`verify_onnx`). Writes the report beside the model (``model.onnx`` -> ``model.report.json``, see
-    :func:`report_path`) and returns it, with ``"report"``: where it went. Progress with an ETA is logged
-    every few seconds, per stage and per batch of the check."""
+    :func:`report_path`) and returns it, with ``"report"``: where it went. Each stage is logged as it starts,
+    and the check's progress with an ETA every few seconds."""
     spec = _export_spec(cfg)
-    stages = Progress("Export", 5 if check else 4, unit="stage", logger=logger)
+    stages = _Stages(5 if check else 4)
+    stages.start(f"loading the weights and {max(num_batches, 1)} test batches")
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
-    stages.step(note="weights and test batches loaded")
     onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset, stages)
+    stages.start(f"saving {output} and checking it with onnx.checker")
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
     # written whole or not at all: the exporter's file goes to a temp name, the final one by atomic_write
@@ -108,7 +109,6 @@ def export_onnx(
         _name_batch_axis(saved)
     atomic_write(output, saved.SerializeToString())
     onnx.checker.check_model(output)
-    stages.step(note="saved, onnx.checker passed")
     report: dict[str, Any] = {
         "model": os.path.abspath(output),
         "weights": os.path.abspath(weights),
@@ -119,11 +119,22 @@ def export_onnx(
         "checked": False,
     }
     if check:
+        stages.start("comparing it with torch in onnxruntime")
         report.update(check_onnx(wrapper, output, batches, spec))
-        stages.step(note="compared with torch")
-    stages.done()
     report["report"] = _write_report(output, report)
     return report
+
+
+class _Stages:
+    """Names each stage of an export as it starts (``Export 3/5: converting it to ONNX``): capture and
+    conversion take tens of seconds on a large model, and a silent wait reads as a hang."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.count = total, 0
+
+    def start(self, what: str) -> None:
+        self.count += 1
+        logger.info("Export %d/%d: %s", self.count, self.total, what)
 
 
 def verify_onnx(cfg: DictConfig, weights: str, path: str, num_batches: int = 4, use_ema: bool = True) -> dict[str, Any]:
@@ -297,7 +308,7 @@ def _export(
     example: tuple[torch.Tensor, ...],
     spec: Mapping[str, Any],
     opset: Optional[int],
-    stages: Optional[Progress] = None,
+    stages: Optional[_Stages] = None,
 ) -> Any:
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise ExportError(
@@ -308,6 +319,8 @@ def _export(
     if spec["dynamic_batch"]:
         batch = torch.export.Dim("batch")
         dynamic_shapes = (tuple({0: batch} for _ in example),)  # one entry: forward(*tensors)
+    if stages is not None:
+        stages.start(f"capturing {type(wrapper.model).__name__}.forward with torch.export")
     with _quiet_exporter():
         try:
             program = torch.export.export(wrapper, example, dynamic_shapes=dynamic_shapes)
@@ -319,7 +332,7 @@ def _export(
                 "(run with --traceback for the exporter's full report).",
             ) from e
         if stages is not None:
-            stages.step(note="captured with torch.export")
+            stages.start("converting it to ONNX")
         try:
             kwargs: dict[str, Any] = {
                 "dynamo": True,
@@ -332,8 +345,6 @@ def _export(
             onnx_program = torch.onnx.export(program, example, **kwargs)
         except Exception as e:
             raise _conversion_error(e, program, wrapper) from e
-    if stages is not None:
-        stages.step(note="converted to ONNX")
     return onnx_program
 
 

@@ -10,7 +10,16 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO, Optional, Union
 
-__all__ = ["TMP_PREFIX", "atomic_write", "describe_write_error", "format_bytes", "os_error_in", "writes_in_progress"]
+__all__ = [
+    "OUTSIDE_RUN",
+    "TMP_PREFIX",
+    "atomic_write",
+    "describe_write_error",
+    "format_bytes",
+    "os_error_in",
+    "outside_run",
+    "writes_in_progress",
+]
 
 TMP_PREFIX = ".tmp-"  # temp files of unfinished writes start with this; a new run may remove them
 
@@ -103,12 +112,29 @@ def describe_write_error(error: OSError, path: str, needed_bytes: Optional[int] 
         free = shutil.disk_usage(folder).free
     except OSError:
         return text
-    text += f"; {folder} has {format_bytes(free)} free"
+    if needed_bytes is not None and needed_bytes > free:
+        return text + f"; {folder} has {format_bytes(free)} free and this file needs about {format_bytes(needed_bytes)}"
+    # free space measured after the failed write let go of its partial file can exceed what the file needs:
+    # saying "needs 3 MB" beside "12 MB free" reads as a contradiction, so say what happened instead
+    text += f"; {folder} has {format_bytes(free)} free now"
     if needed_bytes is not None:
-        text += f" and this file needs about {format_bytes(needed_bytes)}"
+        text += (
+            ", after the partial file was removed (the disk filled up while it was written: another program "
+            "writing there, or a quota)"
+        )
     return text
 
 
 def format_bytes(n: int, decimals: int = 0) -> str:
     """``12 MB`` from a megabyte on, else ``3 kB`` (a small file or a toy model is not "0 MB")."""
     return f"{n / 2**20:.{decimals}f} MB" if n >= 2**20 else f"{n / 2**10:.{decimals}f} kB"
+
+
+# ``logger.info(..., extra=outside_run(path, "what it is"))``: a record saying a file or folder was written
+# outside the run's output folder (a data set made on first use, a cache); a dry run lists them at its end
+OUTSIDE_RUN = "lazytrain_outside_run"
+
+
+def outside_run(path: str, what: str) -> dict[str, tuple[str, str]]:
+    """The ``extra`` of a log record that says ``path`` (``what``) was written outside the output folder."""
+    return {OUTSIDE_RUN: (os.path.abspath(path), what)}

@@ -127,3 +127,54 @@ def test_cli_on_the_flagship_names_modules_and_uncounted_ops(tmp_path):
     report = json.loads(out.read_text())
     assert report["model"] == "RangeNet" and report["flops"]["total"] > 0
     assert report["flops"]["not_counted"]["aten::leaky_relu"] == 15
+
+
+def report_lines(toy_config, **latency_ms) -> list[str]:
+    report = analyze_model(toy_config(), runs=2)
+    report["latency_ms"].update(latency_ms)
+    return format_report(report).splitlines()
+
+
+def test_latency_is_in_plain_milliseconds_with_its_spread(toy_config):
+    lines = report_lines(toy_config, median=1270.4, min=1190.0, max=1301.2)
+    latency = next(line for line in lines if line.startswith("latency:"))
+    assert latency.startswith("latency: median 1270 ms of 2 forward passes (min 1190 ms, max 1301 ms)")
+    assert not any(line.startswith("warning:") for line in lines)
+    small = next(line for line in report_lines(toy_config, median=0.41234, min=0.4, max=0.5) if "latency" in line)
+    assert "median 0.412 ms" in small and "e+" not in small and "e-" not in small
+
+
+def test_runs_that_disagree_by_more_than_2x_are_a_warning(toy_config):
+    lines = report_lines(toy_config, median=900.0, min=755.0, max=1800.0)
+    warning = next(line for line in lines if line.startswith("warning:"))
+    assert "disagree by 2.4x (min 755 ms, max 1800 ms)" in warning
+
+
+def test_flops_are_given_per_sample_and_per_batch(toy_config):
+    report = analyze_model(toy_config(), runs=1)
+    assert report["batch"]["samples"] == BATCH
+    assert report["flops"]["per_sample"] * BATCH == report["flops"]["total"]
+    line = next(line for line in format_report(report).splitlines() if line.startswith("FLOPs:"))
+    assert line.startswith(f"FLOPs: 24.6K on this batch of {BATCH} samples, 384 per sample")
+
+
+class FeatureDropoutMLP(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        layers = [torch.nn.Linear(IN, HIDDEN), torch.nn.Dropout1d(0.5), torch.nn.Linear(HIDDEN, OUT)]
+        self.net = torch.nn.Sequential(*layers)
+
+    def forward(self, batch):
+        return self.net(batch["x"])
+
+
+def test_dropout_is_not_listed_as_not_counted(toy_config):
+    from lazytrain.config import LazyCall as L
+
+    cfg = toy_config()
+    cfg.model = L(FeatureDropoutMLP)()  # fvcore has no counter for its aten::feature_dropout
+    report = analyze_model(cfg, runs=1)
+    text = format_report(report)
+    assert "dropout count 0 by design" in text
+    assert not any("dropout" in line for line in text.splitlines() if line.startswith("not counted"))
+    assert report["flops"]["zero_in_inference"] == {"aten::feature_dropout": 1}

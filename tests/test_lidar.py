@@ -14,7 +14,7 @@ import torch
 from conftest import REPO, cli_env, load_config
 
 from lazytrain.config import instantiate
-from lazytrain.errors import DataError
+from lazytrain.errors import ConfigError, DataError
 from lazytrain.lidar import (
     LEARNING_MAP,
     ClassWeightsFromLabels,
@@ -220,14 +220,14 @@ def test_synthetic_scans_are_written_only_where_no_real_data_is(tmp_path, kitti_
 
 def test_a_root_without_scans_is_an_error_and_gets_no_synthetic_scans(tmp_path):
     typo = tmp_path / "semantic_kiti"
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         SemanticKittiDataset(str(typo), sequences=["08"], synthetic_default_root=str(tmp_path / "semantic_kitti"),
                              synthetic_default_scans=1)  # fmt: skip
     message = str(info.value)
     assert f"no SemanticKITTI scans under '{typo}': it does not exist" in message and "dataset.root" in message
     assert not typo.exists()
     (typo / "dataset").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"semantic_kiti': it holds no dataset/sequences/<SS>/velodyne folder"):
+    with pytest.raises(ConfigError, match=r"semantic_kiti': it holds no dataset/sequences/<SS>/velodyne folder"):
         SemanticKittiDataset(str(typo), sequences=["08"])
     # the default root gets its synthetic set; any root gets one with synthetic_scans (an explicit opt-in)
     default = tmp_path / "semantic_kitti"
@@ -239,7 +239,7 @@ def test_a_root_without_scans_is_an_error_and_gets_no_synthetic_scans(tmp_path):
 def test_flagship_writes_synthetic_scans_only_at_its_default_root(tmp_path):
     typo = tmp_path / "SemanticKITI"
     cfg = load_config(REPO / "configs" / "kitti_seg.py", f"dataset.root={typo}")
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError) as info:
         instantiate(cfg.dataloader.test.dataset, key="dataloader.test.dataset")
     assert str(info.value).startswith("dataloader.test.dataset: no SemanticKITTI scans under") and str(typo) in str(
         info.value
@@ -364,3 +364,16 @@ def test_eval_of_the_flagship_reads_only_the_validation_split(flagship_run, tmp_
     assert sorted(os.listdir(data / "dataset" / "sequences")) == ["08"]  # no training sequence written or read
     assert "not found in the checkpoint" not in r.stdout + r.stderr  # the class weights came with it
     assert "mIoU" in (tmp_path / "eval" / "eval" / "metrics.jsonl").read_text()
+
+
+def test_a_dataset_root_typo_exits_2_and_the_error_is_in_log_txt(tmp_path):
+    typo, out = tmp_path / "SemanticKITI", tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(REPO / "configs" / "kitti_seg.py"),
+         f"dataset.root={typo}", f"train.output_dir={out}", "dataset.projection.width=128"],
+        capture_output=True, text=True, env=cli_env(), cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    closing = f"dataloader.train.dataset: no SemanticKITTI scans under '{typo}': it does not exist"
+    assert r.stderr.strip().splitlines()[-1].startswith(f"error: {closing}")
+    assert f"ERROR]: {closing}" in (out / "log.txt").read_text()

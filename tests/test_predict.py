@@ -43,6 +43,13 @@ def _predict(kitti, out, *overrides, pictures=False):
     return predict_main(cfg, str(weights), split="test", out_dir=str(out), pictures=pictures)
 
 
+def test_the_predict_summary_gives_the_check_command_with_the_dataset_root(kitti, tmp_path):
+    root, _, _ = kitti
+    out = (tmp_path / "submission").resolve()
+    summary = _predict(kitti, out)
+    assert summary["check"] == f"python -m lazytrain.lidar.predictions {out}.zip {root.resolve()}"
+
+
 def test_the_test_split_reads_without_label_files(kitti):
     root, _, _ = kitti
     assert not os.path.exists(root / "dataset" / "sequences" / "11" / "labels")

@@ -31,7 +31,9 @@ evaluator = L(SemanticKittiEvaluator)(num_classes="${dataset.num_classes}", knn=
 # point of every scan labelled (through the evaluator's KNN when it has one), ready to zip for the benchmark
 predict = config_dict(
     split="test",
-    writer=L(SemanticKittiSubmission)(num_classes="${dataset.num_classes}", knn="${evaluator.knn}"),
+    writer=L(SemanticKittiSubmission)(
+        num_classes="${dataset.num_classes}", knn="${evaluator.knn}", dataset_root="${dataset.root}"
+    ),
 )
 
 export = config_dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

@@ -54,6 +54,8 @@ evaluator = L(SemanticKittiEvaluator)(
 )
 predict = dict(
     split="test",
-    writer=L(SemanticKittiSubmission)(num_classes="${dataset.num_classes}", knn="${evaluator.knn}"),
+    writer=L(SemanticKittiSubmission)(
+        num_classes="${dataset.num_classes}", knn="${evaluator.knn}", dataset_root="${dataset.root}"
+    ),
 )
 export = dict(input_keys=["image"], output_names=["logits"], dynamic_batch=True)

@@ -4,11 +4,12 @@ bug or an export that fails shows up before a long run, not at its end."""
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Optional
 
 import torch
@@ -17,67 +18,121 @@ from omegaconf import DictConfig
 from .. import comm
 from ..errors import TrainingError
 from ..evaluation import flatten_results
+from ..fileio import OUTSIDE_RUN
 from .build import build_trainer
+from .logger import terminal_warnings_only
 from .resume import resume_or_load
 from .run import prepare_output_dir, save_run_config
 from .settings import check_required
 from .trainer import Trainer
 
-__all__ = ["dry_run_main"]
+__all__ = ["dry_run_main", "process_started_at"]
 
 STEPS = 2
 TEST_BATCHES = 2
 
 
-def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, str]]:
+def dry_run_main(cfg: DictConfig, keep: bool = False, started: Optional[float] = None) -> list[tuple[str, float, str]]:
     """Build everything, train :data:`STEPS` steps with every hook, evaluate :data:`TEST_BATCHES` test
     batches, check that a checkpoint resumes to the state that was saved, run the export check when the config
-    has ``export``; print one line per stage with its time, then delete ``train.output_dir`` (unless
-    ``keep``; what the config writes elsewhere, such as a data set made on first use or a cache, stays).
-    Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    has ``export``; print one line per stage with its time (the run's info lines go to log.txt only), then
+    delete ``train.output_dir`` (unless ``keep``; what the config writes elsewhere, such as a data set made on
+    first use or a cache, stays and is named). ``started``: when the command started (``time.time()``), so the
+    total includes the start-up. Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    started = time.time() if started is None else started
     check_required(cfg)
     t = cfg.train
     t.max_iter, t.log_period, t.checkpoint_period, t.eval_period = STEPS, 1, STEPS, 0
     out = t.output_dir
     rows: list[tuple[str, float, str]] = []
     main = comm.is_main_process()
+    written = _WrittenOutside()
     if main:
         print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)
+    logging.getLogger("lazytrain").addHandler(written)
     try:
-        with _stage(rows, "build", main):
-            prepare_output_dir(cfg)
-            trainer = build_trainer(cfg)
-            save_run_config(cfg)
-            trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
-        with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
-            trainer.train(0, STEPS)
-            assert trainer.storage is not None
-            note.append(f"total_loss {trainer.storage.latest()['total_loss'][0]:.4g}")
-        with _stage(rows, f"evaluate {TEST_BATCHES} test batches", main) as note:
-            results = flatten_results(trainer.test())
-            note.append(", ".join(f"{k} {v:.4g}" for k, v in itertools.islice(results.items(), 4)) or "no evaluator")
-        with _stage(rows, "checkpoint round trip", main) as note:
-            note.append(_check_round_trip(trainer, cfg))
-        if cfg.get("export") is not None and main:
-            with _stage(rows, "export check (onnxruntime)", main) as note:
-                from ..export import export_onnx
-
-                weights = os.path.join(out, "checkpoints", "model_final.pth")
-                report = export_onnx(cfg, weights, os.path.join(out, "model.onnx"), num_batches=TEST_BATCHES)
-                note.append(f"max abs diff {report['max_abs_diff']:.2e}")
-        comm.synchronize()
+        with ExitStack() as quiet:
+            with _stage(rows, "build", main):
+                prepare_output_dir(cfg)
+                quiet.enter_context(terminal_warnings_only())
+                trainer = build_trainer(cfg)
+                save_run_config(cfg)
+                trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
+            _run_stages(trainer, cfg, rows, main)
     finally:
+        logging.getLogger("lazytrain").removeHandler(written)
         if not keep and main:
             shutil.rmtree(out, ignore_errors=True)
     if main:
-        print(f"dry run passed in {sum(seconds for _, seconds, _ in rows):.1f} s", flush=True)
+        stages = sum(seconds for _, seconds, _ in rows)
+        print(
+            f"dry run passed in {time.time() - started:.1f} s since the command started "
+            f"({stages:.1f} s in the stages above, the rest is start-up: imports, loading the config)",
+            flush=True,
+        )
         if not keep:
-            print(
-                f"deleted {out}; what the config wrote elsewhere stays (a data set written on first use, a cache: "
-                "the log above says where)",
-                flush=True,
-            )
+            print(f"deleted {out}; {written.summary()}", flush=True)
     return rows
+
+
+def _run_stages(trainer: Trainer, cfg: DictConfig, rows: list[tuple[str, float, str]], main: bool) -> None:
+    out = cfg.train.output_dir
+    with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
+        trainer.train(0, STEPS)
+        assert trainer.storage is not None
+        note.append(f"total_loss {trainer.storage.latest()['total_loss'][0]:.4g}")
+    with _stage(rows, f"evaluate {TEST_BATCHES} test batches", main) as note:
+        results = flatten_results(trainer.test())
+        note.append(", ".join(f"{k} {_number(v)}" for k, v in results.items()) or "no evaluator")
+    with _stage(rows, "checkpoint round trip", main) as note:
+        note.append(_check_round_trip(trainer, cfg))
+    if cfg.get("export") is not None and main:
+        with _stage(rows, "export check (onnxruntime)", main) as note:
+            from ..export import export_onnx
+
+            weights = os.path.join(out, "checkpoints", "model_final.pth")
+            report = export_onnx(cfg, weights, os.path.join(out, "model.onnx"), num_batches=TEST_BATCHES)
+            note.append(f"max abs diff {report['max_abs_diff']:.2e}")
+    comm.synchronize()
+
+
+def _number(value: Any) -> str:
+    # a count stays a count ("num_samples 128"), a metric gets 4 significant digits
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+class _WrittenOutside(logging.Handler):
+    """Collects the files and folders the run said it wrote outside its output folder (records marked
+    with :func:`lazytrain.fileio.outside_run`), to name them when the output folder is deleted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.places: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        place = getattr(record, OUTSIDE_RUN, None)
+        if place is not None:
+            self.places.setdefault(place[0], place[1])
+
+    def summary(self) -> str:
+        if not self.places:
+            return "the run wrote nothing outside it"
+        kept = "; ".join(f"{path} ({what})" for path, what in self.places.items())
+        return f"kept what the run wrote outside it, which the next run reuses: {kept}"
+
+
+def process_started_at() -> float:
+    """When this process started, as ``time.time()``: what a user's clock measures includes Python's start and
+    the imports. From ``/proc`` on Linux; elsewhere, now."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # the command name in parentheses may hold spaces
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        age = uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime, in clock ticks after boot
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - max(age, 0.0)
 
 
 @contextmanager

@@ -12,17 +12,30 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional, TextIO
 
 from ..fileio import describe_write_error
 
-__all__ = ["FILE_ONLY", "setup_logger"]
+__all__ = ["FILE_ONLY", "log_closing_error", "setup_logger", "terminal_warnings_only"]
 
 _OURS = "_lazytrain_handler"
 
 # ``logger.info(..., extra=FILE_ONLY)``: a record for log.txt only, when the terminal shows it another way (the
 # closing ``error:`` line on stderr, a stack faulthandler dumped there)
 FILE_ONLY = {"lazytrain_file_only": True}
+
+
+def log_closing_error(error: BaseException, level: int = logging.ERROR) -> None:
+    """Put the error the terminal shows as the closing ``error:`` line into log.txt too (where this process
+    writes one), once: the log of a failed run then says why it ended. Whoever logs it first marks it."""
+    if getattr(error, "lazytrain_logged", False):
+        return
+    error.lazytrain_logged = True  # type: ignore[attr-defined]
+    logger = logging.getLogger("lazytrain")
+    if any(isinstance(h, logging.FileHandler) for h in logger.handlers):  # else logging's last resort would print
+        logger.log(level, "%s", error, extra=FILE_ONLY)
 
 
 class _NotFileOnly(logging.Filter):
@@ -116,3 +129,21 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
             logger.addHandler(handler)
     warnings.showwarning = _log_warning
     return logging.getLogger(name)
+
+
+@contextmanager
+def terminal_warnings_only() -> Iterator[None]:
+    """While inside, the terminal shows only warnings and errors of our loggers (log.txt keeps everything): a
+    command that prints its own summary lines (the dry run) is not buried in the run's info lines."""
+    changed: list[tuple[logging.Handler, int]] = []
+    for logger_name in ("lazytrain", "fvcore", "py.warnings"):
+        for handler in logging.getLogger(logger_name).handlers:
+            terminal = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+            if getattr(handler, _OURS, False) and terminal and handler.level < logging.WARNING:
+                changed.append((handler, handler.level))
+                handler.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for handler, level in changed:
+            handler.setLevel(level)

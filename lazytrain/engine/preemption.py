@@ -20,7 +20,7 @@ from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from ..launch.signals import install_handlers, restore_handlers
 from .hook_api import HookBase
 from .hooks import require_checkpointer, save_training_state
-from .logger import FILE_ONLY
+from .logger import log_closing_error
 
 __all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
 
@@ -103,7 +103,7 @@ class GracefulStop(HookBase):
             hint=f"`{resume_command()}` continues.",
         )
         if comm.is_main_process():  # the terminal shows it as the closing error line
-            logger.info("%s", error, extra=FILE_ONLY)
+            log_closing_error(error, logging.INFO)
         raise error
 
     def after_train(self) -> None:

@@ -20,7 +20,7 @@ from .. import comm
 from ..errors import LazytrainError
 from ..launch.error_records import error_dir, record_error
 from .hook_api import HookBase
-from .logger import FILE_ONLY
+from .logger import FILE_ONLY, log_closing_error
 
 __all__ = ["HangError", "HangWatchdog"]
 
@@ -105,7 +105,7 @@ class HangWatchdog(HookBase):
                     info["stack"],
                     extra=FILE_ONLY,
                 )
-            logger.error("%s", error, extra=FILE_ONLY)
+            log_closing_error(error)
             self._publish("lazytrain/hang/logged", "1")
         elif any(info["rank"] == 0 for info in infos):
             self._wait_for("lazytrain/hang/logged")  # rank 0 logs what this rank sent before the job is stopped

@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data._utils.collate import default_collate
 
-from ..errors import DataError
-from ..fileio import atomic_write
+from ..errors import ConfigError, DataError
+from ..fileio import atomic_write, outside_run
 from ..progress import Progress
 from ..warn import warn_once
 from .projection import KITTI_MEANS, KITTI_STDS, RangeProjection, finite_rows
@@ -104,6 +104,7 @@ def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, 
             " ".join(missing),
             os.path.abspath(root),
             synthetic_scans,
+            extra=outside_run(root, "synthetic data set, written on first use"),
         )
         # the test sequences of the real data set have no labels: neither do synthetic ones
         labelled = [s for s in missing if s not in OFFICIAL_SPLIT["test"]]
@@ -114,7 +115,7 @@ def prepare_root(root: str, sequences: Sequence[str], synthetic_scans: int = 0, 
         where = os.path.abspath(root)
         layout = os.path.join("dataset", "sequences", "<SS>", "velodyne")
         state = "does not exist" if not os.path.exists(where) else f"holds no {layout} folder"
-        raise DataError(
+        raise ConfigError(  # a setting to fix (exit 2), not a broken file
             f"no SemanticKITTI scans under '{where}': it {state} (looked for sequences {', '.join(sequences)}).",
             hint="Set dataset.root to the folder that holds dataset/sequences/ of the data set (is there a typo?), "
             "or opt in to a synthetic set written there with dataset.synthetic_scans=N.",
@@ -293,6 +294,7 @@ class ClassWeightsFromLabels:
             " ".join(sequences),
             os.path.abspath(self.root),
             cache_dir,
+            extra=outside_run(cache_dir, "class-weight cache"),
         )
         counts = np.zeros(self.num_classes, dtype=np.int64)
         progress = Progress("Class weights: label files", len(label_paths), unit="file", logger=logger)

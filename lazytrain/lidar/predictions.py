@@ -47,12 +47,19 @@ class SemanticKittiSubmission:
     SalsaNext's, CENet's): the plain argmax over every class, so a pixel whose best class is 0 is written as 0
     (unlabeled), and with ``knn`` their KNN votes from those pixel classes (a vote for 0 is dropped, as theirs).
     Use it to compare with their predictions label for label; the benchmark counts a 0 as a miss.
+    ``dataset_root`` (the configs pass ``${dataset.root}``) fills in the command the summary gives to check the
+    submission.
     """
 
     def __init__(
-        self, num_classes: int = 20, knn: Optional[Mapping[str, Any]] = None, predict_unlabeled: bool = False
+        self,
+        num_classes: int = 20,
+        knn: Optional[Mapping[str, Any]] = None,
+        predict_unlabeled: bool = False,
+        dataset_root: Optional[str] = None,
     ) -> None:
         self.num_classes = num_classes
+        self.dataset_root = dataset_root  # for the check command of the summary
         self.predict_unlabeled = predict_unlabeled
         self.knn = _knn_settings(knn)
         self.out_dir = ""
@@ -85,6 +92,7 @@ class SemanticKittiSubmission:
         folder = os.path.abspath(self.out_dir)
         scans = sum(c[0] for c in self.counts.values())
         points = sum(c[1] for c in self.counts.values())
+        root = os.path.abspath(self.dataset_root) if self.dataset_root else "DATASET_ROOT"
         for sequence, (n, p) in sorted(self.counts.items()):
             logger.info("sequence %s: %d scans, %d points", sequence, n, p)
         summary: dict[str, Any] = {
@@ -93,7 +101,7 @@ class SemanticKittiSubmission:
             "sequences": " ".join(sorted(self.counts)),
             "folder": folder,
             "zip": f"cd {folder} && zip -r {folder}.zip sequences",
-            "check": f"python -m lazytrain.lidar.predictions {folder}.zip DATASET_ROOT",
+            "check": f"python -m lazytrain.lidar.predictions {folder}.zip {root}",
         }
         if self.pictures:
             summary["pictures"] = os.path.join(folder, "pictures")
