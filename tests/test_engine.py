@@ -457,6 +457,38 @@ def test_an_error_in_before_train_is_the_one_raised_and_after_train_of_every_hoo
     ]
 
 
+def test_a_raising_after_train_on_a_completed_run_still_runs_every_later_hooks_after_train(log_lines):
+    from lazytrain.engine import HookBase, TrainerBase
+
+    class BreaksAfterTrain(HookBase):
+        def after_train(self):
+            raise OSError(28, "No space left on device")
+
+    class AlsoBreaks(HookBase):
+        def after_train(self):
+            raise ValueError("the profiler trace is empty")
+
+    class Records(HookBase):
+        ran = False
+
+        def after_train(self):
+            Records.ran = True
+
+    class Steps(TrainerBase):
+        def run_step(self):
+            pass
+
+    trainer = Steps()
+    trainer.register_hooks([BreaksAfterTrain(), AlsoBreaks(), Records()])
+    with pytest.raises(OSError, match="No space left on device"):
+        trainer.train(0, 3)
+    assert Records.ran and trainer.completed
+    assert [m for m in log_lines if "after_train raised" in m] == [
+        "WARNING lazytrain.engine.train_loop: AlsoBreaks.after_train raised ValueError: the profiler trace is empty "
+        "(while an earlier after_train raised OSError, the error shown)"
+    ]
+
+
 class WarnsOnSample7(__import__("toyproj.data").data.BlobsDataset):
     def __getitem__(self, index):
         if index == 7:

@@ -26,7 +26,8 @@ class TrainerBase:
     ``after_train`` runs even when a step raises; :attr:`completed` tells hooks whether training finished,
     :attr:`failure` what stopped it. ``start_iter`` and ``iter`` count as :mod:`lazytrain.iterations` says. An
     exception a hook's ``after_train`` raises while training is already stopping on another one is logged, and
-    the first stays the error shown. Subclasses implement :meth:`run_step`.
+    the first stays the error shown. On a completed run every hook's ``after_train`` runs too: the first one
+    that raises is re-raised after the last hook, the others are logged. Subclasses implement :meth:`run_step`.
 
     An exception a hook raises in ``before_step`` / ``after_step`` is the user's (a :class:`UserCodeError`
     naming the hook and iteration, with the user's traceback), unless the hook is one of lazytrain's own: those
@@ -137,21 +138,24 @@ class TrainerBase:
     def after_train(self) -> None:
         # what the final hooks put (evaluation, last metrics) belongs to the last iteration that ran
         self.storage.iter = last_iteration_run(self.iter, self.start_iter, self.max_iter)
+        # every hook's after_train runs (writers close, GracefulStop puts the signal handlers back) even when an
+        # earlier one raised; the first error is the one shown, the others are logged
+        first: Optional[BaseException] = None
         for h in self._hooks:
-            if self.failure is None:
-                h.after_train()
-                continue
             try:
                 h.after_train()
-            except Exception as e:  # training stops on self.failure already: that stays the error shown
-                stopping_on = type(self.failure).__name__
-                logger.warning(
-                    "%s.after_train raised %s: %s (while training was stopping on %s)",
-                    type(h).__name__,
-                    type(e).__name__,
-                    e,
-                    stopping_on,
+            except Exception as e:
+                if self.failure is None and first is None:
+                    first = e
+                    continue
+                shown = (
+                    f"training was stopping on {type(self.failure).__name__}"
+                    if self.failure is not None
+                    else (f"an earlier after_train raised {type(first).__name__}, the error shown")
                 )
+                logger.warning("%s.after_train raised %s: %s (while %s)", type(h).__name__, type(e).__name__, e, shown)
+        if first is not None:
+            raise first
 
 
 def _is_lazytrains(hook: HookBase) -> bool:
