@@ -15,7 +15,7 @@ import torch
 from .comm import all_gather, broadcast_from_main, reduce_sum
 from .data import describe_batch, to_device
 from .errors import LazytrainError, TrainingError, UserCodeError
-from .events import beat
+from .events import beat, working
 from .progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -89,10 +89,11 @@ def inference_on_dataset(
             progress.step()
             beat()  # a long evaluation is progress, not a hang
     progress.done()
-    results = _call_user(where, f"{evaluator_name}.evaluate", evaluator.evaluate)
-    # rank 0's results count: other ranks may return None (detectron2's evaluators do), and hooks that act on
-    # results on every rank (train.best saves, a collective) must see the same dict everywhere
-    results = broadcast_from_main(results)
+    with working(f"{evaluator_name}.evaluate()"):  # one long call (a gather, a metric over all the data)
+        results = _call_user(where, f"{evaluator_name}.evaluate", evaluator.evaluate)
+        # rank 0's results count: other ranks may return None (detectron2's evaluators do), and hooks that act
+        # on results on every rank (train.best saves, a collective) must see the same dict everywhere
+        results = broadcast_from_main(results)
     if results is None:
         return {}
     if not isinstance(results, Mapping):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import time
 
 import pytest
 from conftest import TOY, cli_env
+from toyproj.evaluator import AccuracyEvaluator
+from toyproj.model import MLPClassifier
 
 from lazytrain.engine import HookBase
 
@@ -28,12 +31,52 @@ class StuckAt(HookBase):
                 time.sleep(0.05)
 
 
-def run(tmp_path, hook: str, *args: str) -> subprocess.CompletedProcess:
+class SlowToSave(HookBase):
+    """A hook whose state (saved in every checkpoint) takes ``seconds`` to gather: a save that takes long."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def state_dict(self) -> dict:
+        time.sleep(self.seconds)
+        return {}
+
+
+class SlowToEvaluate(AccuracyEvaluator):
+    """An evaluator whose ``evaluate()`` takes 3 s (a metric over a large confusion matrix, a gather)."""
+
+    def evaluate(self):
+        time.sleep(3)
+        return super().evaluate()
+
+
+class EvalForwardHangs(MLPClassifier):
+    def forward(self, batch):
+        while not self.training:
+            time.sleep(0.05)
+        return super().forward(batch)
+
+
+class HoldsTheGilAt(HookBase):
+    """At ``iteration``, on ``rank`` (None: every rank), calls C code that holds the GIL and does not return
+    (libc's sleep through ctypes.PyDLL, which keeps the GIL): no Python thread of the process runs."""
+
+    def __init__(self, iteration: int, rank: int | None = None) -> None:
+        self.iteration, self.rank = iteration, rank
+
+    def after_step(self) -> None:
+        from lazytrain import comm
+
+        if self.trainer.iter == self.iteration and self.rank in (None, comm.get_rank()):
+            ctypes.PyDLL(None).sleep(600)
+
+
+def run(tmp_path, hook: str, *args: str, body: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
     folder = tmp_path / "configs"
     folder.mkdir()
     shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
     (folder / "stuck.py").write_text(
-        f"from .toy import *\nfrom lazytrain.config import L\nfrom test_watchdog import StuckAt\nhooks = [{hook}]\n"
+        f"from .toy import *\nfrom lazytrain.config import L\nfrom test_watchdog import *\nhooks = [{hook}]\n" + body
     )
     env = cli_env()
     env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
@@ -42,7 +85,7 @@ def run(tmp_path, hook: str, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "lazytrain.cli", "train", str(folder / "stuck.py"), "train.hang_timeout=2",
          "train.max_iter=20", f"--output-dir={tmp_path / 'out'}", *args],
-        capture_output=True, text=True, env=env, timeout=240,
+        capture_output=True, text=True, env=env, timeout=timeout,
     )  # fmt: skip
 
 
@@ -80,3 +123,28 @@ def test_under_num_procs_the_stuck_rank_is_named_and_the_job_stops(tmp_path, stu
     assert "rank 0 made no progress for " in log and f"rank {stuck_rank} made no progress for " in log
     assert "time.sleep(0.05)" in log.split(f"rank {stuck_rank} made no progress for ")[1]
     assert last[len("error: ") :] in log
+
+
+@pytest.mark.parametrize("slow", ["evaluate", "save"])
+def test_a_long_evaluate_or_checkpoint_save_is_work_not_a_hang(tmp_path, slow):
+    hook, body = ("", "evaluator._target_ = SlowToEvaluate\n") if slow == "evaluate" else ("L(SlowToSave)(3)", "")
+    # 3 s in one call with train.hang_timeout=2: a save or evaluate() may take up to 10 x that
+    r = run(tmp_path, hook, "train.max_iter=4", "train.eval_period=2", "train.checkpoint_period=2", body=body)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "out" / "checkpoints" / "model_final.pth").is_file()
+
+
+def test_a_final_evaluation_that_hangs_is_named_as_the_end_of_training(tmp_path):
+    r = run(tmp_path, "", "train.max_iter=4", "train.eval_period=0", body="model._target_ = EvalForwardHangs\n",
+            timeout=120)  # fmt: skip
+    assert r.returncode == 1
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: rank 0 is stuck after iteration 4, at the end of training in "), last
+    assert "in forward: no progress for" in last
+
+
+def test_a_rank_holding_the_gil_in_c_code_still_dumps_its_stack_and_ends(tmp_path):
+    r = run(tmp_path, "L(HoldsTheGilAt)(iteration=3)", timeout=120)
+    assert r.returncode == 1
+    assert "Timeout (" in r.stderr and "most recent call first" in r.stderr  # faulthandler's C thread
+    assert "in after_step" in r.stderr.split("Timeout (")[1]  # the frame that holds the GIL

@@ -290,18 +290,19 @@ def save_training_state(trainer: HookTrainer, name: str, tag_last: bool = True) 
     checked, RNG states gathered); rank 0 writes. Its ``iteration`` is that iteration's index (see
     :mod:`lazytrain.iterations`)."""
     trainer.average_over_ranks_and_check_finite()  # never save a diverged state
-    rng_states = comm.all_gather(get_rng_state())
-    hook_states = {type(h).__name__: h.state_dict() for h in trainer.hooks if hasattr(h, "state_dict")}
-    require_checkpointer(trainer).save(
-        name,
-        tag_last=tag_last,
-        hooks=hook_states,
-        iteration=last_iteration_run(trainer.iter, trainer.start_iter, trainer.max_iter),
-        rng_states=rng_states,
-        config=trainer.config_yaml,
-        num_threads=trainer.num_threads,
-        lazytrain_version=__version__,
-    )
+    with trainer.storage.working(f"saving checkpoint {name}"):  # a large save is one long call: not a hang
+        rng_states = comm.all_gather(get_rng_state())
+        hook_states = {type(h).__name__: h.state_dict() for h in trainer.hooks if hasattr(h, "state_dict")}
+        require_checkpointer(trainer).save(
+            name,
+            tag_last=tag_last,
+            hooks=hook_states,
+            iteration=last_iteration_run(trainer.iter, trainer.start_iter, trainer.max_iter),
+            rng_states=rng_states,
+            config=trainer.config_yaml,
+            num_threads=trainer.num_threads,
+            lazytrain_version=__version__,
+        )
 
 
 def require_checkpointer(trainer: HookTrainer) -> Checkpointer:

@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from .. import comm
 from ..errors import LazytrainError
+from ..events import EventStorage
 from ..launch.error_records import error_dir, record_error
 from .hook_api import HookBase
 from .logger import FILE_ONLY, log_closing_error
@@ -35,16 +36,28 @@ class HangError(LazytrainError):
     speaks_for_the_job = True
 
 
+# a save or evaluator.evaluate() (one long call, see EventStorage.working) may take this many times the timeout:
+# it is work, not a hang, but a save stuck on a dead file system must still stop the job
+BUSY_FACTOR = 10
+
+
 class HangWatchdog(HookBase):
     """A thread per rank that wakes every few seconds. When this rank has made no progress (a finished step,
     or an evaluation batch) for ``timeout`` seconds (three times that before the first step: start-up,
-    compilation, a first pass over the labels), it dumps every thread's Python stack (faulthandler) to stderr,
+    compilation, a first pass over the labels; :data:`BUSY_FACTOR` times that inside a checkpoint save or
+    ``evaluator.evaluate()``), it dumps every thread's Python stack (faulthandler) to stderr,
     publishes where its main thread is (frame and stack) through the process group's store, reads what the
     other ranks published, and ends the process with one paragraph naming the stuck rank, its iteration and
     frame. Rank 0 writes every rank's stack and the paragraph to log.txt; the paragraph is printed once (by
     lazytrain's launcher, else by the lowest rank that answered). The launcher (or torchrun / SLURM) then stops
     the job. A rank blocked in a collective is waiting for the stuck one; the stuck one is the rank that is not
-    (or the one that did not answer)."""
+    (or the one that did not answer).
+
+    It watches until train() ends, the final evaluation and save included (they run in later hooks'
+    ``after_train``). A rank stuck in C code that holds the GIL stops this thread too: for that case
+    ``faulthandler.dump_traceback_later`` (a C thread), re-armed at each wake-up, dumps the stacks and ends the
+    process a little after this thread would have; the other ranks then name it as the rank that did not
+    answer."""
 
     def __init__(self, timeout: float, poll_s: Optional[float] = None) -> None:
         self.timeout = float(timeout)
@@ -57,37 +70,50 @@ class HangWatchdog(HookBase):
     def before_train(self) -> None:
         if self.timeout <= 0:
             return
-        self.trainer.storage.beat()
+        storage = self.trainer.storage
+        storage.beat()
         self._main_thread = threading.get_ident()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._watch, name="lazytrain-hang-watchdog", daemon=True)
+        self._steps_done = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._watch, args=(storage, self._stop), name="lazytrain-hang-watchdog", daemon=True
+        )
         self._thread.start()
+        storage.at_exit(self._stop_watching)  # after every hook's after_train: the end of the run is watched
 
     def after_step(self) -> None:
         self._steps_done += 1
         self.trainer.storage.beat()
 
-    def after_train(self) -> None:
+    def _stop_watching(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        faulthandler.cancel_dump_traceback_later()
 
     def __repr__(self) -> str:
         return f"HangWatchdog(timeout={self.timeout:g} s: names a stuck rank with its stack)"
 
-    def _watch(self) -> None:
-        storage = self.trainer.storage
-        while not self._stop.wait(self.poll_s):
+    def _watch(self, storage: EventStorage, stop: threading.Event) -> None:
+        stderr = _fault_file()
+        # later than this thread would act, and than the other ranks wait for an answer (see _exchange)
+        grace = _answer_wait(self.timeout) + 2 * self.poll_s + 1.0
+        while not stop.wait(self.poll_s):
             limit = self.timeout if self._steps_done else 3 * self.timeout
+            if storage.busy is not None:
+                limit = max(limit, BUSY_FACTOR * self.timeout)
             idle = time.monotonic() - storage.last_progress
             if idle >= limit:
-                self._stop_the_job(idle)
+                faulthandler.cancel_dump_traceback_later()
+                self._stop_the_job(idle, storage.busy)
                 return
+            if stderr is not None:
+                faulthandler.dump_traceback_later(limit - idle + grace, exit=True, file=stderr)
 
-    def _stop_the_job(self, idle: float) -> None:
+    def _stop_the_job(self, idle: float, busy: Optional[str]) -> None:
         rank = comm.get_rank()
-        mine = self._where_main_thread_is(idle)
+        mine = self._where_main_thread_is(idle, busy)
         sys.stderr.write(
             f"\n[rank {rank}] lazytrain: no progress for {idle:.0f} s; the Python stack of every thread:\n"
         )
@@ -117,16 +143,19 @@ class HangWatchdog(HookBase):
         logging.shutdown()
         os._exit(error.exit_code)
 
-    def _where_main_thread_is(self, idle: float) -> dict[str, Any]:
+    def _where_main_thread_is(self, idle: float, busy: Optional[str]) -> dict[str, Any]:
         frame = sys._current_frames().get(self._main_thread)
         stack = traceback.extract_stack(frame) if frame is not None else traceback.StackSummary()
         last = stack[-1] if stack else None
         waiting = any(any(part in f.filename.replace(os.sep, "/") for part in _COLLECTIVE_FILES) for f in stack[-8:])
         return {
             "rank": comm.get_rank(),
-            "iteration": int(getattr(self.trainer, "iter", -1)) + 1,  # the one being run, counted from 1
+            # the one being run, counted from 1; past max_iter: the end of training (final evaluation, save)
+            "iteration": min(int(getattr(self.trainer, "iter", -1)) + 1, int(getattr(self.trainer, "max_iter", 0))),
+            "ended": int(getattr(self.trainer, "iter", -1)) >= int(getattr(self.trainer, "max_iter", 0)),
             "idle": idle,
             "frame": f"{_short(last.filename)}:{last.lineno} in {last.name}" if last else "an unknown frame",
+            "busy": busy,
             "in_collective": waiting,
             "stack": "".join(stack.format()),
         }
@@ -139,7 +168,7 @@ class HangWatchdog(HookBase):
             return [mine]
         self._publish(f"lazytrain/hang/{mine['rank']}", json.dumps(mine))
         infos = {mine["rank"]: mine}
-        deadline = time.monotonic() + min(15.0, max(3.0, self.timeout))
+        deadline = time.monotonic() + _answer_wait(self.timeout)
         while time.monotonic() < deadline and len(infos) < comm.get_world_size():
             for rank in range(comm.get_world_size()):
                 key = f"lazytrain/hang/{rank}"
@@ -188,12 +217,38 @@ def _describe(infos: list[dict[str, Any]], world_size: int, timeout: float) -> s
             "code that holds the GIL?); the other ranks waited for it. Their stacks are in the log above."
         )
     stuck = [i for i in infos if not i["in_collective"]] or [min(infos, key=lambda i: i["iteration"])]
-    parts = [f"rank {i['rank']} is stuck at iteration {i['iteration']} in {i['frame']}" for i in stuck]
+    parts = [
+        f"rank {i['rank']} is stuck {_when(i)} in {i['frame']}" + (f" ({i['busy']})" if i.get("busy") else "")
+        for i in stuck
+    ]
     others = "" if len(stuck) == len(infos) else "; the other ranks waited for it in a collective"
     return (
         f"{'; '.join(parts)}: no progress for {max(i['idle'] for i in stuck):.0f} s "
         f"(train.hang_timeout={timeout:g}){others}. Every rank's Python stack is in the log above."
     )
+
+
+def _when(info: dict[str, Any]) -> str:
+    if info.get("ended"):
+        return f"after iteration {info['iteration']}, at the end of training"
+    return f"at iteration {info['iteration']}"
+
+
+def _answer_wait(timeout: float) -> float:
+    """How long a rank that found a hang waits for the other ranks' answers."""
+    return min(15.0, max(3.0, timeout))
+
+
+def _fault_file() -> Any:
+    """stderr as faulthandler needs it (a real file descriptor), or None (stderr captured in memory)."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.fileno()
+                return stream
+        except (AttributeError, OSError, ValueError):
+            continue
+    return None
 
 
 def _short(path: str) -> str:

@@ -1,7 +1,7 @@
 """Metric storage for one run (``storage``) and the writers that read it (``writers``): terminal (with ETA),
 JSON lines, TensorBoard. Iteration numbers: see :mod:`lazytrain.iterations`."""
 
-from .storage import EventStorage, beat, get_event_storage
+from .storage import EventStorage, beat, get_event_storage, working
 from .writers import EventWriter, JSONWriter, TensorboardWriter, TerminalWriter
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "TerminalWriter",
     "beat",
     "get_event_storage",
+    "working",
 ]

@@ -7,11 +7,12 @@ per write, so logging costs one host-device sync per log period instead of one p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional, Union, cast
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 
 from ..images import as_image
 
-__all__ = ["EventStorage", "beat", "get_event_storage", "newest"]
+__all__ = ["EventStorage", "beat", "get_event_storage", "newest", "working"]
 
 _CURRENT_STORAGE: list[EventStorage] = []  # the one per-run storage, a context (innermost last)
 Number = Union[float, int, torch.Tensor]
@@ -29,6 +30,17 @@ def beat() -> None:
     """Mark progress in the storage of the run in progress, if there is one (evaluation calls it per batch)."""
     if _CURRENT_STORAGE:
         _CURRENT_STORAGE[-1].beat()
+
+
+@contextlib.contextmanager
+def working(what: str) -> Iterator[None]:
+    """Mark ``what`` (``"saving checkpoint model_final"``) as work in progress in the storage of the run in
+    progress, if there is one: one long call (a save, ``evaluator.evaluate()``) that cannot beat per batch."""
+    if not _CURRENT_STORAGE:
+        yield
+        return
+    with _CURRENT_STORAGE[-1].working(what):
+        yield
 
 
 def get_event_storage() -> EventStorage:
@@ -70,11 +82,28 @@ class EventStorage:
         self._pending: list[tuple[str, torch.Tensor | float, int, bool]] = []
         self.first_nonfinite: Optional[tuple[int, dict[str, float]]] = None
         self.last_progress = time.monotonic()  # see beat(): a finished step or evaluation batch
+        self.busy: Optional[str] = None  # see working(): the long call in progress (a save), for the watchdog
+        self._at_exit: list[Callable[[], None]] = []
         self._images: dict[str, tuple[np.ndarray, int]] = {}  # name -> (newest image, iteration)
 
     def beat(self) -> None:
         """Mark progress now (a step or an evaluation batch finished); the hang watchdog reads it."""
         self.last_progress = time.monotonic()
+
+    def at_exit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the run's ``with`` block ends, after every hook's ``after_train``."""
+        self._at_exit.append(callback)
+
+    @contextlib.contextmanager
+    def working(self, what: str) -> Iterator[None]:
+        """Inside: ``busy`` is ``what`` (the watchdog allows one long call more time); progress on both ends."""
+        previous, self.busy = self.busy, what
+        self.beat()
+        try:
+            yield
+        finally:
+            self.busy = previous
+            self.beat()
 
     def put_scalar(
         self,
@@ -224,6 +253,9 @@ class EventStorage:
     def __exit__(self, *exc: Any) -> None:
         assert _CURRENT_STORAGE[-1] is self
         _CURRENT_STORAGE.pop()
+        callbacks, self._at_exit = self._at_exit, []
+        for callback in callbacks:
+            callback()
 
 
 def _mean_over_ranks(
