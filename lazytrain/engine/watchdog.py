@@ -78,6 +78,9 @@ class HangWatchdog(HookBase):
         self._thread = threading.Thread(
             target=self._watch, args=(storage, self._stop), name="lazytrain-hang-watchdog", daemon=True
         )
+        # armed here too, not only at the thread's wake-ups: a rank that holds the GIL from its first steps on
+        # would otherwise never let the thread arm it
+        self._arm_fault_timer(3 * self.timeout)
         self._thread.start()
         storage.at_exit(self._stop_watching)  # after every hook's after_train: the end of the run is watched
 
@@ -95,10 +98,16 @@ class HangWatchdog(HookBase):
     def __repr__(self) -> str:
         return f"HangWatchdog(timeout={self.timeout:g} s: names a stuck rank with its stack)"
 
-    def _watch(self, storage: EventStorage, stop: threading.Event) -> None:
+    def _arm_fault_timer(self, remaining: float) -> None:
+        """faulthandler dumps every stack and ends the process ``remaining`` s (the time left before this
+        thread would act) plus a grace from now: later than this thread, and than the other ranks wait for an
+        answer (see _exchange), so it acts only when this thread cannot run."""
         stderr = _fault_file()
-        # later than this thread would act, and than the other ranks wait for an answer (see _exchange)
-        grace = _answer_wait(self.timeout) + 2 * self.poll_s + 1.0
+        if stderr is not None:
+            grace = _answer_wait(self.timeout) + 2 * self.poll_s + 1.0
+            faulthandler.dump_traceback_later(remaining + grace, exit=True, file=stderr)
+
+    def _watch(self, storage: EventStorage, stop: threading.Event) -> None:
         while not stop.wait(self.poll_s):
             limit = self.timeout if self._steps_done else 3 * self.timeout
             if storage.busy is not None:
@@ -108,8 +117,7 @@ class HangWatchdog(HookBase):
                 faulthandler.cancel_dump_traceback_later()
                 self._stop_the_job(idle, storage.busy)
                 return
-            if stderr is not None:
-                faulthandler.dump_traceback_later(limit - idle + grace, exit=True, file=stderr)
+            self._arm_fault_timer(limit - idle)
 
     def _stop_the_job(self, idle: float, busy: Optional[str]) -> None:
         rank = comm.get_rank()
