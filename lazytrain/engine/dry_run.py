@@ -20,6 +20,7 @@ from ..evaluation import flatten_results
 from .build import build_trainer
 from .resume import resume_or_load
 from .run import prepare_output_dir, save_run_config
+from .run_folder import clear_run, refuse_rerun
 from .settings import check_required
 from .trainer import Trainer
 
@@ -29,18 +30,26 @@ STEPS = 2
 TEST_BATCHES = 2
 
 
-def dry_run_main(cfg: DictConfig, keep: bool = False) -> list[tuple[str, float, str]]:
+def dry_run_main(cfg: DictConfig, keep: bool = False, overwrite: bool = False) -> list[tuple[str, float, str]]:
     """Build everything, train :data:`STEPS` steps with every hook, evaluate :data:`TEST_BATCHES` test
     batches, check that a checkpoint resumes to the state that was saved, run the export check when the config
     has ``export``; print one line per stage with its time, then delete ``train.output_dir`` (unless
     ``keep``; what the config writes elsewhere, such as a data set made on first use or a cache, stays).
-    Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named.
+
+    With ``keep`` (a folder the user named) the dry run writes checkpoints and metrics there: a folder that
+    holds a run is refused as ``train`` refuses it (``overwrite`` clears it first)."""
     check_required(cfg)
     t = cfg.train
     t.max_iter, t.log_period, t.checkpoint_period, t.eval_period = STEPS, 1, STEPS, 0
     out = t.output_dir
     rows: list[tuple[str, float, str]] = []
     main = comm.is_main_process()
+    if main and keep:
+        if overwrite:
+            clear_run(out)
+        else:
+            refuse_rerun(out)
     if main:
         print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)
     try:
