@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoints/last_checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output_dir that holds a run: delete its checkpoints, metrics and events first",
+    )
     p.add_argument("--eval-only", action="store_true", help="only evaluate (the resumed or init_checkpoint weights)")
     p.add_argument("--output-dir", help="where logs, metrics and checkpoints go (train.output_dir)")
     p.add_argument(
@@ -200,11 +205,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = load_config(args)
         if not args.output_dir:  # a folder of its own, the same for every rank, deleted afterwards
             cfg.train.output_dir = tempfile.mkdtemp(prefix="lazytrain-dry-run-")
-        _launch(dry_run_main, args, cfg, bool(args.output_dir), process_started_at())
+        _launch(dry_run_main, args, cfg, bool(args.output_dir), process_started_at(), args.overwrite)
         return 0
     from .engine.run import train_main
 
-    _launch(train_main, args, load_config(args), args.resume, args.eval_only)
+    _launch(train_main, args, load_config(args), args.resume, args.eval_only, args.overwrite)
     return 0
 
 

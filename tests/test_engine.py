@@ -389,10 +389,10 @@ def test_a_run_starts_with_versions_device_data_and_ends_saying_where_things_are
 
 def test_log_lines_name_their_module_and_the_level_of_warnings(tmp_path, toy_config):
     train_main(toy_config("train.max_iter=2"))
-    train_main(toy_config("train.max_iter=2"))  # a second run in the same folder warns
+    train_main(toy_config("train.max_iter=3"), resume=True)  # a resume with another config warns
     log = (tmp_path / "out" / "log.txt").read_text()
     assert " lt.engine.train_loop]: Starting training" in log
-    assert " lt.engine.resume WARNING]: " in log and "already holds checkpoints" in log
+    assert " lt.engine.resume WARNING]: " in log and "the config changed since the checkpoint" in log
     assert "next         lazytrain eval CONFIG --weights " in log  # run from Python (pytest): no command line
 
 

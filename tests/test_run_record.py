@@ -42,7 +42,7 @@ def test_eval_after_train_leaves_config_yaml_byte_identical(trained):
 def test_a_train_that_fails_at_start_up_leaves_config_yaml_as_it_was(trained):
     before = (trained / "config.yaml").read_bytes()
     # the build fails (a layer of negative width) after the output folder exists
-    r = lazytrain("train", CONFIG, "model.hidden=-5", "train.max_iter=7", f"--output-dir={trained}")
+    r = lazytrain("train", CONFIG, "model.hidden=-5", "train.max_iter=7", f"--output-dir={trained}", "--resume")
     assert r.returncode != 0
     assert (trained / "config.yaml").read_bytes() == before
 

@@ -23,6 +23,7 @@ from .build import build_trainer
 from .logger import terminal_warnings_only
 from .resume import resume_or_load
 from .run import prepare_output_dir, save_run_config
+from .run_folder import clear_run, refuse_rerun
 from .settings import check_required
 from .trainer import Trainer
 
@@ -32,13 +33,18 @@ STEPS = 2
 TEST_BATCHES = 2
 
 
-def dry_run_main(cfg: DictConfig, keep: bool = False, started: Optional[float] = None) -> list[tuple[str, float, str]]:
+def dry_run_main(
+    cfg: DictConfig, keep: bool = False, started: Optional[float] = None, overwrite: bool = False
+) -> list[tuple[str, float, str]]:
     """Build everything, train :data:`STEPS` steps with every hook, evaluate :data:`TEST_BATCHES` test
     batches, check that a checkpoint resumes to the state that was saved, run the export check when the config
     has ``export``; print one line per stage with its time (the run's info lines go to log.txt only), then
     delete ``train.output_dir`` (unless ``keep``; what the config writes elsewhere, such as a data set made on
     first use or a cache, stays and is named). ``started``: when the command started (``time.time()``), so the
-    total includes the start-up. Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named."""
+    total includes the start-up. Returns ``(stage, seconds, note)`` rows; the first failing stage raises, named.
+
+    With ``keep`` (a folder the user named) the dry run writes checkpoints and metrics there: a folder that
+    holds a run is refused as ``train`` refuses it (``overwrite`` clears it first)."""
     started = time.time() if started is None else started
     check_required(cfg)
     t = cfg.train
@@ -46,6 +52,11 @@ def dry_run_main(cfg: DictConfig, keep: bool = False, started: Optional[float] =
     out = t.output_dir
     rows: list[tuple[str, float, str]] = []
     main = comm.is_main_process()
+    if main and keep:
+        if overwrite:
+            clear_run(out)
+        else:
+            refuse_rerun(out)
     written = _WrittenOutside()
     if main:
         print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)

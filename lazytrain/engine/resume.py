@@ -47,12 +47,6 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
             logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done, done + 1)
             return done
         logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
-    elif checkpointer.has_checkpoint():
-        logger.warning(
-            "%s already holds checkpoints of an earlier run; this run starts from scratch and will replace "
-            "last_checkpoint (add --resume to continue that run, or choose another --output-dir).",
-            checkpointer.save_dir,
-        )
     if cfg.train.init_checkpoint:
         t = cfg.train
         model = checkpointer.model

@@ -23,6 +23,7 @@ from .eval_record import EvalDestination, eval_destination, write_eval_record
 from .logger import setup_logger
 from .memory import inference_autocast
 from .resume import resume_or_load
+from .run_folder import clear_run, refuse_rerun
 from .settings import check_required
 from .trainer import Trainer
 
@@ -65,12 +66,28 @@ def save_run_config(cfg: DictConfig) -> None:
     logger.info("Config saved to %s", path)
 
 
-def train_main(cfg: DictConfig, resume: bool = False, eval_only: bool = False) -> dict[str, Any]:
+def train_main(
+    cfg: DictConfig, resume: bool = False, eval_only: bool = False, overwrite: bool = False
+) -> dict[str, Any]:
     """Train (or with ``eval_only`` only evaluate) the config. Returns, after training, the newest
     ``(value, iteration)`` of every scalar the run put (losses, lr, evaluation results; ``iteration`` as in
-    metrics.jsonl: N after N iterations); with ``eval_only``, the evaluator's results."""
+    metrics.jsonl: N after N iterations); with ``eval_only``, the evaluator's results.
+
+    A folder that holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (clear it first)."""
     check_required(cfg)
+    if resume and overwrite:
+        raise ConfigError(
+            "--resume continues the run in train.output_dir and --overwrite deletes it: give one of them."
+        )
+    cleared: list[str] = []
+    if comm.is_main_process() and not eval_only:  # the other ranks write nothing of the run's record
+        if overwrite:
+            cleared = clear_run(cfg.train.output_dir)
+        elif not resume:
+            refuse_rerun(cfg.train.output_dir)
     prepare_output_dir(cfg)
+    if cleared:
+        logger.info("--overwrite: removed the earlier run's %s from %s.", ", ".join(cleared), cfg.train.output_dir)
     _log_versions_and_processes()
     trainer = build_trainer(cfg)
     _log_run(cfg, trainer)
