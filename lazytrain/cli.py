@@ -327,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_traceback: bool) -> int:
     """Run a subcommand; lazytrain errors become one paragraph on stderr and their exit code."""
-    from .errors import LazytrainError
+    from .errors import Interrupted, LazytrainError
 
     try:
         return func(args)
@@ -338,6 +338,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_trace
             print(e.details, file=sys.stderr)  # e.g. the traceback of user code, or of a worker
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

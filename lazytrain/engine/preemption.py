@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from .. import comm
-from ..errors import LazytrainError
+from ..errors import Interrupted, LazytrainError
 from ..invocation import resume_command
 from ..iterations import last_iteration_run
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
@@ -90,7 +90,11 @@ class GracefulStop(HookBase):
                     name,
                 )
         elif signum == signal.SIGINT:
-            raise KeyboardInterrupt(f"second {name}")
+            # put the handlers back now: the hooks' after_train may not run to the end after this
+            restore_handlers(self._previous)
+            self._previous = {}
+            last = last_checkpoint(self.trainer) if hasattr(self, "trainer") else None
+            raise Interrupted(f"no checkpoint written; the last one is {last}" if last else "no checkpoint yet")
         else:
             logger.warning("received %s again: already stopping.", name)
 
