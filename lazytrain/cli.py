@@ -346,7 +346,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_traceback: bool) -> int:
     """Run a subcommand; lazytrain errors become one paragraph on stderr and their exit code."""
-    from .errors import LazytrainError
+    from .errors import Interrupted, LazytrainError
 
     try:
         return func(args)
@@ -359,6 +359,9 @@ def run_command(func: Callable[[argparse.Namespace], int], args: Any, show_trace
         if "lazytrain.engine.logger" in sys.modules:  # else no log.txt was opened (and torch stays unloaded)
             sys.modules["lazytrain.engine.logger"].log_closing_error(e)
         return e.exit_code
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "ConfigImportError",
     "DataError",
+    "Interrupted",
     "LazytrainError",
     "RankFailedError",
     "TrainingError",
@@ -69,6 +70,11 @@ class LazytrainError(Exception):
                 text += "."
             text = f"{text} {self.hint}"
         return text
+
+
+class Interrupted(KeyboardInterrupt):
+    """A second Ctrl-C: stopped at once. Its message says what is on disk; the CLI prints ``interrupted:
+    <message>`` and exits 130, as for any KeyboardInterrupt."""
 
 
 class ConfigError(LazytrainError):

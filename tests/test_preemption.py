@@ -132,7 +132,31 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted: no checkpoint yet"
+
+
+def test_a_second_ctrl_c_names_the_last_checkpoint_on_disk(tmp_path):
+    (tmp_path / "hang.py").write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import HangsAt\n"
+        "hooks = [L(HangsAt)()]\n"
+    )
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(tmp_path / "hang.py"), f"--output-dir={out}",
+         "train.checkpoint_period=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tests(),
+    )  # fmt: skip
+    for line in proc.stdout:
+        if "hanging" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last = out / "checkpoints" / "model_0000003.pth"  # written before the hook hangs after iteration 3
+    assert stderr.strip().splitlines()[-1] == f"interrupted: no checkpoint written; the last one is {last}"
 
 
 class HangsAt(HookBase):
@@ -247,3 +271,41 @@ def test_under_torchrun_the_first_signal_promises_a_checkpoint_only_if_every_ran
     assert messages == [
         "received SIGTERM: stopping after this step; a checkpoint follows if every rank reaches the end of the step."
     ]
+
+
+class SignalsItselfInEvaluation:
+    """A slow evaluator that sends its own process ``signal_name`` from process(), as a Ctrl-C or a scheduler's
+    SIGTERM during a long final evaluation would."""
+
+    def __init__(self, signal_name: str) -> None:
+        self.signal_name = signal_name
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, inputs, outputs) -> None:
+        os.kill(os.getpid(), getattr(signal, self.signal_name))
+        time.sleep(5)  # the rest of a long evaluation, which the signal must cut short
+
+    def evaluate(self) -> dict:
+        return {"never": 1.0}
+
+
+@pytest.mark.parametrize("name", ["SIGINT", "SIGTERM"])
+def test_a_signal_during_the_final_evaluation_stops_it_after_the_final_checkpoint_and_exits_75(tmp_path, name):
+    cfg = tmp_path / "eval_signal.py"
+    cfg.write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import SignalsItselfInEvaluation\n"
+        f"evaluator = L(SignalsItselfInEvaluation)(signal_name={name!r})\n"
+    )
+    run = train(str(cfg), tmp_path / "o", "train.max_iter=4")
+    assert run.returncode == EXIT_PREEMPTED, run.stderr
+    final = tmp_path / "o" / "checkpoints" / "model_final.pth"
+    assert final.is_file()
+    closing = run.stderr.strip().splitlines()[-1]
+    assert closing.startswith(
+        f"error: stopped by {name} while the run was finishing. Training had finished after iteration 4 (of 4): "
+        f"the final checkpoint {final} was written; nothing more."
+    )
+    assert "'never'" not in run.stdout + run.stderr

@@ -14,15 +14,16 @@ import torch
 import torch.distributed as dist
 
 from .. import comm
-from ..errors import LazytrainError
+from ..errors import Interrupted, LazytrainError
 from ..invocation import resume_command
+from ..iterations import last_iteration_run
 from ..launch import job_stopping, launcher_gone, under_lazytrain_launcher
 from ..launch.signals import install_handlers, restore_handlers
-from .hook_api import HookBase
+from .hook_api import HookBase, HookTrainer
 from .hooks import require_checkpointer, save_training_state
 from .logger import log_closing_error
 
-__all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted"]
+__all__ = ["EXIT_PREEMPTED", "GracefulStop", "Preempted", "last_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +44,11 @@ class GracefulStop(HookBase):
     In a process group the ranks agree through one small all_reduce per step, started at the end of a step
     and read at the end of the next (so it overlaps the step; the stop comes at most one step later). A
     second Ctrl-C stops at once (the checkpoint being written, if any, is left out: writes are atomic); a
-    second SIGTERM / SIGUSR1 is ignored. Under SLURM, SIGUSR1 also requeues the job after the save
-    (``scontrol requeue``), for jobs submitted with ``sbatch --requeue``.
+    second SIGTERM / SIGUSR1 is ignored. A first signal once the loop has ended (during the final evaluation or
+    save, in the hooks' ``after_train``) stops what runs at once, since no step follows to stop after; the hooks
+    after it still run their ``after_train`` (the final checkpoint is written when training finished) and the
+    run ends with :class:`Preempted`, naming the checkpoint it ends with. Under SLURM, SIGUSR1 also requeues
+    the job after the save (``scontrol requeue``), for jobs submitted with ``sbatch --requeue``.
 
     Under ``--num-procs`` the workers get these signals from lazytrain's launcher, which passes on the first
     one it receives. The SIGTERM it sends to stop the other ranks after one failed ends a rank at once,
@@ -57,10 +61,12 @@ class GracefulStop(HookBase):
         self._received: Optional[int] = None
         self._previous: dict[int, Any] = {}
         self._vote: Optional[tuple[Any, torch.Tensor]] = None
+        self._stop_at_end: Optional[Preempted] = None  # raised by a signal during the hooks' after_train
 
     def before_train(self) -> None:
         self._received = None
         self._vote = None
+        self._stop_at_end = None
         self._previous = install_handlers(self.signals, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -71,6 +77,10 @@ class GracefulStop(HookBase):
             raise SystemExit(1)
         if self._received is None:
             self._received = signum
+            if self._training_over():  # no step follows to stop after: stop the final evaluation / save now
+                logger.warning("received %s while the run was finishing: stopping now.", name)
+                self._stop_at_end = Preempted(f"stopped by {name} while the run was finishing.")
+                raise self._stop_at_end
             if comm.get_world_size() == 1 or under_lazytrain_launcher():
                 logger.warning("received %s: stopping after this step, with a checkpoint.", name)
             else:  # under torchrun / SLURM a peer may be gone already (its launcher stops the others this way)
@@ -80,7 +90,11 @@ class GracefulStop(HookBase):
                     name,
                 )
         elif signum == signal.SIGINT:
-            raise KeyboardInterrupt(f"second {name}")
+            # put the handlers back now: the hooks' after_train may not run to the end after this
+            restore_handlers(self._previous)
+            self._previous = {}
+            last = last_checkpoint(self.trainer) if hasattr(self, "trainer") else None
+            raise Interrupted(f"no checkpoint written; the last one is {last}" if last else "no checkpoint yet")
         else:
             logger.warning("received %s again: already stopping.", name)
 
@@ -110,6 +124,13 @@ class GracefulStop(HookBase):
         self._finish_vote()
         restore_handlers(self._previous)
         self._previous = {}
+        if self._stop_at_end is not None:  # the hooks after the one stopped have run: say what is on disk now
+            _describe_stop_at_end(self._stop_at_end, self.trainer)
+
+    def _training_over(self) -> bool:
+        """Whether the loop has ended (the hooks' after_train run): a signal then has no step to stop after."""
+        trainer = getattr(self, "trainer", None)
+        return trainer is not None and (trainer.completed or trainer.failure is not None)
 
     def _agreed_signal(self) -> Optional[int]:
         """The signal all ranks stop for now, or None. In a process group: the highest signal number any rank
@@ -132,6 +153,30 @@ class GracefulStop(HookBase):
 
     def __repr__(self) -> str:
         return f"GracefulStop({', '.join(self.signals)}: checkpoint, then exit {EXIT_PREEMPTED})"
+
+
+def last_checkpoint(trainer: HookTrainer) -> Optional[str]:
+    """The path ``last_checkpoint`` names in the run's checkpoint folder, or None when none was written."""
+    checkpointer = trainer.checkpointer
+    if checkpointer is None or not checkpointer.save_dir or not checkpointer.has_checkpoint():
+        return None
+    path = checkpointer.get_checkpoint_file()
+    return path if os.path.isfile(path) else None
+
+
+def _describe_stop_at_end(error: Preempted, trainer: HookTrainer) -> None:
+    """Complete the message of a stop during the hooks' after_train with the checkpoint the run ends with."""
+    last = last_checkpoint(trainer)
+    iterations = last_iteration_run(trainer.iter, trainer.start_iter, trainer.max_iter) + 1
+    done = f"after iteration {iterations} (of {trainer.max_iter})"
+    if trainer.completed and last is not None and os.path.basename(last) == "model_final.pth":
+        error.message += f" Training had finished {done}: the final checkpoint {last} was written; nothing more."
+        error.hint = "It holds the trained weights; `lazytrain eval` evaluates them."
+    else:
+        where = f"the last one is {last}" if last is not None else "no checkpoint yet"
+        error.message += f" {done.capitalize()}: no checkpoint written by the stop; {where}."
+        error.hint = f"`{resume_command()}` continues." if last is not None else None
+    error.args = (error.format(),)
 
 
 def _requeue_slurm_job(job_id: str) -> None:
