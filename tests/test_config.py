@@ -155,6 +155,16 @@ def test_value_yaml_cannot_hold_is_pickled_beside_with_a_warning(tmp_path):
     assert loaded.scale.f(2) == 6
 
 
+def test_a_model_object_in_the_config_is_named_by_key_and_type_not_by_its_repr(tmp_path):
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(20)])
+    cfg = as_config({"model": L(torch.nn.Sequential)(), "backbone": model})
+    with pytest.warns(UserWarning) as warned:
+        LazyConfig.save(cfg, tmp_path / "cfg.yaml")
+    [message] = [str(w.message) for w in warned if "cloudpickle" in str(w.message)]
+    assert message.startswith("config key 'backbone' holds a torch.nn.modules.container.Sequential object, which YAML")
+    assert "\n" not in message and "Linear" not in message
+
+
 def test_lambda_target_round_trips_through_side_file(tmp_path):
     def make(x):
         return {"made": x}
