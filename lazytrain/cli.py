@@ -306,9 +306,23 @@ def _print_where(cfg: Any, key: str) -> int:
 
             raise ConfigError("no such config key.", key=k, hint=did_you_mean(k, list(flat_keys(cfg))))
         value = OmegaConf.select(cfg, k, throw_on_missing=False)
-        shown = value if not OmegaConf.is_config(value) else "(a node)"
-        print(f"{k} = {shown!r}: {origin(cfg, k, TRAIN_DEFAULTS)}")
+        print(f"{k} = {_as_source(value, k)}: {origin(cfg, k, TRAIN_DEFAULTS)}")
     return 0
+
+
+def _as_source(value: Any, key: str) -> str:
+    """A value as the config file writes it: ``L(toyproj.model.MLPClassifier)(hidden=32)`` for a call."""
+    from omegaconf import OmegaConf
+
+    from .config.python_writer import value_to_python
+    from .errors import ConfigError
+
+    if not OmegaConf.is_config(value):
+        return repr(value)
+    try:
+        return value_to_python(value, key)
+    except ConfigError:  # a value without a source form (an object from a cloudpickle file)
+        return "(a node)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
