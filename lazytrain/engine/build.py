@@ -18,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import comm
 from ..checkpoint import Checkpointer
+from ..compile_off import disable_marked_methods
 from ..config import LazyConfig, instantiate
 from ..config.lazy import TARGET_KEY, locate, target_signature
 from ..errors import ConfigError, did_you_mean
@@ -77,6 +78,7 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if comm.get_world_size() > 1:
         train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
     if t.compile.enabled:  # the train step runs the compiled module; checkpoints, eval and export the plain one
+        disable_marked_methods(model)  # methods that read files on their first call stay out of the graph
         train_model = torch.compile(train_model, mode=t.compile.mode, backend=t.compile.backend)  # type: ignore[assignment]
         announce_compile(train_model, f"mode={t.compile.mode}, backend={t.compile.backend!r}")
     optimizer = build_optimizer(cfg, model)
