@@ -45,3 +45,15 @@ def test_a_marked_method_runs_outside_the_compiled_graph():
     disable_marked_methods(model)
     out = torch.compile(model, backend="eager")(torch.ones(3))
     assert out.tolist() == [2.0, 2.0, 2.0] and model.seen == [False]
+
+
+def test_config_of_a_config_that_imports_nothing_heavy_does_not_import_torch(tmp_path):
+    (tmp_path / "light.py").write_text("model = dict(hidden=3)\ntrain = dict(max_iter=3)\n")
+    code = (
+        "import sys\nfrom lazytrain.cli import main\n"
+        f"main(['config', {str(tmp_path / 'light.py')!r}])\n"
+        "print('torch' if 'torch' in sys.modules else 'no torch', file=sys.stderr)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "max_iter: 3" in r.stdout and r.stderr.strip().splitlines()[-1] == "no torch"
