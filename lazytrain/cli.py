@@ -53,9 +53,10 @@ def _launch(fn: Callable[..., Any], args: argparse.Namespace, *fn_args: Any) -> 
     )
 
 
-def _config_args(p: argparse.ArgumentParser) -> None:
+def _config_args(p: argparse.ArgumentParser, example: str = "train.max_iter=100") -> None:
     p.add_argument("config", help="config file (.py, or .yaml saved by lazytrain)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.max_iter=100")
+    # an example that changes what this command does: train.max_iter means nothing to eval or predict
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
         epilog="example:\n  lazytrain eval configs/kitti_seg.py --weights output/kitti_seg/checkpoints/model_final.pth",
     )
-    _config_args(p)
+    _config_args(p, example="dataset.root=/data/kitti")
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument(
         "--output-dir",
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  lazytrain export configs/kitti_seg.py "
         "--weights output/kitti_seg/checkpoints/model_final.pth",
     )
-    _config_args(p)
+    _config_args(p, example="dataset.root=/data/kitti")
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth), CUDA-trained ones too")
     p.add_argument(
         "-o", "--output", metavar="MODEL.onnx", help="where to write (default: <train.output_dir>/model.onnx)"
@@ -138,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Help,
         epilog="example:\n  lazytrain analyze configs/kitti_seg.py --depth 3",
     )
-    _config_args(p)
+    _config_args(p, example="dataloader.test.batch_size=1")
     p.add_argument("--weights", metavar="CKPT", help="checkpoint file (.pth); default: freshly initialised weights")
     p.add_argument("--runs", type=int, default=10, metavar="N", help="timed forward passes, after 2 warm-up")
     p.add_argument("--depth", type=int, default=2, metavar="N", help="module levels in the table (0: the model only)")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  lazytrain predict configs/kitti_seg.py --weights output/kitti_seg/checkpoints/"
         "model_final.pth --split test",
     )
-    _config_args(p)
+    _config_args(p, example="dataset.root=/data/kitti")
     p.add_argument("--weights", required=True, metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument("--split", help="the split to predict (sets predict.split; default: the config's)")
     p.add_argument("--out", metavar="DIR", help="where to write (default: <train.output_dir>/predictions/<split>)")
@@ -319,9 +320,23 @@ def _print_where(cfg: Any, key: str) -> int:
 
             raise ConfigError("no such config key.", key=k, hint=did_you_mean(k, list(flat_keys(cfg))))
         value = OmegaConf.select(cfg, k, throw_on_missing=False)
-        shown = value if not OmegaConf.is_config(value) else "(a node)"
-        print(f"{k} = {shown!r}: {origin(cfg, k, TRAIN_DEFAULTS)}")
+        print(f"{k} = {_as_source(value, k)}: {origin(cfg, k, TRAIN_DEFAULTS)}")
     return 0
+
+
+def _as_source(value: Any, key: str) -> str:
+    """A value as the config file writes it: ``L(toyproj.model.MLPClassifier)(hidden=32)`` for a call."""
+    from omegaconf import OmegaConf
+
+    from .config.python_writer import value_to_python
+    from .errors import ConfigError
+
+    if not OmegaConf.is_config(value):
+        return repr(value)
+    try:
+        return value_to_python(value, key)
+    except ConfigError:  # a value without a source form (an object from a cloudpickle file)
+        return "(a node)"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "DatasetEvaluator",
     "all_gather",
+    "as_number",
     "flatten_results",
     "format_results",
     "inference_on_dataset",
@@ -130,7 +131,7 @@ def format_results(results: Mapping[str, Any]) -> str:
     if not flat:
         return "(no results)"
     width = max(len(k) for k in flat)
-    return "\n".join(f"  {k:<{width}}  {v:.4f}" for k, v in flat.items())
+    return "\n".join(f"  {k:<{width}}  {v if isinstance(v, int) else f'{v:.4f}'}" for k, v in flat.items())
 
 
 def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -141,8 +142,19 @@ def flatten_results(results: Mapping[str, Any], prefix: str = "") -> dict[str, f
         if isinstance(value, Mapping):
             flat.update(flatten_results(value, name))
         else:
-            flat[name] = float(value)
+            flat[name] = as_number(value)
     return flat
+
+
+def as_number(value: Any) -> float:
+    """A result or scalar as a Python number that keeps its kind: a count (``num_samples``, an int, a numpy or
+    torch integer) stays an int, so the terminal shows ``359``, not ``359.0000``, and metrics.jsonl ``359``;
+    anything else becomes a float."""
+    if isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1):
+        value = value.item()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return float(value)
 
 
 @contextlib.contextmanager

@@ -155,6 +155,16 @@ def test_value_yaml_cannot_hold_is_pickled_beside_with_a_warning(tmp_path):
     assert loaded.scale.f(2) == 6
 
 
+def test_a_model_object_in_the_config_is_named_by_key_and_type_not_by_its_repr(tmp_path):
+    model = torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(20)])
+    cfg = as_config({"model": L(torch.nn.Sequential)(), "backbone": model})
+    with pytest.warns(UserWarning) as warned:
+        LazyConfig.save(cfg, tmp_path / "cfg.yaml")
+    [message] = [str(w.message) for w in warned if "cloudpickle" in str(w.message)]
+    assert message.startswith("config key 'backbone' holds a torch.nn.modules.container.Sequential object, which YAML")
+    assert "\n" not in message and "Linear" not in message
+
+
 def test_lambda_target_round_trips_through_side_file(tmp_path):
     def make(x):
         return {"made": x}
@@ -464,3 +474,19 @@ def test_config_dict_loads_saves_and_locates_as_a_dict_does(tmp_path):
     values = config_dict({"a-b": 1}, c=dict(d=[1, 2]))
     values.c.d.append(3)  # attribute access in the file that writes it, as where it is imported
     assert isinstance(values, DictConfig) and OmegaConf.to_container(values) == {"a-b": 1, "c": {"d": [1, 2, 3]}}
+
+
+def make_linear(**kwargs):
+    return torch.nn.Linear(**kwargs)
+
+
+def test_a_misspelled_argument_of_a_kwargs_target_names_its_file_and_line_when_built(tmp_path):
+    (tmp_path / "cfg.py").write_text(
+        "from lazytrain.config import LazyCall as L\nfrom test_config import make_linear\n\n"
+        "model = L(make_linear)(\n    in_features=8,\n    out_featurs=4,\n)\n"
+    )
+    cfg = LazyConfig.load(tmp_path / "cfg.py")  # **kwargs takes any name: nothing to check at load time
+    with pytest.raises(ConfigError) as info:
+        instantiate(cfg.model, key="model")
+    assert str(info.value).startswith(f"{tmp_path / 'cfg.py'}:6: model: building ")
+    assert "unexpected keyword argument 'out_featurs'" in str(info.value)

@@ -50,6 +50,14 @@ def test_where_names_the_command_line_and_lists_what_overrides_changed(tmp_path)
     assert r.stdout.strip().splitlines() == ["model.hidden = 128: command line", "train.seed = 3: command line"]
 
 
+def test_where_prints_a_call_config_as_the_call(tmp_path):
+    (tmp_path / "exp.py").write_text(
+        "import torch\nfrom lazytrain.config import LazyCall as L\n\nmodel = L(torch.nn.Linear)(4, out_features=2)\n"
+    )
+    r = where(tmp_path, "--where", "model")
+    assert r.stdout.strip() == "model = L(torch.nn.Linear)(out_features=2, in_features=4): exp.py:4", r.stderr
+
+
 def test_where_an_unknown_key_suggests(tmp_path):
     write_configs(tmp_path)
     r = where(tmp_path, "--where", "model.hiden")

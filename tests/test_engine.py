@@ -416,6 +416,17 @@ def test_version_and_help_show_defaults_and_an_example():
     assert "the split to predict (sets predict.split; default: the config's) --out" in predict
 
 
+def test_the_override_example_in_help_is_one_that_changes_what_the_command_does():
+    from lazytrain.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction)).choices
+    for command in ("eval", "export", "analyze", "predict"):
+        help_text = " ".join(commands[command].format_help().split())
+        assert "train.max_iter" not in help_text, command  # evaluating or exporting runs no iteration
+    assert "e.g. train.max_iter=100" in " ".join(commands["train"].format_help().split())
+
+
 def test_an_error_in_before_train_is_the_one_raised_and_after_train_of_every_hook_still_runs():
     """after_train runs for every hook even when training stopped before some hook's before_train ran; what
     they raise then is logged and never replaces the error training stopped on."""

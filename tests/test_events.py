@@ -210,3 +210,20 @@ def test_the_terminal_line_keeps_one_number_format_and_width_from_line_to_line()
     # the fields of one kind start at the same column on each line (the ETA may grow; here it shrinks)
     for name in ("total_loss:", "lr:"):
         assert len({line.index(name) for line in lines[:2]}) == 1
+
+
+def test_an_integer_result_stays_an_integer_in_the_table_and_metrics_jsonl(tmp_path):
+    import json
+
+    from lazytrain.evaluation import format_results
+
+    results = {"accuracy": 0.5, "num_samples": torch.tensor(359)}
+    assert format_results(results).splitlines() == ["  accuracy     0.5000", "  num_samples  359"]
+    with EventStorage() as storage:
+        storage.put_scalar("num_samples", 359, smoothing_hint=False, group="val")
+        storage.put_scalar("accuracy", 0.5, smoothing_hint=False, group="val")
+        writer = JSONWriter(str(tmp_path / "metrics.jsonl"))
+        writer.write(storage)
+        writer.close()
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"iteration": 1, "num_samples": 359, "accuracy": 0.5}
+    assert '"num_samples": 359,' in (tmp_path / "metrics.jsonl").read_text()

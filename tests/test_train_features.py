@@ -4,6 +4,7 @@ other weights (rename, strict, report), freezing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -250,3 +251,15 @@ def test_init_checkpoint_loads_weights_only_and_reports_key_mismatch(toy_config,
     train_main(other)
     log = (tmp_path / "other" / "log.txt").read_text()
     assert "net.0.weight" in log and "(16, 8)" in log  # the shape mismatch is reported, by key
+
+
+def test_compiling_is_announced_and_timed_before_the_first_step_ends(toy_config, log_lines):
+    from lazytrain.engine import train_main
+
+    train_main(toy_config("train.max_iter=1", "train.eval_period=0", "train.compile.enabled=True",
+                          "train.compile.backend=aot_eager"))  # fmt: skip
+    said = [line for line in log_lines if line.startswith("INFO lazytrain.engine.build: Compil")]
+    assert said[0].endswith("Compiling the model with torch.compile (mode=None, backend='aot_eager'): the first "
+                            "step waits for it.")  # fmt: skip
+    assert re.search(r"Compiled: the first forward pass took [\d.]+ s, compiling included\.$", said[1])
+    assert len(said) == 2  # once per run, not per step

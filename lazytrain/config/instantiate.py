@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
@@ -22,6 +23,7 @@ from .lazy import (
     positional_call_arguments,
     target_name,
 )
+from .provenance import key_line, set_on_command_line
 
 __all__ = ["instantiate"]
 
@@ -54,10 +56,10 @@ def instantiate(cfg: Any, key: str = "") -> Any:
 
     if TARGET_KEY not in values:
         return {k: instantiate(v, _join(key, k)) for k, v in values.items()}
-    return _call(values, key)
+    return _call(values, key, cfg if isinstance(cfg, DictConfig) else None)
 
 
-def _call(values: dict[Any, Any], key: str) -> Any:
+def _call(values: dict[Any, Any], key: str, node: Optional[DictConfig] = None) -> Any:
     target = values.pop(TARGET_KEY)
     where = key or "<config>"
     built_by = None  # for a call config as the target: the name of what builds the object that is called
@@ -87,11 +89,30 @@ def _call(values: dict[Any, Any], key: str) -> Any:
     except LazytrainError as e:
         raise e.with_key(where) from e
     except Exception as e:
+        file, line = _where_set(node, key, e)
         raise ConfigError(
             f"building {built_by or target_name(target) + '(...)'} failed: {type(e).__name__}: {e}",
+            file=file,
+            line=line,
             key=where,
             hint="Check the arguments under this key (run with --traceback for the full stack).",
         ) from e
+
+
+def _where_set(node: Optional[DictConfig], key: str, error: Exception) -> tuple[Optional[str], Optional[int]]:
+    """The file:line of the argument a build error names (a target taking ``**kwargs`` passes a misspelled
+    name on, which only the call finds: ``unexpected keyword argument 'num_clases'``), else of the call."""
+    if node is None or not key:
+        return None, None
+    root = node._get_root()
+    if not isinstance(root, DictConfig) or set_on_command_line(root, key):
+        return None, None
+    named = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if named and named[1] in node:
+        file, line = key_line(root, _join(key, named[1]))
+        if file is not None:
+            return file, line
+    return key_line(root, key)
 
 
 def _structured(cfg: DictConfig, key: str) -> Any:

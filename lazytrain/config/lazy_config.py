@@ -154,8 +154,8 @@ class LazyConfig:
         side = side_file(path)
         if pickled:
             for key, value in pickled.items():
-                warnings.warn(
-                    f"config key '{key}' holds {value!r}, which YAML cannot store; "
+                warnings.warn(  # the type, not the repr: a model object's repr is its whole module tree
+                    f"config key '{key}' holds {_what(value)}, which YAML cannot store; "
                     f"saved it with cloudpickle to '{side}'.",
                     stacklevel=2,
                 )
@@ -170,6 +170,15 @@ class LazyConfig:
         if resolve:
             cfg = resolved_copy(cfg)
         return _to_yaml(cfg, {})
+
+
+def _what(value: Any) -> str:
+    """``a torch.nn.Linear object``, ``the function <lambda>``: one line, whatever the value's repr."""
+    if isinstance(value, type):
+        return f"the class {value.__module__}.{value.__qualname__}"
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"the function {value.__qualname__}"
+    return f"a {type(value).__module__}.{type(value).__qualname__} object"
 
 
 def select_keys(cfg: DictConfig, keys: Union[str, tuple[str, ...]], path: str) -> Any:

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from .lazy import ARGS_KEY, TARGET_KEY, is_importable, positional_call_arguments, target_name
 from .yaml_io import structured_fields
 
-__all__ = ["config_to_python"]
+__all__ = ["config_to_python", "value_to_python"]
 
 
 def config_to_python(cfg: DictConfig, prefix: str = "") -> str:
@@ -39,6 +39,13 @@ def config_to_python(cfg: DictConfig, prefix: str = "") -> str:
         lines.append(f"{prefix}{name} = {writer.value(value, name)}")
     header = ["# written by LazyConfig.to_py; LazyConfig.load reads it back", *writer.imports(), ""]
     return "\n".join([*header, *lines]) + "\n"
+
+
+def value_to_python(node: Any, key: str) -> str:
+    """The Python expression a config file would write for ``node``, the value at ``key``: a call config as
+    ``L(toyproj.model.MLPClassifier)(hidden=32)``, a dict as a literal (names qualified by their module, as
+    the file would import it). A ConfigError where a value has no source form."""
+    return _Writer(set()).value(_container(node), key)
 
 
 def _container(node: Any) -> Any:

@@ -8,6 +8,7 @@ import inspect
 import logging
 import os
 import random
+import time
 from typing import Any, Optional
 
 import numpy as np
@@ -17,6 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .. import comm
 from ..checkpoint import Checkpointer
+from ..compile_off import disable_marked_methods
 from ..config import LazyConfig, instantiate
 from ..config.lazy import TARGET_KEY, locate, target_signature
 from ..errors import ConfigError, did_you_mean
@@ -27,6 +29,26 @@ from .memory import MemorySettings, apply_memory_settings
 from .trainer import Trainer, make_grad_scaler
 
 logger = logging.getLogger(__name__)
+
+
+def announce_compile(compiled: torch.nn.Module, settings: str) -> None:
+    """Log when the compiled module's first call starts compiling, and how long that call took: torch.compile
+    works in that call, for tens of seconds on 2 cores, and after "Starting training" silence reads as a hang."""
+    started: list[float] = []
+
+    def before(module: torch.nn.Module, args: Any) -> None:
+        pre.remove()
+        logger.info("Compiling the model with torch.compile (%s): the first step waits for it.", settings)
+        started.append(time.perf_counter())
+
+    def after(module: torch.nn.Module, args: Any, output: Any) -> None:
+        post.remove()
+        seconds = time.perf_counter() - started[0]
+        logger.info("Compiled: the first forward pass took %.1f s, compiling included.", seconds)
+
+    pre = compiled.register_forward_pre_hook(before)
+    post = compiled.register_forward_hook(after)
+
 
 __all__ = [
     "build_ema",
@@ -56,7 +78,9 @@ def build_trainer(cfg: DictConfig) -> Trainer:
     if comm.get_world_size() > 1:
         train_model = wrap_ddp(model, device, t.ddp.find_unused_parameters, t.ddp.broadcast_buffers)
     if t.compile.enabled:  # the train step runs the compiled module; checkpoints, eval and export the plain one
+        disable_marked_methods(model)  # methods that read files on their first call stay out of the graph
         train_model = torch.compile(train_model, mode=t.compile.mode, backend=t.compile.backend)  # type: ignore[assignment]
+        announce_compile(train_model, f"mode={t.compile.mode}, backend={t.compile.backend!r}")
     optimizer = build_optimizer(cfg, model)
     train_loader = build_loader(cfg.dataloader.train, "dataloader.train", device)
     lr_scheduler = None

@@ -3,7 +3,8 @@
 Each module logs through its own logger (``lazytrain.engine.hooks``, ``lazytrain.lidar.dataset``, ...); a line
 shows its short name (``lt.engine.hooks``) and, for warnings and errors, the level. Python warnings (of torch,
 of a user's code, ``warnings.warn``) go the same way, under ``py.warnings``; fvcore's checkpoint messages come
-through ``lt.checkpoint`` (see :class:`lazytrain.checkpoint.Checkpointer`).
+through ``lt.checkpoint`` (see :class:`lazytrain.checkpoint.Checkpointer`). A user's own modules log through
+the root logger's handlers, under their own names (see :func:`setup_logger`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import sysconfig
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -103,8 +105,13 @@ _ORIGINAL_SHOWWARNING: Any = warnings.showwarning
 
 
 def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "lazytrain") -> logging.Logger:
-    """Configure ``name``, Python warnings (``py.warnings``) and fvcore once per run; calling it again
-    replaces the handlers it added before, so several runs in one process do not print twice."""
+    """Configure ``name``, Python warnings (``py.warnings``), fvcore and the root logger once per run; calling
+    it again replaces the handlers it added before, so several runs in one process do not print twice.
+
+    Through the root logger a user's own modules log as ours do, under their own name, at INFO and above:
+    ``logging.getLogger(__name__).info(...)`` in a hook, a dataset or a model shows on the terminal and in
+    log.txt. Installed packages (site-packages, the standard library) show warnings and errors only, so their
+    info lines do not drown the run's."""
     fmt = _Formatter(rank)
     handlers: list[logging.Handler] = []
     stream = logging.StreamHandler(sys.stdout)
@@ -116,19 +123,49 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
         file_handler = _LogFile(os.path.join(output_dir, "log.txt"), encoding="utf-8")
         file_handler.setLevel(logging.DEBUG)
         handlers.append(file_handler)
-    for logger_name in (name, "fvcore", "py.warnings"):
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler.addFilter(_InstalledPackagesWarnOnly())
+        setattr(handler, _OURS, True)
+    root = logging.getLogger()
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)  # a user's logger without a level of its own inherits this one
+    for logger_name in (name, "fvcore", "py.warnings", ""):
         logger = logging.getLogger(logger_name)
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
+        if logger_name:
+            logger.setLevel(logging.DEBUG)
+            logger.propagate = False  # ours reach the handlers directly, once
         for old in [h for h in logger.handlers if getattr(h, _OURS, False)]:
             logger.removeHandler(old)
             old.close()
         for handler in handlers:
-            handler.setFormatter(fmt)
-            setattr(handler, _OURS, True)
             logger.addHandler(handler)
     warnings.showwarning = _log_warning
     return logging.getLogger(name)
+
+
+class _InstalledPackagesWarnOnly(logging.Filter):
+    """Below WARNING, a record from an installed package's file (site-packages, the standard library) is
+    dropped, unless its logger is one of ours: torch, PIL or urllib3 log info lines a user did not ask for."""
+
+    _OUR_LOGGERS = ("lazytrain", "fvcore", "py.warnings")
+    _INSTALLED = tuple(
+        os.path.join(os.path.realpath(p), "")
+        for p in {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: dict[str, bool] = {}  # a file's answer, once: a record is filtered on every log call
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or record.name.split(".", 1)[0] in self._OUR_LOGGERS:
+            return True
+        installed = self._seen.get(record.pathname)
+        if installed is None:
+            installed = os.path.realpath(record.pathname).startswith(self._INSTALLED)
+            self._seen[record.pathname] = installed
+        return not installed
 
 
 @contextmanager
@@ -136,7 +173,7 @@ def terminal_warnings_only() -> Iterator[None]:
     """While inside, the terminal shows only warnings and errors of our loggers (log.txt keeps everything): a
     command that prints its own summary lines (the dry run) is not buried in the run's info lines."""
     changed: list[tuple[logging.Handler, int]] = []
-    for logger_name in ("lazytrain", "fvcore", "py.warnings"):
+    for logger_name in ("lazytrain", "fvcore", "py.warnings", ""):
         for handler in logging.getLogger(logger_name).handlers:
             terminal = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
             if getattr(handler, _OURS, False) and terminal and handler.level < logging.WARNING:

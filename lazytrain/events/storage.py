@@ -128,7 +128,9 @@ class EventStorage:
             # a step's time or a float loss is this rank's: averaged, and checked, where every rank takes part
             self._pending.append((name, float(value), self.iter, check_finite))
         else:
-            self._record([(name, float(value), self.iter, check_finite)])
+            # a Python int stays an int (a count: num_samples): writers show it as one, without decimals
+            number = value if isinstance(value, int) and not isinstance(value, bool) else float(value)
+            self._record([(name, number, self.iter, check_finite)])
 
     def put_scalars(
         self, *, smoothing_hint: bool = True, check_finite: bool = False, group: str = "train", **values: Number

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from ..compile_off import not_compiled
 from ..errors import ConfigError
 
 __all__ = ["DARKNET_BLOCKS", "RangeNetPP"]
@@ -202,7 +203,7 @@ class RangeNetPP(nn.Module):
         features, skips = self.backbone(image)
         return self.head(self.decoder(features, skips))
 
-    @torch.compiler.disable
+    @not_compiled
     def _compute_class_weights(self, device: torch.device) -> None:
         assert self._class_weights_source is not None
         self.class_weights = _checked(self._class_weights_source(), self.num_classes).to(device)

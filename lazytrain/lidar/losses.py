@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compile_off import not_compiled
+
 __all__ = [
     "AuxiliaryHeadLosses",
     "BoundaryLoss",
@@ -46,7 +48,7 @@ class _DeferredClassWeights(nn.Module):
         if class_weights is not None and not callable(class_weights):
             self._weights = torch.tensor(list(class_weights), dtype=torch.float32)
 
-    @torch.compiler.disable
+    @not_compiled
     def class_weights(self, num_classes: int, device: torch.device) -> Optional[torch.Tensor]:
         """The weights on ``device`` (None: all classes weigh the same); a ValueError if they are not
         ``num_classes`` numbers."""

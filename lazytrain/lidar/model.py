@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compile_off import not_compiled
+
 __all__ = ["RangeNet"]
 
 logger = logging.getLogger(__name__)
@@ -106,7 +108,7 @@ class RangeNet(nn.Module):
             )
         return torch.tensor(list(class_weights), dtype=torch.float32)
 
-    @torch.compiler.disable
+    @not_compiled
     def _compute_class_weights(self) -> None:
         assert self._class_weights_source is not None and self.class_weights is not None
         weight = self._checked_weights(self._class_weights_source(), self.num_classes)
