@@ -8,14 +8,10 @@ messages that point at the op that cannot be converted. The model is first captu
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import itertools
 import json
 import logging
 import os
-import re
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional
 
@@ -26,8 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import load_inference_weights
 from .config import instantiate
 from .engine.build import build_loader
-from .errors import ConfigError, LazytrainError, TrainingError
+from .errors import ConfigError, TrainingError
 from .fileio import TMP_PREFIX, atomic_write
+from .onnx_conversion import ExportError, name_batch_axis, to_onnx_program
 from .progress import Progress
 
 __all__ = ["ExportError", "check_onnx", "export_onnx", "report_path", "verify_onnx"]
@@ -49,10 +46,6 @@ def within_tolerance(expected: np.ndarray, got: np.ndarray) -> tuple[bool, float
 
 
 _EXPORT_EXAMPLE = "export = dict(input_keys=['image'], output_names=['logits'], dynamic_batch=True)"
-
-
-class ExportError(LazytrainError):
-    """The model cannot be exported, or the ONNX model does not compute what the torch model computes."""
 
 
 class _TensorsInTensorsOut(torch.nn.Module):
@@ -90,7 +83,7 @@ def export_onnx(
     stages = _Stages(5 if check else 4)
     stages.start(f"loading the weights and {max(num_batches, 1)} test batches")
     wrapper, batches, which = _prepare(cfg, weights, spec, num_batches, use_ema)
-    onnx_program = _export(wrapper, _example_with_two_samples(batches), spec, opset, stages)
+    onnx_program = to_onnx_program(wrapper, _example_with_two_samples(batches), spec, opset, stages.start)
     stages.start(f"saving {output} and checking it with onnx.checker")
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
@@ -106,7 +99,7 @@ def export_onnx(
         if os.path.exists(draft):
             os.remove(draft)
     if spec["dynamic_batch"]:
-        _name_batch_axis(saved)
+        name_batch_axis(saved)
     atomic_write(output, saved.SerializeToString())
     onnx.checker.check_model(output)
     report: dict[str, Any] = {
@@ -303,107 +296,5 @@ def _example_with_two_samples(batches: list[tuple[torch.Tensor, ...]]) -> tuple[
     return tuple(torch.cat([t, t]) for t in example)
 
 
-def _export(
-    wrapper: torch.nn.Module,
-    example: tuple[torch.Tensor, ...],
-    spec: Mapping[str, Any],
-    opset: Optional[int],
-    stages: Optional[_Stages] = None,
-) -> Any:
-    if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
-        raise ExportError(
-            f"lazytrain export uses torch.onnx.export(dynamo=True), which torch {torch.__version__} does not have.",
-            hint="Upgrade torch to 2.5 or newer (and install onnxscript).",
-        )
-    dynamic_shapes = None
-    if spec["dynamic_batch"]:
-        batch = torch.export.Dim("batch")
-        dynamic_shapes = (tuple({0: batch} for _ in example),)  # one entry: forward(*tensors)
-    if stages is not None:
-        stages.start(f"capturing {type(wrapper.model).__name__}.forward with torch.export")
-    with _quiet_exporter():
-        try:
-            program = torch.export.export(wrapper, example, dynamic_shapes=dynamic_shapes)
-        except Exception as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(
-                f"torch.export cannot capture {type(wrapper.model).__name__}.forward: {type(e).__name__}: {first}",
-                hint="Typical causes: Python control flow on tensor values, or .item()/.tolist() in forward "
-                "(run with --traceback for the exporter's full report).",
-            ) from e
-        if stages is not None:
-            stages.start("converting it to ONNX")
-        try:
-            kwargs: dict[str, Any] = {
-                "dynamo": True,
-                "verbose": False,
-                "input_names": list(spec["input_keys"]),
-                "output_names": list(spec["output_names"]),
-            }
-            if opset is not None:
-                kwargs["opset_version"] = opset
-            onnx_program = torch.onnx.export(program, example, **kwargs)
-        except Exception as e:
-            raise _conversion_error(e, program, wrapper) from e
-    return onnx_program
-
-
-def _conversion_error(error: Exception, program: Any, wrapper: torch.nn.Module) -> ExportError:
-    """Name the op that has no ONNX conversion and the module that called it."""
-    text = f"{error}\n{error.__cause__}"
-    match = re.search(r"target=torch\.ops\.([\w.]+?)\.(?:default|\w+)\]", text) or re.search(r"op='([\w.]+)'", text)
-    if match is None:
-        return ExportError(f"the ONNX exporter failed: {type(error).__name__}: {str(error).splitlines()[0]}")
-    op = match.group(1)
-    where = "the model"
-    for node in program.graph.nodes:
-        if node.op == "call_function" and str(node.target).startswith(op):
-            stack = node.meta.get("nn_module_stack") or {}
-            if stack:
-                path, cls = list(stack.values())[-1]
-                name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].strip("'>")
-                where = f"module '{_clean_path(path)}' ({name})"
-            break
-    return ExportError(
-        f"{where} uses {op}, which the ONNX exporter cannot convert.",
-        hint="Rewrite that part with ops ONNX supports (e.g. fixed-size pooling instead of adaptive pooling), or "
-        "register an ONNX translation for the op with torch.onnx.",
-    )
-
-
-def _clean_path(path: str) -> str:
-    # torch.export prefixes paths with the wrapper's attribute and uses L['self'] / getattr notation
-    path = re.sub(r"L\['self'\]\.?", "", path)
-    path = re.sub(r"getattr\((?:L\['self'\]\.)?([\w.]+), '(\w+)'\)", r"\1.\2", path)
-    return path.removeprefix("model.") or "(the model itself)"
-
-
-def _name_batch_axis(model: Any) -> None:
-    """Call the exporter's symbolic batch dimension (``s0``, ``s95``...) "batch" in the graph's signature."""
-    symbols = {v.type.tensor_type.shape.dim[0].dim_param for v in model.graph.input} - {""}
-    for value in itertools.chain(model.graph.input, model.graph.output, model.graph.value_info):
-        dims = value.type.tensor_type.shape.dim
-        for dim in dims:
-            if dim.dim_param in symbols:
-                dim.dim_param = "batch"
-
-
 def _dims(value_info: Any) -> list[Any]:
     return [d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim]
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs progress and optional-dependency warnings (torchvision) that users need not see."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
