@@ -1,16 +1,19 @@
 """Pictures as PNG bytes without an imaging library: ``encode_png`` of an (H, W, 3) or (H, W) uint8 array
-(zlib and the PNG chunk layout, as the PNG specification defines them), and ``write_png``."""
+(zlib and the PNG chunk layout, as the PNG specification defines them), and ``write_png``; ``text_image``, a
+line of text as such an array (drawn by Pillow), to label pictures."""
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
+from typing import Any
 
 import numpy as np
 
 from .fileio import atomic_write
 
-__all__ = ["as_image", "encode_png", "write_png"]
+__all__ = ["as_image", "encode_png", "text_image", "write_png"]
 
 
 def as_image(image: np.ndarray) -> np.ndarray:
@@ -50,3 +53,28 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
 def write_png(path: str, image: np.ndarray) -> None:
     """Write ``image`` to ``path`` as PNG (its folder is created; never half-written)."""
     atomic_write(path, encode_png(image), durable=False)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> Any:
+    from PIL import ImageFont  # imported on first use: only pictures need it
+
+    # Pillow's own font (no font file to find); without FreeType, its fixed bitmap font
+    return ImageFont.load_default(size=size)
+
+
+def text_image(
+    text: str,
+    size: int = 12,
+    color: tuple[int, int, int] = (0, 0, 0),
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """``text`` on one line as an (H, W, 3) uint8 array just large enough for it (H about ``size`` * 1.25)."""
+    from PIL import Image, ImageDraw
+
+    font = _font(size)
+    left, _, right, _ = font.getbbox(text or " ")
+    ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (size, size // 4)
+    picture = Image.new("RGB", (max(1, right - min(left, 0)), ascent + descent), background)
+    ImageDraw.Draw(picture).text((-min(left, 0), 0), text, font=font, fill=color)
+    return np.asarray(picture, dtype=np.uint8).copy()

@@ -95,10 +95,11 @@ def test_evaluator_draws_the_first_scans_and_the_confusion_matrix(tmp_path):
     pictures = evaluator.pictures()
     assert list(pictures) == ["scans/08_000000", "scans/08_000001", "confusion_matrix", "IoU"]
     scan = pictures["scans/08_000000"]
-    assert scan.shape == (4 * 2 * 64 + 3 * 2, 256, 3) and scan.dtype == np.uint8  # 4 panels, rows doubled
-    error = scan[-128:]  # a perfect prediction: no red in the error mask
-    assert not ((error[:, :, 0] > 200) & (error[:, :, 1] < 50)).any()
-    assert pictures["confusion_matrix"].shape == (20 * 12, 20 * 12, 3)
+    # 4 panels of 64 rows tripled, each under its title, and the class legend below
+    assert scan.shape[0] > 4 * 3 * 64 + 4 * 12 and scan.shape[1] == 256 and scan.dtype == np.uint8
+    assert not (scan == [230, 30, 30]).all(axis=2).any()  # a perfect prediction: no red in the error mask
+    confusion = pictures["confusion_matrix"]
+    assert confusion.shape[0] > 19 * 16 + 50 and confusion.shape[1] > 19 * 16 + 50  # 19 classes and their names
 
 
 def test_flagship_training_writes_scan_pictures_and_confusion_matrix_to_tensorboard(tmp_path):

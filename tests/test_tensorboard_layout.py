@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO, cli_env
@@ -89,3 +90,36 @@ def test_learning_rate_is_also_logged_as_its_log10_so_a_small_lr_does_not_read_z
     lr_log10 = {e.step: e.value for e in flagship_events.Scalars("train/lr_log10")}
     assert lr_log10.keys() == lr.keys()
     assert all(lr_log10[step] == pytest.approx(math.log10(lr[step]), rel=1e-6) for step in lr)
+
+
+def _holds(picture, patch) -> bool:
+    """Whether ``patch`` appears in ``picture`` pixel for pixel (each row of the patch found as bytes)."""
+    rows = [picture[y].tobytes() for y in range(picture.shape[0])]
+    first = patch[0].tobytes()
+    for y in range(picture.shape[0] - patch.shape[0] + 1):
+        start = rows[y].find(first)
+        while start >= 0:
+            if start % 3 == 0:
+                x = start // 3
+                if (picture[y : y + patch.shape[0], x : x + patch.shape[1]] == patch).all():
+                    return True
+            start = rows[y].find(first, start + 1)
+    return False
+
+
+def test_pictures_are_labelled_and_tall_enough_to_read(flagship_events):
+    from test_pictures import decode_png
+
+    from lazytrain.images import text_image
+
+    images = {tag: decode_png(flagship_events.Images(tag)[-1].encoded_image_string) for tag in
+              ("val/scans/08_000000", "val/confusion_matrix", "val/IoU")}  # fmt: skip
+    scan = images["val/scans/08_000000"]
+    assert scan.shape[0] > 4 * 3 * 64  # 64 beams, rows tripled (was doubled: 2 x 64 per panel)
+    for title in ("ground truth", "prediction"):
+        assert _holds(scan, text_image(title)), title
+    assert _holds(scan, text_image("vegetation"))  # the legend
+    for name in ("car", "traffic-sign", "0.5"):  # the class names and the colour scale
+        assert _holds(images["val/confusion_matrix"], text_image(name)), name
+    assert _holds(images["val/confusion_matrix"], np.rot90(text_image("car")))  # the columns' names
+    assert _holds(images["val/IoU"], text_image("road")) and images["val/IoU"].shape[0] > 19 * 14

@@ -253,7 +253,12 @@ class SemanticKittiEvaluator:
             if self.picture_scans > 0 and "index" in batch and int(batch["index"][i]) < self.picture_scans:
                 name = f"scans/{batch['sequence'][i]}_{batch['frame'][i]}"
                 self._scan_pictures[name] = scan_picture(
-                    batch["range_image"][i], pred_images[i], batch["label_image"][i], batch["mask"][i]
+                    batch["range_image"][i],
+                    pred_images[i],
+                    batch["label_image"][i],
+                    batch["mask"][i],
+                    ignore_index=self.ignore_index,
+                    class_names=self.class_names,
                 )
 
     def _add_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -278,10 +283,11 @@ class SemanticKittiEvaluator:
             scans = self._scan_pictures
             if get_world_size() > 1:  # each rank drew the scans of its shard
                 scans = {name: picture for part in all_gather(scans) for name, picture in part.items()}
+            names = self.class_names
             self._pictures = {
                 **dict(sorted(scans.items())),
-                "confusion_matrix": confusion_picture(confusion, ignore_index=self.ignore_index),
-                "IoU": iou_picture(iou, ignore_index=self.ignore_index),
+                "confusion_matrix": confusion_picture(confusion, ignore_index=self.ignore_index, class_names=names),
+                "IoU": iou_picture(iou, ignore_index=self.ignore_index, class_names=names),
             }
         results: dict[str, Any] = {"mIoU": miou, "accuracy": accuracy_from_confusion(confusion, self.ignore_index)}
         loss_sum, weight_sum = reduce_sum(self._loss).tolist()
