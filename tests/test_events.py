@@ -225,5 +225,6 @@ def test_an_integer_result_stays_an_integer_in_the_table_and_metrics_jsonl(tmp_p
         writer = JSONWriter(str(tmp_path / "metrics.jsonl"))
         writer.write(storage)
         writer.close()
-    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"iteration": 1, "num_samples": 359, "accuracy": 0.5}
+    row = json.loads((tmp_path / "metrics.jsonl").read_text())
+    assert row == {"iteration": 1, "kind": "eval", "num_samples": 359, "accuracy": 0.5}
     assert '"num_samples": 359,' in (tmp_path / "metrics.jsonl").read_text()
