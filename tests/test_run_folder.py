@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TOY, cli_env
+from toyproj.model import MLPClassifier
 
 from lazytrain.engine import HookBase
 
@@ -45,6 +47,14 @@ class WaitForFile(HookBase):
             deadline = time.monotonic() + 120  # a test that never writes the file fails, it does not hang
             while not os.path.exists(self.path) and time.monotonic() < deadline:
                 time.sleep(0.05)
+
+
+class DeeperClassifier(MLPClassifier):
+    """The toy model with one more layer: its optimizer has another parameter group size."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extra = torch.nn.Linear(4, 4)
 
 
 def write_lock(folder: Path, pid: int, host: str | None = None) -> None:
@@ -180,3 +190,22 @@ def test_a_second_run_while_the_first_trains_exits_2_and_the_first_finishes_norm
     assert first.returncode == 0, errors
     assert iterations(out / "metrics.jsonl") == [1, 2, 3, 4]
     assert not (out / "run.lock").exists()
+
+
+def test_resume_into_the_folder_of_another_model_is_one_paragraph(run_folder, tmp_path):
+    config = tmp_path / "deeper.py"
+    config.write_text(
+        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
+        "from toy import *\nfrom test_run_folder import DeeperClassifier\n"
+        "model = L(DeeperClassifier)(in_features=8, num_classes=4, hidden=32)\n"
+    )
+    before = files_of(run_folder)["metrics.jsonl"]
+    r = lazytrain("train", str(config), *TINY, f"--output-dir={run_folder}", "--resume")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: --resume: {run_folder} holds a run of another config: its checkpoint ")
+    assert "was trained with another model or optimizer" in last
+    assert "model._target_ ('toyproj.model.MLPClassifier' -> " in last
+    assert f"({run_folder / 'config.yaml'})" in last and "--output-dir=DIR" in last and "train.init_checkpoint=" in last
+    assert files_of(run_folder)["metrics.jsonl"] == before
