@@ -209,3 +209,14 @@ def test_resume_into_the_folder_of_another_model_is_one_paragraph(run_folder, tm
     assert "model._target_ ('toyproj.model.MLPClassifier' -> " in last
     assert f"({run_folder / 'config.yaml'})" in last and "--output-dir=DIR" in last and "train.init_checkpoint=" in last
     assert files_of(run_folder)["metrics.jsonl"] == before
+
+
+def test_resume_of_a_finished_run_says_nothing_is_left_and_changes_no_file(run_folder):
+    before = {name: data for name, data in files_of(run_folder).items() if name != "log.txt"}
+    r = lazytrain("train", CONFIG, *TINY, "train.eval_period=2", f"--output-dir={run_folder}", "--resume")
+    assert r.returncode == 0, r.stderr
+    final = run_folder / "checkpoints" / "model_final.pth"
+    assert f"--resume: nothing left to train: {final} is at iteration 4, train.max_iter. To train longer, raise " \
+        "it: train.max_iter=8 --resume." in r.stdout  # fmt: skip
+    assert "Evaluation" not in r.stdout and "Training done" not in r.stdout
+    assert {name: data for name, data in files_of(run_folder).items() if name != "log.txt"} == before

@@ -36,8 +36,8 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
                 raise ConfigError(
                     f"--resume: the checkpoint {path} is at iteration {iterations_done(extra)}, past "
                     f"train.max_iter={cfg.train.max_iter}.",
-                    hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or without "
-                    "--resume).",
+                    hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or --overwrite "
+                    "instead of --resume).",
                 )
             _restore_rng(extra, cfg)
             _restore_hook_states(trainer, extra.get("hooks") or {})

@@ -109,6 +109,16 @@ def _train(cfg: DictConfig, resume: bool, eval_only: bool, notes: list[str]) -> 
             logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
         trainer.iter = trainer.start_iter = start_iter
         return trainer.test()
+    if resume and start_iter == cfg.train.max_iter:  # a finished run: evaluating and saving again adds nothing
+        assert trainer.checkpointer is not None
+        logger.info(
+            "--resume: nothing left to train: %s is at iteration %d, train.max_iter. To train longer, raise it: "
+            "train.max_iter=%d --resume.",
+            trainer.checkpointer.get_checkpoint_file(),
+            start_iter,
+            2 * start_iter,
+        )
+        return {}
     save_run_config(cfg)
     trainer.train(start_iter, cfg.train.max_iter)
     if comm.is_main_process():
