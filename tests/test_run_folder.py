@@ -220,3 +220,11 @@ def test_resume_of_a_finished_run_says_nothing_is_left_and_changes_no_file(run_f
         "it: train.max_iter=8 --resume." in r.stdout  # fmt: skip
     assert "Evaluation" not in r.stdout and "Training done" not in r.stdout
     assert {name: data for name, data in files_of(run_folder).items() if name != "log.txt"} == before
+
+
+def test_a_dry_run_into_a_folder_a_run_trains_in_exits_2_naming_it(tmp_path):
+    write_lock(tmp_path / "out", os.getpid())
+    r = lazytrain("train", CONFIG, "--dry-run", f"--output-dir={tmp_path / 'out'}")
+    assert r.returncode == 2, r.stderr
+    assert f"another run is training in {tmp_path / 'out'} (pid {os.getpid()} on " in r.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["run.lock"]

@@ -8,7 +8,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
@@ -21,6 +21,7 @@ from .build import build_trainer
 from .resume import resume_or_load
 from .run import prepare_output_dir, save_run_config
 from .run_folder import clear_run, refuse_rerun
+from .run_lock import refuse_if_locked, run_lock
 from .settings import check_required
 from .trainer import Trainer
 
@@ -45,39 +46,20 @@ def dry_run_main(cfg: DictConfig, keep: bool = False, overwrite: bool = False) -
     out = t.output_dir
     rows: list[tuple[str, float, str]] = []
     main = comm.is_main_process()
-    if main and keep:
-        if overwrite:
-            clear_run(out)
-        else:
+    if main and keep:  # a folder the user named: the same rules as a train there
+        refuse_if_locked(out)
+        if not overwrite:
             refuse_rerun(out)
     if main:
         print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)
-    try:
-        with _stage(rows, "build", main):
-            prepare_output_dir(cfg)
-            trainer = build_trainer(cfg)
-            save_run_config(cfg)
-            trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
-        with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
-            trainer.train(0, STEPS)
-            assert trainer.storage is not None
-            note.append(f"total_loss {trainer.storage.latest()['total_loss'][0]:.4g}")
-        with _stage(rows, f"evaluate {TEST_BATCHES} test batches", main) as note:
-            results = flatten_results(trainer.test())
-            note.append(", ".join(f"{k} {v:.4g}" for k, v in itertools.islice(results.items(), 4)) or "no evaluator")
-        with _stage(rows, "checkpoint round trip", main) as note:
-            note.append(_check_round_trip(trainer, cfg))
-        if cfg.get("export") is not None and main:
-            with _stage(rows, "export check (onnxruntime)", main) as note:
-                from ..export import export_onnx
-
-                weights = os.path.join(out, "checkpoints", "model_final.pth")
-                report = export_onnx(cfg, weights, os.path.join(out, "model.onnx"), num_batches=TEST_BATCHES)
-                note.append(f"max abs diff {report['max_abs_diff']:.2e}")
-        comm.synchronize()
-    finally:
-        if not keep and main:
-            shutil.rmtree(out, ignore_errors=True)
+    with run_lock(out) if main and keep else nullcontext():
+        if main and keep and overwrite:
+            clear_run(out)
+        try:
+            _run_stages(cfg, rows, main)
+        finally:
+            if not keep and main:
+                shutil.rmtree(out, ignore_errors=True)
     if main:
         print(f"dry run passed in {sum(seconds for _, seconds, _ in rows):.1f} s", flush=True)
         if not keep:
@@ -87,6 +69,33 @@ def dry_run_main(cfg: DictConfig, keep: bool = False, overwrite: bool = False) -
                 flush=True,
             )
     return rows
+
+
+def _run_stages(cfg: DictConfig, rows: list[tuple[str, float, str]], main: bool) -> None:
+    """Build, train, evaluate, round-trip a checkpoint and check the export, one timed stage each."""
+    out = cfg.train.output_dir
+    with _stage(rows, "build", main):
+        prepare_output_dir(cfg)
+        trainer = build_trainer(cfg)
+        save_run_config(cfg)
+        trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
+    with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
+        trainer.train(0, STEPS)
+        assert trainer.storage is not None
+        note.append(f"total_loss {trainer.storage.latest()['total_loss'][0]:.4g}")
+    with _stage(rows, f"evaluate {TEST_BATCHES} test batches", main) as note:
+        results = flatten_results(trainer.test())
+        note.append(", ".join(f"{k} {v:.4g}" for k, v in itertools.islice(results.items(), 4)) or "no evaluator")
+    with _stage(rows, "checkpoint round trip", main) as note:
+        note.append(_check_round_trip(trainer, cfg))
+    if cfg.get("export") is not None and main:
+        with _stage(rows, "export check (onnxruntime)", main) as note:
+            from ..export import export_onnx
+
+            weights = os.path.join(out, "checkpoints", "model_final.pth")
+            report = export_onnx(cfg, weights, os.path.join(out, "model.onnx"), num_batches=TEST_BATCHES)
+            note.append(f"max abs diff {report['max_abs_diff']:.2e}")
+    comm.synchronize()
 
 
 @contextmanager
