@@ -437,7 +437,7 @@ def test_resume_of_a_checkpoint_past_max_iter_is_one_paragraph(toy_config, tmp_p
     path = tmp_path / "out" / "checkpoints" / "model_0000010.pth"
     assert str(info.value) == (
         f"--resume: the checkpoint {path} is at iteration 10, past train.max_iter=8. Raise "
-        "train.max_iter to continue, or start a new run (another --output-dir, or without --resume)."
+        "train.max_iter to continue, or start a new run (another --output-dir, or --overwrite instead of --resume)."
     )
     assert not (tmp_path / "out" / "checkpoints" / "model_final.pth").exists()
 

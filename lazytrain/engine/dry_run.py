@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, Optional
 
 import torch
@@ -24,6 +24,7 @@ from .logger import terminal_warnings_only
 from .resume import resume_or_load
 from .run import prepare_output_dir, save_run_config
 from .run_folder import clear_run, refuse_rerun
+from .run_lock import refuse_if_locked, run_lock
 from .settings import check_required
 from .trainer import Trainer
 
@@ -52,28 +53,30 @@ def dry_run_main(
     out = t.output_dir
     rows: list[tuple[str, float, str]] = []
     main = comm.is_main_process()
-    if main and keep:
-        if overwrite:
-            clear_run(out)
-        else:
+    if main and keep:  # a folder the user named: the same rules as a train there
+        refuse_if_locked(out)
+        if not overwrite:
             refuse_rerun(out)
     written = _WrittenOutside()
     if main:
         print(f"dry run in {out}{'' if keep else ' (deleted afterwards)'}:", flush=True)
     logging.getLogger("lazytrain").addHandler(written)
-    try:
-        with ExitStack() as quiet:
-            with _stage(rows, "build", main):
-                prepare_output_dir(cfg)
-                quiet.enter_context(terminal_warnings_only())
-                trainer = build_trainer(cfg)
-                save_run_config(cfg)
-                trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
-            _run_stages(trainer, cfg, rows, main)
-    finally:
-        logging.getLogger("lazytrain").removeHandler(written)
-        if not keep and main:
-            shutil.rmtree(out, ignore_errors=True)
+    with run_lock(out) if main and keep else nullcontext():
+        if main and keep and overwrite:
+            clear_run(out)
+        try:
+            with ExitStack() as quiet:
+                with _stage(rows, "build", main):
+                    prepare_output_dir(cfg)
+                    quiet.enter_context(terminal_warnings_only())
+                    trainer = build_trainer(cfg)
+                    save_run_config(cfg)
+                    trainer.test_loader = _first_batches(trainer.test_loader, TEST_BATCHES)
+                _run_stages(trainer, cfg, rows, main)
+        finally:
+            logging.getLogger("lazytrain").removeHandler(written)
+            if not keep and main:
+                shutil.rmtree(out, ignore_errors=True)
     if main:
         stages = sum(seconds for _, seconds, _ in rows)
         print(
@@ -87,6 +90,7 @@ def dry_run_main(
 
 
 def _run_stages(trainer: Trainer, cfg: DictConfig, rows: list[tuple[str, float, str]], main: bool) -> None:
+    """Train, evaluate, round-trip a checkpoint and check the export, one timed stage each."""
     out = cfg.train.output_dir
     with _stage(rows, f"train {STEPS} steps (every hook)", main) as note:
         trainer.train(0, STEPS)

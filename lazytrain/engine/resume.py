@@ -12,7 +12,7 @@ import yaml
 from omegaconf import DictConfig
 
 from .. import comm
-from ..checkpoint import Checkpointer, ShapeMismatchError, iterations_done, load_init_weights
+from ..checkpoint import Checkpointer, ShapeMismatchError, iterations_done, load_init_weights, read_checkpoint
 from ..errors import ConfigError, TrainingError
 from ..rng import set_rng_state
 from .trainer import Trainer
@@ -36,8 +36,8 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
                 raise ConfigError(
                     f"--resume: the checkpoint {path} is at iteration {iterations_done(extra)}, past "
                     f"train.max_iter={cfg.train.max_iter}.",
-                    hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or without "
-                    "--resume).",
+                    hint="Raise train.max_iter to continue, or start a new run (another --output-dir, or --overwrite "
+                    "instead of --resume).",
                 )
             _restore_rng(extra, cfg)
             _restore_hook_states(trainer, extra.get("hooks") or {})
@@ -71,6 +71,8 @@ def _load_for_resume(checkpointer: Checkpointer, trainer: Trainer) -> Optional[t
                 extra = checkpointer.load(path)
             except ShapeMismatchError as e:
                 raise _shape_error(e, path, trainer.config_yaml) from None
+            except (ValueError, KeyError) as e:  # torch's optimizer / scheduler load_state_dict: other parameters
+                raise _other_config_error(e, path, trainer.config_yaml) from None
             except TrainingError as e:  # unreadable: truncated by a crash, or not a checkpoint
                 problems.append(f"{os.path.basename(path)} cannot be read ({e.message})")
                 continue
@@ -225,6 +227,26 @@ def _shape_error(error: ShapeMismatchError, path: str, current_yaml: str) -> Con
         f"--resume: {because}{error.message[0].lower()}{error.message[1:]}",
         hint="Resume with the model settings the checkpoint was trained with (its config.yaml has them), or start "
         "a new run from the weights that fit with train.init_checkpoint=<the checkpoint>.",
+    )
+
+
+def _other_config_error(error: Exception, path: str, current_yaml: str) -> ConfigError:
+    """One paragraph for a checkpoint whose optimizer (or scheduler) state does not fit this config's: the run
+    in the folder was trained with another model or optimizer. Names a few of the config keys that differ."""
+    saved = read_checkpoint(path).get("config")
+    changes = config_changes(saved, current_yaml)
+    changes.pop("train.output_dir", None)
+    first = [k for k in changes if k.startswith(("model.", "optimizer."))] or list(changes)
+    shown = ", ".join(f"{k} ({_show(changes[k][0])} -> {_show(changes[k][1])})" for k in first[:4])
+    more = f" and {len(changes) - min(4, len(first))} more" if len(changes) > min(4, len(first)) else ""
+    differs = f" The config differs from that run's in {shown}{more}." if shown else ""
+    folder = os.path.dirname(os.path.dirname(path))
+    return ConfigError(
+        f"--resume: {folder} holds a run of another config: its checkpoint {os.path.basename(path)} was trained "
+        f"with another model or optimizer than this config builds (torch: {str(error).strip()}).{differs}",
+        hint=f"Resume with the config that run was trained with ({os.path.join(folder, 'config.yaml')}), train "
+        f"this config in a new folder (--output-dir=DIR), or start from that run's weights with "
+        f"train.init_checkpoint={path} (the layers that fit are loaded).",
     )
 
 

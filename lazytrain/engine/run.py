@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shlex
+import sys
 from typing import Any, Optional
 
 from omegaconf import DictConfig
@@ -17,13 +19,14 @@ from ..config.lazy_config import resolved_copy
 from ..errors import ConfigError, TrainingError
 from ..evaluation import flatten_results, format_results, inference_on_dataset
 from ..fileio import describe_write_error
-from ..invocation import invoked_config_path
+from ..invocation import invoked_config_path, lazytrain_arguments
 from .build import build_evaluation, build_model, build_trainer, resolve_device, seed_everything
 from .eval_record import EvalDestination, eval_destination, write_eval_record
 from .logger import setup_logger
 from .memory import inference_autocast
 from .resume import resume_or_load
 from .run_folder import clear_run, refuse_rerun
+from .run_lock import refuse_if_locked, run_lock
 from .settings import check_required
 from .trainer import Trainer
 
@@ -79,15 +82,25 @@ def train_main(
         raise ConfigError(
             "--resume continues the run in train.output_dir and --overwrite deletes it: give one of them."
         )
-    cleared: list[str] = []
-    if comm.is_main_process() and not eval_only:  # the other ranks write nothing of the run's record
+    out = cfg.train.output_dir
+    if eval_only or not comm.is_main_process():  # the other ranks write nothing of the run's record
+        return _train(cfg, resume, eval_only, [])
+    refuse_if_locked(out)  # a run training there now is named, before what it has written so far
+    if not (resume or overwrite):
+        refuse_rerun(out)
+    with run_lock(out, _command()) as took_over:
+        notes = [took_over] if took_over else []
         if overwrite:
-            cleared = clear_run(cfg.train.output_dir)
-        elif not resume:
-            refuse_rerun(cfg.train.output_dir)
+            cleared = clear_run(out)
+            if cleared:
+                notes.append(f"--overwrite: removed the earlier run's {', '.join(cleared)} from {out}.")
+        return _train(cfg, resume, eval_only, notes)
+
+
+def _train(cfg: DictConfig, resume: bool, eval_only: bool, notes: list[str]) -> dict[str, Any]:
     prepare_output_dir(cfg)
-    if cleared:
-        logger.info("--overwrite: removed the earlier run's %s from %s.", ", ".join(cleared), cfg.train.output_dir)
+    for note in notes:  # what happened to the folder before the log existed
+        logger.info("%s", note)
     _log_versions_and_processes()
     trainer = build_trainer(cfg)
     _log_run(cfg, trainer)
@@ -97,12 +110,27 @@ def train_main(
             logger.warning("--eval-only with no checkpoint loaded: evaluating freshly initialised weights.")
         trainer.iter = trainer.start_iter = start_iter
         return trainer.test()
+    if resume and start_iter == cfg.train.max_iter:  # a finished run: evaluating and saving again adds nothing
+        assert trainer.checkpointer is not None
+        logger.info(
+            "--resume: nothing left to train: %s is at iteration %d, train.max_iter. To train longer, raise it: "
+            "train.max_iter=%d --resume.",
+            trainer.checkpointer.get_checkpoint_file(),
+            start_iter,
+            2 * start_iter,
+        )
+        return {}
     save_run_config(cfg)
     trainer.train(start_iter, cfg.train.max_iter)
     if comm.is_main_process():
         _log_where_things_are(cfg)
     latest = trainer.storage.latest() if trainer.storage else {}
     return {name: (value, index + 1) for name, (value, index) in latest.items()}
+
+
+def _command() -> str:
+    args = lazytrain_arguments()
+    return shlex.join(["lazytrain", *args]) if args is not None else shlex.join(sys.argv)
 
 
 def _log_versions_and_processes() -> None:
