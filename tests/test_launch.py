@@ -312,3 +312,18 @@ def test_more_processes_than_gpus_is_an_error_that_says_how_to_use_the_cpu(monke
         launch(print, num_procs=2)
     assert "--num-procs 2 asks for one process per GPU, but this machine has 1 GPU." in str(info.value)
     assert "CUDA_VISIBLE_DEVICES=" in str(info.value)
+
+
+def test_a_slurm_task_that_sees_one_gpu_trains_on_cuda_0_whatever_its_local_rank(monkeypatch):
+    # srun --gpus-per-task=1: local rank 3 sees one GPU; cuda:3 was "invalid device ordinal"
+    from lazytrain.engine.build import resolve_device
+    from lazytrain.launch.cluster import set_device
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    set_device(3)
+    assert made_current == [0]
+    assert resolve_device("auto") == torch.device("cuda", 0)
