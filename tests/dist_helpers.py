@@ -52,3 +52,17 @@ class HangAt(HookBase):
             print(f"rank {self.rank} hangs at iteration {self.iteration}", flush=True)
             while True:
                 time.sleep(0.05)
+
+
+class FailOnceAt(HookBase):
+    """At ``iteration`` on ``rank``, raise unless the file ``marker`` exists, creating it first: a fault that
+    fires in one attempt of a job only (a restarted attempt passes the same iteration)."""
+
+    def __init__(self, iteration: int, rank: int, marker: str) -> None:
+        self.iteration, self.rank, self.marker = iteration, rank, marker
+
+    def after_step(self) -> None:
+        if self.trainer.iter != self.iteration or comm.get_rank() != self.rank or os.path.exists(self.marker):
+            return
+        open(self.marker, "w").close()
+        raise RuntimeError(f"injected failure in iteration {self.iteration + 1}")

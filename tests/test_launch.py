@@ -327,3 +327,23 @@ def test_a_slurm_task_that_sees_one_gpu_trains_on_cuda_0_whatever_its_local_rank
     set_device(3)
     assert made_current == [0]
     assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs):
+    from lazytrain.checkpoint import read_checkpoint
+
+    (configs / "once.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import FailOnceAt\n"
+        f"hooks = [L(FailOnceAt)(iteration=5, rank=1, marker={str(tmp_path / 'fired')!r})]\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+         "1", "-m", "lazytrain.cli", "train", str(configs / "once.py"), "train.max_iter=12",
+         "train.checkpoint_period=4", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}", "--resume"],
+        capture_output=True, text=True, env=cpu_env(), timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "injected failure in iteration 6" in r.stdout + r.stderr  # the first attempt failed
+    assert "Resumed from" in r.stdout and "at iteration 4; training continues with iteration 5." in r.stdout
+    final = tmp_path / "o" / "checkpoints" / "model_final.pth"
+    assert read_checkpoint(str(final))["iteration"] == 11  # the stored 0-based index of iteration 12
