@@ -347,3 +347,11 @@ def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path,
     assert "Resumed from" in r.stdout and "at iteration 4; training continues with iteration 5." in r.stdout
     final = tmp_path / "o" / "checkpoints" / "model_final.pth"
     assert read_checkpoint(str(final))["iteration"] == 11  # the stored 0-based index of iteration 12
+
+
+def test_a_resume_warning_is_printed_once_not_once_per_rank(tmp_path, configs):
+    common = ["--num-procs", 2, "train.checkpoint_period=2", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}"]
+    assert lazytrain("train", configs / "toy.py", *common, "train.max_iter=2").returncode == 0
+    r = lazytrain("train", configs / "toy.py", *common, "train.max_iter=4", "optimizer.lr=0.05", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).count("--resume: the config changed since the checkpoint was written") == 1
