@@ -12,6 +12,7 @@ __all__ = [
     "all_gather",
     "broadcast_from_main",
     "get_backend",
+    "get_local_gpu",
     "get_local_rank",
     "get_rank",
     "get_world_size",
@@ -42,6 +43,13 @@ def get_local_rank() -> int:
     """This process's rank on its machine: ``LOCAL_RANK``, which torchrun sets and lazytrain's launcher sets
     in the workers it spawns (0 in a single process)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def get_local_gpu() -> int:
+    """The index of this rank's GPU among the GPUs it sees: ``LOCAL_RANK`` modulo their number. The launcher
+    makes it the current GPU and the trainer builds on it, one rule for both: under SLURM with
+    ``--gpus-per-task=1`` every task sees one GPU, index 0, whatever its local rank."""
+    return get_local_rank() % max(torch.cuda.device_count(), 1)
 
 
 def is_main_process() -> bool:

@@ -79,3 +79,17 @@ class SlowOnRank1(torch.utils.data.Dataset):
         if comm.get_rank() == 1:
             time.sleep(self.seconds)
         return self.dataset[i]
+
+
+class FailOnceAt(HookBase):
+    """At ``iteration`` on ``rank``, raise unless the file ``marker`` exists, creating it first: a fault that
+    fires in one attempt of a job only (a restarted attempt passes the same iteration)."""
+
+    def __init__(self, iteration: int, rank: int, marker: str) -> None:
+        self.iteration, self.rank, self.marker = iteration, rank, marker
+
+    def after_step(self) -> None:
+        if self.trainer.iter != self.iteration or comm.get_rank() != self.rank or os.path.exists(self.marker):
+            return
+        open(self.marker, "w").close()
+        raise RuntimeError(f"injected failure in iteration {self.iteration + 1}")

@@ -312,3 +312,46 @@ def test_more_processes_than_gpus_is_an_error_that_says_how_to_use_the_cpu(monke
         launch(print, num_procs=2)
     assert "--num-procs 2 asks for one process per GPU, but this machine has 1 GPU." in str(info.value)
     assert "CUDA_VISIBLE_DEVICES=" in str(info.value)
+
+
+def test_a_slurm_task_that_sees_one_gpu_trains_on_cuda_0_whatever_its_local_rank(monkeypatch):
+    # srun --gpus-per-task=1: local rank 3 sees one GPU; cuda:3 was "invalid device ordinal"
+    from lazytrain.engine.build import resolve_device
+    from lazytrain.launch.cluster import set_device
+
+    made_current = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", made_current.append)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    set_device(3)
+    assert made_current == [0]
+    assert resolve_device("auto") == torch.device("cuda", 0)
+
+
+def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs):
+    from lazytrain.checkpoint import read_checkpoint
+
+    (configs / "once.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import FailOnceAt\n"
+        f"hooks = [L(FailOnceAt)(iteration=5, rank=1, marker={str(tmp_path / 'fired')!r})]\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+         "1", "-m", "lazytrain.cli", "train", str(configs / "once.py"), "train.max_iter=12",
+         "train.checkpoint_period=4", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}", "--resume"],
+        capture_output=True, text=True, env=cpu_env(), timeout=180,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "injected failure in iteration 6" in r.stdout + r.stderr  # the first attempt failed
+    assert "Resumed from" in r.stdout and "at iteration 4; training continues with iteration 5." in r.stdout
+    final = tmp_path / "o" / "checkpoints" / "model_final.pth"
+    assert read_checkpoint(str(final))["iteration"] == 11  # the stored 0-based index of iteration 12
+
+
+def test_a_resume_warning_is_printed_once_not_once_per_rank(tmp_path, configs):
+    common = ["--num-procs", 2, "train.checkpoint_period=2", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}"]
+    assert lazytrain("train", configs / "toy.py", *common, "train.max_iter=2").returncode == 0
+    r = lazytrain("train", configs / "toy.py", *common, "train.max_iter=4", "optimizer.lr=0.05", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert (r.stdout + r.stderr).count("--resume: the config changed since the checkpoint was written") == 1

@@ -130,7 +130,7 @@ def resolve_device(name: str) -> torch.device:
     """``train.device``: "auto" is this rank's GPU when CUDA is there, else the CPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", comm.get_local_rank())
+            return torch.device("cuda", comm.get_local_gpu())  # the GPU the launcher made current
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():

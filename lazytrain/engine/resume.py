@@ -46,7 +46,7 @@ def resume_or_load(trainer: Trainer, cfg: DictConfig, resume: bool) -> int:
             done = iterations_done(extra) or 0
             logger.info("Resumed from %s at iteration %d; training continues with iteration %d.", path, done, done + 1)
             return done
-        logger.warning("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
+        _warn("--resume: no checkpoint in %s; starting from scratch.", checkpointer.save_dir)
     if cfg.train.init_checkpoint:
         t = cfg.train
         model = checkpointer.model
@@ -77,9 +77,7 @@ def _load_for_resume(checkpointer: Checkpointer, trainer: Trainer) -> Optional[t
                 problems.append(f"{os.path.basename(path)} cannot be read ({e.message})")
                 continue
             if problems:
-                logger.warning(
-                    "--resume: %s; resuming from the newest intact checkpoint, %s.", "; ".join(problems), path
-                )
+                _warn("--resume: %s; resuming from the newest intact checkpoint, %s.", "; ".join(problems), path)
             return path, extra
     finally:
         checkpointer.strict_shapes = False
@@ -119,7 +117,7 @@ def _restore_rng(extra: dict[str, Any], cfg: DictConfig) -> None:
     if len(rng_states) == comm.get_world_size():
         set_rng_state(rng_states[comm.get_rank()])
     else:
-        logger.warning(
+        _warn(
             "the checkpoint was written by %s, this run has %d: %s. RNG states are not restored and each "
             "process reads other samples, so random draws (dropout, augmentations) and the batches differ from an "
             "uninterrupted run.",
@@ -128,12 +126,18 @@ def _restore_rng(extra: dict[str, Any], cfg: DictConfig) -> None:
             _global_batch_change(extra.get("config"), cfg, len(rng_states), comm.get_world_size()),
         )
     if extra.get("num_threads") not in (None, torch.get_num_threads()):
-        logger.warning(
+        _warn(
             "the checkpoint was written with %s CPU threads and this run uses %d: CPU kernels may round "
             "differently, so losses can differ in the last bits from an uninterrupted run.",
             extra["num_threads"],
             torch.get_num_threads(),
         )
+
+
+def _warn(message: str, *args: Any) -> None:
+    # every rank reads the same checkpoint and config: one rank says it (not one line per rank)
+    if comm.is_main_process():
+        logger.warning(message, *args)
 
 
 def _processes(n: int) -> str:
@@ -211,7 +215,7 @@ def report_config_changes(saved_yaml: Optional[str], current_yaml: str) -> None:
     for prefix, note in _CHANGE_NOTES:
         if any(key.startswith(prefix) for key in changes):
             notes.append(f"  {prefix.rstrip('.')}: {note}")
-    logger.warning(
+    _warn(
         "--resume: the config changed since the checkpoint was written:\n%s%s",
         "\n".join(lines),
         ("\n" + "\n".join(notes)) if notes else "",

@@ -14,6 +14,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from .. import comm
+
 __all__ = [
     "cluster_environment",
     "first_slurm_host",
@@ -83,7 +85,7 @@ def set_device(local_rank: int) -> None:
     """Make ``local_rank`` this process's rank on its machine, and its GPU the current one (when there are)."""
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by comm.get_local_rank(), as under torchrun
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(comm.get_local_gpu())
 
 
 def join_existing(main_fn: Callable[..., Any], args: tuple, env: dict[str, Any], timeout: timedelta) -> Any:
