@@ -119,8 +119,8 @@ def describe_write_error(error: OSError, path: str, needed_bytes: Optional[int] 
     text += f"; {folder} has {format_bytes(free)} free now"
     if needed_bytes is not None:
         text += (
-            ", after the partial file was removed (the disk filled up while it was written: another program "
-            "writing there, or a quota)"
+            f", more than the file's ~{format_bytes(needed_bytes)}, after the partial file was removed (the disk "
+            "filled up while it was written: another program writing there, or a quota)"
         )
     return text
 

@@ -167,7 +167,8 @@ def test_a_checkpoint_write_on_a_full_disk_is_one_paragraph_and_keeps_the_previo
     assert message.startswith(
         f"cannot write {tmp_path / 'model_0000020.pth'}: [Errno 28] No space left on device (ENOSPC)"
     )
-    assert re.search(r"; \S+ has \d+ (kB|MB) free and this file needs about 257 kB\.", message)
+    # the fake full disk has room now: the message says what happened, not that 257 kB do not fit
+    assert re.search(r"; \S+ has \d+ (kB|MB) free now, more than the file's ~257 kB, after the partial", message)
     assert "unexpected pos" not in message
     assert f"The last checkpoint, {tmp_path / 'model_0000010.pth'}, and last_checkpoint are intact" in message
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_0000010.pth"]  # no temp file left

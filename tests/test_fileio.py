@@ -58,4 +58,5 @@ def test_the_disk_full_message_never_says_a_file_needs_less_than_is_free(tmp_pat
     free_space(monkeypatch, 12 << 20)
     text = describe_write_error(OSError(28, "No space left on device"), str(tmp_path / "model.pth"), 3 << 20)
     assert "needs" not in text
-    assert f"{tmp_path} has 12 MB free now, after the partial file was removed (the disk filled up" in text
+    assert f"{tmp_path} has 12 MB free now, more than the file's ~3 MB, after the partial file was removed" in text
+    assert "(the disk filled up while it was written" in text
