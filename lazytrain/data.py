@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import comm
 from .errors import LazytrainError, from_worker
+from .loader_workers import IgnoreStopSignals, shut_down_workers
 
 __all__ = [
     "InferenceSampler",
@@ -189,6 +190,8 @@ class TrainLoader:
             pin_memory=self.pin_memory,
             # a generator of its own, so making workers does not draw from the global torch RNG
             generator=torch.Generator().manual_seed(self.seed),
+            # a stop signal sent to the process group is the trainer's to handle (see loader_workers.py)
+            worker_init_fn=IgnoreStopSignals(),
         )
         batches = iter(loader)
         try:
@@ -196,7 +199,7 @@ class TrainLoader:
                 self.consumed += self.batch_size
                 yield batch
         finally:
-            del batches  # stops the worker processes now, not whenever the garbage collector runs
+            shut_down_workers(batches)
 
     def state_dict(self) -> dict[str, Any]:
         return {"consumed": self.consumed, "world_size": self.world_size, "seed": self.seed}
@@ -253,6 +256,7 @@ def build_test_loader(
         collate_fn=collate_fn,
         pin_memory=auto_pin_memory(pin_memory),
         drop_last=False,
+        worker_init_fn=IgnoreStopSignals(),
     )
 
 

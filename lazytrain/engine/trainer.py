@@ -14,6 +14,7 @@ from ..checkpoint import Checkpointer
 from ..data import describe_batch, to_device
 from ..errors import LazytrainError, TrainingError, UserCodeError
 from ..evaluation import DatasetEvaluator, flatten_results, format_results, inference_on_dataset
+from ..loader_workers import IgnoreStopSignals, shut_down_workers
 from .hook_api import HookTrainer
 from .train_loop import TrainerBase
 
@@ -109,12 +110,18 @@ class Trainer(TrainerBase):
                 ) from None
 
     def train(self, start_iter: int, max_iter: int) -> None:
+        if isinstance(self.data_loader, torch.utils.data.DataLoader) and self.data_loader.num_workers > 0:
+            user_init = self.data_loader.worker_init_fn
+            if not isinstance(user_init, IgnoreStopSignals):  # a plain DataLoader's workers too: see loader_workers
+                self.data_loader.worker_init_fn = IgnoreStopSignals(user_init)
         try:
             super().train(start_iter, max_iter)
         finally:
             close = getattr(self._data_iter, "close", None)
             if close is not None:
                 close()  # a generator such as TrainLoader's: stops its worker processes
+            elif self._data_iter is not None:
+                shut_down_workers(self._data_iter)  # a plain DataLoader's iterator
             self._data_iter = None
 
     def test(self) -> dict[str, Any]:

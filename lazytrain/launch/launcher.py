@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = timedelta(minutes=30)
 _STOP_GRACE_S = 3.0  # how long a surviving rank gets to exit after SIGTERM before SIGKILL
+EXIT_AGREED_STOP = 75  # GracefulStop's exit (engine/preemption.py EXIT_PREEMPTED): saved, stopped on a signal
 
 
 def launch(
@@ -115,6 +116,9 @@ def _spawn(
             _stop(processes, error_dir)
             raise
         if not failed:
+            stopped = {i: p.exitcode for i, p in enumerate(processes) if p.exitcode == EXIT_AGREED_STOP}
+            if stopped:  # every rank saved and stopped on the signal (GracefulStop): the job's exit is 75 too
+                raise failure_from_records(stopped, machine_rank * num_procs, error_dir)
             return
         _stop(processes, error_dir)
         error = failure_from_records(failed, machine_rank * num_procs, error_dir)
@@ -128,10 +132,12 @@ def _spawn(
 
 
 def _wait_for_failure(processes: list) -> dict[int, int]:
-    """Wait until every process exited (``{}``) or some failed: ``{local index: exit code}`` of those that had
-    failed when the failure was seen (several may die at once: a killed rank and a peer that lost it)."""
+    """Wait until every process exited (``{}``; exit 0 or 75) or some failed: ``{local index: exit code}`` of
+    those that had failed when the failure was seen (several may die at once: a killed rank and a peer that
+    lost it)."""
     while True:
-        failed = {i: p.exitcode for i, p in enumerate(processes) if p.exitcode not in (None, 0)}
+        # exit 75 is a stop every rank agreed on: the others are still finishing (final flush, closing line)
+        failed = {i: p.exitcode for i, p in enumerate(processes) if p.exitcode not in (None, 0, EXIT_AGREED_STOP)}
         if failed:
             return failed
         alive = [p.sentinel for p in processes if p.exitcode is None]
