@@ -355,3 +355,16 @@ def test_a_resume_warning_is_printed_once_not_once_per_rank(tmp_path, configs):
     r = lazytrain("train", configs / "toy.py", *common, "train.max_iter=4", "optimizer.lr=0.05", "--resume")
     assert r.returncode == 0, r.stderr
     assert (r.stdout + r.stderr).count("--resume: the config changed since the checkpoint was written") == 1
+
+
+def test_a_hung_rank_with_loader_workers_ends_on_the_hang_message_without_cpp_or_semaphore_noise(tmp_path, configs):
+    (configs / "hang.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import HangAt\n"
+        "hooks = [L(HangAt)(iteration=3, rank=1)]\n"
+    )
+    r = lazytrain("train", configs / "hang.py", "--num-procs", 2, "train.max_iter=20", "train.hang_timeout=3",
+                  "dataloader.train.num_workers=2", f"--output-dir={tmp_path / 'o'}")  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: rank 1 is stuck at iteration 4")
+    assert "recvValue failed" not in r.stderr and "frame #" not in r.stderr  # TCPStore's C++ warning
+    assert "leaked semaphore" not in r.stderr  # multiprocessing's resource tracker, after the closing line
