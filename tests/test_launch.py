@@ -329,15 +329,20 @@ def test_a_slurm_task_that_sees_one_gpu_trains_on_cuda_0_whatever_its_local_rank
     assert resolve_device("auto") == torch.device("cuda", 0)
 
 
-def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs):
+@pytest.mark.parametrize("rendezvous", ["--standalone", "static"])
+def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs, rendezvous):
     from lazytrain.checkpoint import read_checkpoint
+    from lazytrain.launch.cluster import free_port
+
+    # static (torchrun's default): one agent store for every attempt, on a fixed --master-port
+    where = [rendezvous] if rendezvous != "static" else ["--master-port", str(free_port())]
 
     (configs / "once.py").write_text(
         "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import FailOnceAt\n"
         f"hooks = [L(FailOnceAt)(iteration=5, rank=1, marker={str(tmp_path / 'fired')!r})]\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+        [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", "2", "--max-restarts",
          "1", "-m", "lazytrain.cli", "train", str(configs / "once.py"), "train.max_iter=12",
          "train.checkpoint_period=4", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}", "--resume"],
         capture_output=True, text=True, env=cpu_env(), timeout=180,
