@@ -329,15 +329,20 @@ def test_a_slurm_task_that_sees_one_gpu_trains_on_cuda_0_whatever_its_local_rank
     assert resolve_device("auto") == torch.device("cuda", 0)
 
 
-def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs):
+@pytest.mark.parametrize("rendezvous", ["--standalone", "static"])
+def test_torchrun_restarts_a_failed_attempt_which_resumes_and_finishes(tmp_path, configs, rendezvous):
     from lazytrain.checkpoint import read_checkpoint
+    from lazytrain.launch.cluster import free_port
+
+    # static (torchrun's default): one agent store for every attempt, on a fixed --master-port
+    where = [rendezvous] if rendezvous != "static" else ["--master-port", str(free_port())]
 
     (configs / "once.py").write_text(
         "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import FailOnceAt\n"
         f"hooks = [L(FailOnceAt)(iteration=5, rank=1, marker={str(tmp_path / 'fired')!r})]\n"
     )
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts",
+        [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", "2", "--max-restarts",
          "1", "-m", "lazytrain.cli", "train", str(configs / "once.py"), "train.max_iter=12",
          "train.checkpoint_period=4", "train.eval_period=0", f"--output-dir={tmp_path / 'o'}", "--resume"],
         capture_output=True, text=True, env=cpu_env(), timeout=180,
@@ -355,3 +360,16 @@ def test_a_resume_warning_is_printed_once_not_once_per_rank(tmp_path, configs):
     r = lazytrain("train", configs / "toy.py", *common, "train.max_iter=4", "optimizer.lr=0.05", "--resume")
     assert r.returncode == 0, r.stderr
     assert (r.stdout + r.stderr).count("--resume: the config changed since the checkpoint was written") == 1
+
+
+def test_a_hung_rank_with_loader_workers_ends_on_the_hang_message_without_cpp_or_semaphore_noise(tmp_path, configs):
+    (configs / "hang.py").write_text(
+        "from .toy import *\nfrom lazytrain.config import L\nfrom dist_helpers import HangAt\n"
+        "hooks = [L(HangAt)(iteration=3, rank=1)]\n"
+    )
+    r = lazytrain("train", configs / "hang.py", "--num-procs", 2, "train.max_iter=20", "train.hang_timeout=3",
+                  "dataloader.train.num_workers=2", f"--output-dir={tmp_path / 'o'}")  # fmt: skip
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1].startswith("error: rank 1 is stuck at iteration 4")
+    assert "recvValue failed" not in r.stderr and "frame #" not in r.stderr  # TCPStore's C++ warning
+    assert "leaked semaphore" not in r.stderr  # multiprocessing's resource tracker, after the closing line

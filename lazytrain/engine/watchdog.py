@@ -141,8 +141,12 @@ class HangWatchdog(HookBase):
                 )
             log_closing_error(error)
             self._publish("lazytrain/hang/logged", "1")
+            # rank 0 hosts the store: leaving before the others read "logged" makes their next poll print
+            # TCPStore's C++ "recvValue failed" warning with 20 stack frames above the closing line
+            self._wait_for([f"lazytrain/hang/read/{info['rank']}" for info in infos if info["rank"] != 0])
         elif any(info["rank"] == 0 for info in infos):
-            self._wait_for("lazytrain/hang/logged")  # rank 0 logs what this rank sent before the job is stopped
+            self._wait_for(["lazytrain/hang/logged"])  # rank 0 logs what this rank sent before the job is stopped
+            self._publish(f"lazytrain/hang/read/{rank}", "1")
         folder = error_dir()
         if folder:  # spawned by lazytrain's launcher: it reports the first error recorded, once
             record_error(folder, rank, error)
@@ -202,12 +206,12 @@ class HangWatchdog(HookBase):
             with contextlib.suppress(RuntimeError):  # the store's host (rank 0) is gone
                 store.set(key, value)
 
-    def _wait_for(self, key: str, seconds: float = 10.0) -> None:
+    def _wait_for(self, keys: list[str], seconds: float = 10.0) -> None:
         store = self._store()
         deadline = time.monotonic() + seconds
-        while store is not None and time.monotonic() < deadline:
+        while store is not None and keys and time.monotonic() < deadline:
             try:
-                if store.check([key]):
+                if store.check(keys):
                     return
             except RuntimeError:  # the store's host (rank 0) is gone: it is done
                 return

@@ -93,9 +93,28 @@ def join_existing(main_fn: Callable[..., Any], args: tuple, env: dict[str, Any],
     os.environ.setdefault("MASTER_ADDR", str(env["master_addr"]))
     os.environ.setdefault("MASTER_PORT", str(env["master_port"]))
     set_device(env["local_rank"])
-    dist.init_process_group(
-        process_group_backend(), init_method="env://", world_size=env["world_size"], rank=env["rank"], timeout=timeout
-    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is not None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun's agent keeps one store for all attempts (static rendezvous): without a prefix per attempt a
+        # restarted rank reads the addresses of the previous attempt's ranks ("connectFullMesh ... refused")
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), env["world_size"], False, timeout=timeout
+        )
+        dist.init_process_group(
+            process_group_backend(),
+            store=dist.PrefixStore(f"lazytrain/attempt_{attempt}/", store),
+            world_size=env["world_size"],
+            rank=env["rank"],
+            timeout=timeout,
+        )
+    else:
+        dist.init_process_group(
+            process_group_backend(),
+            init_method="env://",
+            world_size=env["world_size"],
+            rank=env["rank"],
+            timeout=timeout,
+        )
     try:
         return main_fn(*args)
     finally:

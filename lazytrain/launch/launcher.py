@@ -20,6 +20,7 @@ import torch.multiprocessing as mp
 from ..errors import ConfigError
 from .cluster import cluster_environment, free_port, join_existing
 from .error_records import failure_from_records, mark_stopping
+from .resource_tracker import start_resource_tracker
 from .signals import forward_signals, restore_handlers
 from .worker import worker
 
@@ -100,6 +101,7 @@ def _spawn(
     workers: list = []  # the live workers, for the signal handler
     forwarded: list[int] = []  # the signal passed on to the workers, once one was
     previous = forward_signals(workers, forwarded)
+    start_resource_tracker()
     try:
         context = mp.start_processes(
             worker,
