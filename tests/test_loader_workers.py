@@ -70,28 +70,35 @@ class RaisesAt5:
         return index
 
 
+def loader_children(earlier: set) -> list:
+    """The child processes started since ``earlier`` (another test's may still be ending)."""
+    return [p for p in multiprocessing.active_children() if p not in earlier]
+
+
 def test_a_dataset_error_in_a_worker_surfaces_and_no_worker_outlives_the_loader():
+    earlier = set(multiprocessing.active_children())
     loader = TrainLoader(RaisesAt5(), batch_size=2, num_workers=2, shuffle=False)
     batches = iter(loader)
     with pytest.raises(ValueError, match="sample 5 is corrupt"):
         for _ in range(20):
             next(batches)
     batches.close()  # type: ignore[attr-defined]
-    assert multiprocessing.active_children() == []
+    assert loader_children(earlier) == []
 
 
 def test_workers_leave_a_sigterm_to_the_trainer_and_end_with_their_loader():
     loader = TrainLoader(list(range(64)), batch_size=2, num_workers=2, shuffle=False)
+    earlier = set(multiprocessing.active_children())
     batches = iter(loader)
     next(batches), next(batches)  # one batch from each worker: both have started
-    workers = multiprocessing.active_children()
+    workers = loader_children(earlier)
     assert len(workers) == 2
     for worker in workers:
         os.kill(worker.pid, signal.SIGTERM)  # what a SIGTERM to the process group does to them
     for _ in range(10):  # still loading, past the batches prefetched: the stop is the trainer's to decide
         next(batches)
     batches.close()  # type: ignore[attr-defined]
-    assert multiprocessing.active_children() == []
+    assert loader_children(earlier) == []
 
 
 def test_a_plain_dataloaders_workers_leave_a_sigterm_to_the_trainer(tmp_path):
@@ -102,10 +109,12 @@ def test_a_plain_dataloaders_workers_leave_a_sigterm_to_the_trainer(tmp_path):
     def users_init(worker_id: int) -> None:
         torch.manual_seed(worker_id)
 
+    earlier = set(multiprocessing.active_children())
+
     class SigtermWorkers(HookBase):
         def after_step(self) -> None:
             if self.trainer.iter == 1:
-                for worker in multiprocessing.active_children():
+                for worker in loader_children(earlier):
                     os.kill(worker.pid, signal.SIGTERM)
 
     data = [torch.randn(4) for _ in range(64)]
@@ -123,5 +132,5 @@ def test_a_plain_dataloaders_workers_leave_a_sigterm_to_the_trainer(tmp_path):
     trainer = Trainer(net, loader, torch.optim.SGD(net.parameters(), lr=0.01))
     trainer.register_hooks([SigtermWorkers()])
     trainer.train(0, 20)  # the workers live on through the signal; the loader ends them at the end
-    assert trainer.completed and multiprocessing.active_children() == []
+    assert trainer.completed and loader_children(earlier) == []
     assert loader.worker_init_fn.then is users_init  # type: ignore[union-attr]
