@@ -80,10 +80,13 @@ def run_once(case: str, folder: str) -> float:
     paths = [TOY, REPO, os.path.join(REPO, "tools"), os.path.join(REPO, "tests"), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(paths)
     env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU, as the tests
-    cmd = [sys.executable, "-m", "lazytrain.cli", "train", config, "--num-procs", str(procs),
-           "train.max_iter=100000", "train.eval_period=0", "train.checkpoint_period=100000",
-           f"train.hang_timeout={HANG_TIMEOUT if how == 'hang' else 300}",
-           f"--output-dir={os.path.join(folder, case + '-out')}"]  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "lazytrain.cli", "train", config, "--num-procs", str(procs),
+        "train.max_iter=100000", "train.eval_period=0", "train.checkpoint_period=100000",
+        f"train.hang_timeout={HANG_TIMEOUT if how == 'hang' else 300}",
+        f"--output-dir={os.path.join(folder, case + '-out')}",
+        "--overwrite",  # each run a new one: the folder holds the previous run's checkpoint
+    ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     fault: Optional[float] = None
     assert proc.stdout is not None
