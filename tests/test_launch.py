@@ -373,3 +373,26 @@ def test_a_hung_rank_with_loader_workers_ends_on_the_hang_message_without_cpp_or
     assert r.stderr.strip().splitlines()[-1].startswith("error: rank 1 is stuck at iteration 4")
     assert "recvValue failed" not in r.stderr and "frame #" not in r.stderr  # TCPStore's C++ warning
     assert "leaked semaphore" not in r.stderr  # multiprocessing's resource tracker, after the closing line
+
+
+def test_nccl_ranks_get_torchs_watchdog_and_flight_recorder_unless_the_user_chose(monkeypatch):
+    from lazytrain.launch import cluster
+
+    environ = {"TORCH_NCCL_TRACE_BUFFER_SIZE": "0"}  # the user's choice stays
+    added = cluster.nccl_diagnostics(environ)
+    assert environ == {
+        "TORCH_NCCL_TRACE_BUFFER_SIZE": "0",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",
+        "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    }
+    assert set(added) == {"TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_DUMP_ON_TIMEOUT"}
+    # a GPU rank sets them before its process group exists (torch reads them when it creates the group)
+    monkeypatch.setattr(cluster.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(cluster.torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(cluster.torch.cuda, "device_count", lambda: 1)
+    for key in cluster.NCCL_DIAGNOSTICS:  # set, then deleted: monkeypatch removes them again afterwards
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    cluster.set_device(0)
+    assert all(os.environ[k] == v for k, v in cluster.NCCL_DIAGNOSTICS.items())

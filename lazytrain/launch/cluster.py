@@ -7,7 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from datetime import timedelta
 from typing import Any, Optional
 
@@ -21,6 +21,7 @@ __all__ = [
     "first_slurm_host",
     "free_port",
     "join_existing",
+    "nccl_diagnostics",
     "process_group_backend",
     "set_device",
 ]
@@ -82,10 +83,30 @@ def process_group_backend(cuda: Optional[bool] = None) -> str:
 
 
 def set_device(local_rank: int) -> None:
-    """Make ``local_rank`` this process's rank on its machine, and its GPU the current one (when there are)."""
+    """Make ``local_rank`` this process's rank on its machine, and its GPU the current one (when there are),
+    with :func:`nccl_diagnostics` for its NCCL process group."""
     os.environ["LOCAL_RANK"] = str(local_rank)  # read by comm.get_local_rank(), as under torchrun
     if torch.cuda.is_available():
+        nccl_diagnostics()
         torch.cuda.set_device(comm.get_local_gpu())
+
+
+# torch's NCCL watchdog and flight recorder, as torchtitan sets them: a collective that times out or fails
+# tears the process group down (instead of hanging in C++ where no Python thread can see it) and each rank
+# dumps its last collectives, to tell which rank is behind; read when the process group is created
+NCCL_DIAGNOSTICS = {
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "3",  # abort the communicators and raise on a timeout or error
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",  # the flight recorder: the last 2000 collectives of each rank
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",  # ... written to TORCH_NCCL_DEBUG_INFO_TEMP_FILE (/tmp/nccl_trace_rank_N)
+}
+
+
+def nccl_diagnostics(environ: Optional[MutableMapping[str, str]] = None) -> dict[str, str]:
+    """Set :data:`NCCL_DIAGNOSTICS` in ``environ`` (``os.environ``) where the user has not set them; the ones set."""
+    target: MutableMapping[str, str] = os.environ if environ is None else environ
+    added = {k: v for k, v in NCCL_DIAGNOSTICS.items() if k not in target}
+    target.update(added)
+    return added
 
 
 def join_existing(main_fn: Callable[..., Any], args: tuple, env: dict[str, Any], timeout: timedelta) -> Any:
