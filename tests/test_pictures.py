@@ -77,7 +77,7 @@ def test_images_put_in_the_storage_reach_tensorboard_once(tmp_path):
     writer.write(storage)
     writer.close()
     images = read_images(tmp_path)
-    events = images["val/scans/08_000000"]
+    events = images["val_pictures/scans/08_000000"]
     assert [e.step for e in events] == [6, 11]  # put at indices 5 and 10: after 6 and 11 iterations
     assert (events[0].width, events[0].height) == (6, 4)
     assert (decode_png(events[0].encoded_image_string) == picture).all()
@@ -114,11 +114,33 @@ def test_flagship_training_writes_scan_pictures_and_confusion_matrix_to_tensorbo
     r = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout[-2000:]
     images = read_images(out)
-    assert {"val/scans/08_000000", "val/scans/08_000001", "val/confusion_matrix", "val/IoU"} <= set(images)
+    assert {
+        "val_pictures/scans/08_000000",
+        "val_pictures/scans/08_000001",
+        "val_pictures/confusion_matrix",
+        "val_pictures/IoU",
+    } <= set(images)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars = EventAccumulator(str(out))
     scalars.Reload()
     evaluations = [e.step for e in scalars.Scalars("val/mIoU")]
     assert len(evaluations) == 2  # at each evaluation: the pictures with the mIoU
-    assert [e.step for e in images["val/confusion_matrix"]] == evaluations
+    assert [e.step for e in images["val_pictures/confusion_matrix"]] == evaluations
+
+
+def test_a_wide_scan_gets_taller_rows_and_larger_text_so_it_reads_in_a_tensorboard_card():
+    from test_tensorboard_layout import _holds
+
+    from lazytrain.images import text_image
+    from lazytrain.lidar.pictures import scan_picture
+
+    def picture(width: int) -> np.ndarray:
+        labels = np.arange(64 * width).reshape(64, width) % 20
+        return scan_picture(np.full((64, width), 10.0), labels, labels, np.ones((64, width), bool))
+
+    narrow, wide = picture(512), picture(2048)
+    # TensorBoard shows both ~350 px wide: the 2048-column scan keeps panels and text as readable as the 512 one
+    assert wide.shape[0] / wide.shape[1] >= 0.9 * narrow.shape[0] / narrow.shape[1] / 2
+    assert _holds(wide, text_image("ground truth", 2048 // 28))
+    assert not _holds(wide, text_image("ground truth", 16))

@@ -113,13 +113,14 @@ def test_pictures_are_labelled_and_tall_enough_to_read(flagship_events):
     from lazytrain.images import text_image
 
     images = {tag: decode_png(flagship_events.Images(tag)[-1].encoded_image_string) for tag in
-              ("val/scans/08_000000", "val/confusion_matrix", "val/IoU")}  # fmt: skip
-    scan = images["val/scans/08_000000"]
+              ("val_pictures/scans/08_000000", "val_pictures/confusion_matrix", "val_pictures/IoU")}  # fmt: skip
+    scan = images["val_pictures/scans/08_000000"]
     assert scan.shape[0] > 4 * 3 * 64  # 64 beams, rows tripled (was doubled: 2 x 64 per panel)
+    size = max(16, scan.shape[1] // 28)  # the scan's text grows with its width: ~12 px in a ~350 px card
     for title in ("ground truth", "prediction"):
-        assert _holds(scan, text_image(title)), title
-    assert _holds(scan, text_image("vegetation"))  # the legend
+        assert _holds(scan, text_image(title, size)), title
+    assert _holds(scan, text_image("vegetation", size))  # the legend
     for name in ("car", "traffic-sign", "0.5"):  # the class names and the colour scale
-        assert _holds(images["val/confusion_matrix"], text_image(name)), name
-    assert _holds(images["val/confusion_matrix"], np.rot90(text_image("car")))  # the columns' names
-    assert _holds(images["val/IoU"], text_image("road")) and images["val/IoU"].shape[0] > 19 * 14
+        assert _holds(images["val_pictures/confusion_matrix"], text_image(name)), name
+    assert _holds(images["val_pictures/confusion_matrix"], np.rot90(text_image("car")))  # the columns' names
+    assert _holds(images["val_pictures/IoU"], text_image("road")) and images["val_pictures/IoU"].shape[0] > 19 * 14

@@ -187,7 +187,8 @@ class TensorboardWriter(EventWriter):
             picture = Summary.Image(
                 height=height, width=width, colorspace=channels, encoded_image_string=encode_png(image)
             )
-            tag = f"{storage.groups.get(name, 'val')}/{name}"
+            # a group of their own: in Time Series the val group then holds only the headline scalars
+            tag = f"{storage.groups.get(name, 'val')}_pictures/{name}"
             by_iteration[iteration].append(Summary.Value(tag=tag, image=picture))
         for iteration in sorted(by_iteration):
             self._add(Summary(value=by_iteration[iteration]), iteration + 1)

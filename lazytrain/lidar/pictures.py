@@ -112,14 +112,16 @@ def scan_picture(
     prediction: np.ndarray | torch.Tensor,
     truth: Optional[np.ndarray | torch.Tensor] = None,
     mask: Optional[np.ndarray | torch.Tensor] = None,
-    row_scale: int = 3,
+    row_scale: Optional[int] = None,
     ignore_index: int = 0,
     class_names: Optional[Sequence[str]] = None,
 ) -> np.ndarray:
     """One scan, top to bottom, each panel under its title: range, ground truth, prediction, errors (without
     ``truth``: range and prediction), then a legend of the class colours. ``prediction`` and ``truth`` are
-    (H, W) training ids; pixels outside ``mask`` (no point) are black. Rows are repeated ``row_scale`` times: 64
-    beams are few rows for 2048 columns, and TensorBoard shrinks a wide picture to its card."""
+    (H, W) training ids; pixels outside ``mask`` (no point) are black. Rows are repeated ``row_scale`` times
+    (default: 3, and one more per 256 columns beyond 768: 8 at 2048): 64 beams are few rows for 2048 columns,
+    and TensorBoard shrinks a wide picture to its card (about 350 px wide in the Images tab), so the text grows
+    with the width too: about 12 px on the screen at any width."""
     pred = _numpy(prediction).astype(np.int64)
     if mask is not None:
         pred = np.where(_numpy(mask), pred, 0)
@@ -134,8 +136,9 @@ def scan_picture(
     else:
         panels.append(("prediction", label_picture(pred)))
     width = panels[0][1].shape[1]
-    # TensorBoard fits a picture to its card: a 2048-column scan shrinks ~3x, so its text grows with the width
-    size = max(_TEXT, width // 64)
+    # TensorBoard fits a picture to its ~350 px card: a 2048-column scan shrinks ~6x, a 512-column one ~1.5x
+    size = max(_TEXT + 4, width // 28)
+    row_scale = row_scale if row_scale is not None else max(3, width // 256)
     gap = np.full((_GAP, width, 3), 255, dtype=np.uint8)
     rows: list[np.ndarray] = []
     for title, panel in panels:
