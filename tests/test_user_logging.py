@@ -73,3 +73,15 @@ def test_an_installed_packages_info_lines_stay_out_but_its_warnings_show(tmp_pat
     assert "chatty info" not in shown and "somepkg.core WARNING]: a real warning" in shown
     assert "mymodule]: my own info" in shown
     assert "my own info" in (tmp_path / "log.txt").read_text()
+
+
+def test_an_installed_project_shows_its_info_lines_once_the_user_sets_its_level(tmp_path, capsys, restored_logging):
+    setup_logger(str(tmp_path))
+    installed = os.path.join(sysconfig.get_paths()["purelib"], "myproject", "hooks.py")  # pip install .
+    record = logging.LogRecord("myproject.hooks", logging.INFO, installed, 1, "my installed info", None, None)
+    logging.getLogger("myproject.hooks").handle(record)
+    assert "my installed info" not in capsys.readouterr().out  # as any installed package's info line
+    logging.getLogger("myproject").setLevel(logging.INFO)
+    logging.getLogger("myproject.hooks").handle(record)
+    assert "myproject.hooks]: my installed info" in capsys.readouterr().out
+    logging.getLogger("myproject").setLevel(logging.NOTSET)

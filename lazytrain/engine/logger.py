@@ -146,7 +146,9 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "l
 
 class _InstalledPackagesWarnOnly(logging.Filter):
     """Below WARNING, a record from an installed package's file (site-packages, the standard library) is
-    dropped, unless its logger is one of ours: torch, PIL or urllib3 log info lines a user did not ask for."""
+    dropped, unless its logger is one of ours or the user gave it (or a parent) a level of its own: torch, PIL or
+    urllib3 log info lines a user did not ask for, while a user's project installed with ``pip install .`` shows
+    its info lines after ``logging.getLogger("myproject").setLevel("INFO")``."""
 
     _OUR_LOGGERS = ("lazytrain", "fvcore", "py.warnings")
     _INSTALLED = tuple(
@@ -165,7 +167,16 @@ class _InstalledPackagesWarnOnly(logging.Filter):
         if installed is None:
             installed = os.path.realpath(record.pathname).startswith(self._INSTALLED)
             self._seen[record.pathname] = installed
-        return not installed
+        return not installed or _has_a_level_of_its_own(record.name)
+
+
+def _has_a_level_of_its_own(name: str) -> bool:
+    """Whether the logger ``name`` or a parent below the root has a level set (the user chose one)."""
+    while name:
+        if logging.getLogger(name).level != logging.NOTSET:
+            return True
+        name = name.rpartition(".")[0]
+    return False
 
 
 @contextmanager
