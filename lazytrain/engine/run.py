@@ -38,17 +38,9 @@ logger = logging.getLogger(__name__)
 def prepare_output_dir(cfg: DictConfig) -> None:
     """Create ``output_dir`` and the logger (rank 0 writes log.txt). The run's ``config.yaml`` is written
     by :func:`save_run_config` once training has started, never by eval, predict, export or analyze."""
-    out = cfg.train.output_dir
-    try:
-        if comm.is_main_process():
-            os.makedirs(out, exist_ok=True)
-        setup_logger(out if comm.is_main_process() else None, rank=comm.get_rank())
-    except OSError as e:
-        raise TrainingError(
-            describe_write_error(e, out) + ".",
-            key="train.output_dir",
-            hint="Free some space, or choose another folder with --output-dir.",
-        ) from e
+    _open_log_folder(
+        cfg.train.output_dir, "Free some space, or choose another folder with --output-dir.", key="train.output_dir"
+    )
 
 
 def save_run_config(cfg: DictConfig) -> None:
@@ -230,12 +222,15 @@ def evaluate_main(
 
 def _prepare_eval_dir(folder: str) -> None:
     """Create the evaluation's folder and the logger (rank 0 writes its log.txt)."""
+    _open_log_folder(folder, "Free some space, or name another folder with --output-dir (the results go to its eval/).")
+
+
+def _open_log_folder(folder: str, hint: str, key: Optional[str] = None) -> None:
+    """Create ``folder`` (rank 0) and set up the logger, rank 0 writing ``folder/log.txt``; a folder that cannot
+    be written is a TrainingError naming it (and ``key``), with ``hint``."""
     try:
         if comm.is_main_process():
             os.makedirs(folder, exist_ok=True)
         setup_logger(folder if comm.is_main_process() else None, rank=comm.get_rank())
     except OSError as e:
-        raise TrainingError(
-            describe_write_error(e, folder) + ".",
-            hint="Free some space, or name another folder with --output-dir (the results go to its eval/).",
-        ) from e
+        raise TrainingError(describe_write_error(e, folder) + ".", key=key, hint=hint) from e
