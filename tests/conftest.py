@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -66,3 +68,27 @@ def log_lines():
     for lg, level in zip(loggers, levels):
         lg.removeHandler(handler)
         lg.setLevel(level)
+
+
+def train_toy(
+    tmp_path: Path, body: str, *args: str, name: str = "exp.py", timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`lazytrain train` of a config ``name`` in ``tmp_path/configs`` that is the toy config plus ``body`` (the
+    tests folder importable, so ``body`` may import the tests' hooks and models), into ``tmp_path/out``, on the
+    CPU; ``args``: more overrides."""
+    folder = tmp_path / "configs"
+    folder.mkdir(exist_ok=True)
+    shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
+    (folder / name).write_text("from .toy import *\nfrom lazytrain.config import L\n" + body)
+    env = cli_env()
+    env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.run(
+        [sys.executable, "-m", "lazytrain.cli", "train", str(folder / name), f"--output-dir={tmp_path / 'out'}", *args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def last_line(r: subprocess.CompletedProcess) -> str:
+    """The closing line of a command's stderr."""
+    return r.stderr.strip().splitlines()[-1]

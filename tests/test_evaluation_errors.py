@@ -4,14 +4,11 @@ are the ones that count, so evaluators that return None off rank 0 (detectron2's
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import TOY, cli_env
+from conftest import last_line, train_toy
 from toyproj.evaluator import AccuracyEvaluator
 from toyproj.model import MLPClassifier
 
@@ -45,22 +42,7 @@ class EmptyOffRankZero(AccuracyEvaluator):
 
 
 def train(tmp_path, body: str, *args: str) -> subprocess.CompletedProcess:
-    folder = tmp_path / "configs"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
-    (folder / "exp.py").write_text("from .toy import *\n" + body)
-    env = cli_env()
-    env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run(
-        [sys.executable, "-m", "lazytrain.cli", "train", str(folder / "exp.py"), "train.max_iter=4",
-         "dataloader.test.dataset.num_samples=128", f"--output-dir={tmp_path / 'out'}", *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-
-
-def last_line(r: subprocess.CompletedProcess) -> str:
-    return r.stderr.strip().splitlines()[-1]
+    return train_toy(tmp_path, body, "train.max_iter=4", "dataloader.test.dataset.num_samples=128", *args)
 
 
 def test_an_evaluator_that_raises_ends_with_one_line_naming_it_and_the_iteration(tmp_path):

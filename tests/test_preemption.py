@@ -113,17 +113,19 @@ def test_sigusr1_under_slurm_requeues_the_job_after_saving(tmp_path):
     assert "requeued SLURM job 4242" in stdout
 
 
-def test_a_second_ctrl_c_stops_at_once(tmp_path):
-    """The escape hatch when the step itself hangs: the second Ctrl-C raises KeyboardInterrupt (exit 130)."""
+def second_ctrl_c(tmp_path, *overrides: str) -> tuple[int, str]:
+    """A run whose hook hangs after iteration 3, sent Ctrl-C twice: (exit code, stderr)."""
     (tmp_path / "hang.py").write_text(
         f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
         "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import HangsAt\n"
         "hooks = [L(HangsAt)()]\n"
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lazytrain.cli", "train", str(tmp_path / "hang.py"), f"--output-dir={tmp_path / 'o'}"],
+        [sys.executable, "-m", "lazytrain.cli", "train", str(tmp_path / "hang.py"), f"--output-dir={tmp_path / 'o'}",
+         *overrides],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tests(),
     )  # fmt: skip
+    assert proc.stdout is not None
     for line in proc.stdout:
         if "hanging" in line:
             break
@@ -131,31 +133,20 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
+    return proc.returncode, stderr
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path):
+    """The escape hatch when the step itself hangs: the second Ctrl-C raises KeyboardInterrupt (exit 130)."""
+    code, stderr = second_ctrl_c(tmp_path)
+    assert code == 130, stderr
     assert stderr.strip().splitlines()[-1] == "interrupted: no checkpoint yet"
 
 
 def test_a_second_ctrl_c_names_the_last_checkpoint_on_disk(tmp_path):
-    (tmp_path / "hang.py").write_text(
-        f"import sys\nsys.path.insert(0, {str(TOY / 'configs')!r})\n"
-        "from toy import *\nfrom lazytrain.config import L\nfrom test_preemption import HangsAt\n"
-        "hooks = [L(HangsAt)()]\n"
-    )
-    out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lazytrain.cli", "train", str(tmp_path / "hang.py"), f"--output-dir={out}",
-         "train.checkpoint_period=1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_tests(),
-    )  # fmt: skip
-    for line in proc.stdout:
-        if "hanging" in line:
-            break
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    last = out / "checkpoints" / "model_0000003.pth"  # written before the hook hangs after iteration 3
+    code, stderr = second_ctrl_c(tmp_path, "train.checkpoint_period=1")
+    assert code == 130, stderr
+    last = tmp_path / "o" / "checkpoints" / "model_0000003.pth"  # written before the hook hangs after iteration 3
     assert stderr.strip().splitlines()[-1] == f"interrupted: no checkpoint written; the last one is {last}"
 
 

@@ -3,14 +3,11 @@ iteration, the model / hook / dataset, and (for a forward) the batch's structure
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from conftest import TOY, cli_env
+from conftest import last_line, train_toy
 from toyproj.data import BlobsDataset
 from toyproj.model import MLPClassifier
 
@@ -42,22 +39,7 @@ class RaisesInAfterStep(HookBase):
 
 
 def run(tmp_path, body: str, *args: str) -> subprocess.CompletedProcess:
-    folder = tmp_path / "configs"
-    folder.mkdir(exist_ok=True)
-    shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
-    (folder / "exp.py").write_text("from .toy import *\nfrom lazytrain.config import L\n" + body)
-    env = cli_env()
-    env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run(
-        [sys.executable, "-m", "lazytrain.cli", "train", str(folder / "exp.py"), "train.max_iter=6",
-         f"--output-dir={tmp_path / 'out'}", *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-
-
-def last_line(r: subprocess.CompletedProcess) -> str:
-    return r.stderr.strip().splitlines()[-1]
+    return train_toy(tmp_path, body, "train.max_iter=6", *args)
 
 
 def test_a_forward_that_raises_names_the_model_and_the_batch(tmp_path):

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import TOY, cli_env
+from conftest import train_toy
 from toyproj.evaluator import AccuracyEvaluator
 from toyproj.model import MLPClassifier
 
@@ -72,21 +69,11 @@ class HoldsTheGilAt(HookBase):
 
 
 def run(tmp_path, hook: str, *args: str, body: str = "", timeout: float = 240) -> subprocess.CompletedProcess:
-    folder = tmp_path / "configs"
-    folder.mkdir()
-    shutil.copy(TOY / "configs" / "toy.py", folder / "toy.py")
-    (folder / "stuck.py").write_text(
-        f"from .toy import *\nfrom lazytrain.config import L\nfrom test_watchdog import *\nhooks = [{hook}]\n" + body
-    )
-    env = cli_env()
-    env["PYTHONPATH"] += os.pathsep + os.path.dirname(os.path.abspath(__file__))
-    env["CUDA_VISIBLE_DEVICES"] = ""
     # generous: it guards against the 1800 s process-group timeout, not for speed (figures: docs/benchmarks.md)
-    return subprocess.run(
-        [sys.executable, "-m", "lazytrain.cli", "train", str(folder / "stuck.py"), "train.hang_timeout=2",
-         "train.max_iter=20", f"--output-dir={tmp_path / 'out'}", *args],
-        capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
+    config = f"from test_watchdog import *\nhooks = [{hook}]\n" + body
+    return train_toy(
+        tmp_path, config, "train.hang_timeout=2", "train.max_iter=20", *args, name="stuck.py", timeout=timeout
+    )
 
 
 def test_a_stuck_hook_is_named_with_its_iteration_frame_and_stack(tmp_path):
