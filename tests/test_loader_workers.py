@@ -134,3 +134,17 @@ def test_a_plain_dataloaders_workers_leave_a_sigterm_to_the_trainer(tmp_path):
     trainer.train(0, 20)  # the workers live on through the signal; the loader ends them at the end
     assert trainer.completed and loader_children(earlier) == []
     assert loader.worker_init_fn.then is users_init  # type: ignore[union-attr]
+
+
+def test_a_process_whose_loader_was_never_shut_down_still_exits():
+    # workers ignore SIGTERM: multiprocessing's exit handler SIGTERMs daemonic children and waits for them
+    script = (
+        "from lazytrain.data import TrainLoader\n"
+        "batches = iter(TrainLoader(list(range(64)), batch_size=2, num_workers=2, shuffle=False))\n"
+        "next(batches)\n"
+        "import builtins; builtins.kept = batches  # never shut down, as when an error keeps it referenced\n"
+        "print('exiting', flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env_with_tests(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "exiting"
